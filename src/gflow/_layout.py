@@ -1,0 +1,45 @@
+"""Flat-vector view of the parameters, for the ODE solvers.
+
+Solvers work on one float64 vector (implicit solvers assemble a dense Jacobian of it). The layout
+is a hashable description of the parameter shapes, so two calls with the same shapes share one
+compiled solve.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._markov import MarkovSpec
+from ._model import PARAM_NAMES, TransformerConfig, TransformerParams, param_shapes
+
+
+class ParamLayout(eqx.Module):
+    """Names and shapes of the weights a config uses, in the order they are flattened."""
+
+    names: tuple[str, ...] = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, config: TransformerConfig, spec: MarkovSpec) -> ParamLayout:
+        shapes = param_shapes(config, spec)
+        names = tuple(n for n in PARAM_NAMES if n in shapes)
+        return cls(names=names, shapes=tuple(shapes[n] for n in names))
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    def flatten(self, params: TransformerParams) -> Float[Array, " n_params"]:
+        return jnp.concatenate([jnp.ravel(getattr(params, n)) for n in self.names])
+
+    def unflatten(self, vec: Float[Array, " n_params"]) -> TransformerParams:
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = math.prod(shape)
+            out[name] = vec[start:start + size].reshape(shape)
+            start += size
+        return TransformerParams(**out)

@@ -1,0 +1,35 @@
+"""Test set-up: float64 and strict dtype promotion everywhere, PRNG keys, and shared small problems."""
+
+import jax
+from jaxtyping import TypeCheckError
+import pytest
+
+import gflow
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# An argument of the wrong *type* raises ValueError in users' runs; under the test suite's
+# jaxtyping hook the annotation check may catch it first (TypeCheckError). Either names the argument.
+BAD_TYPE = (ValueError, TypeCheckError)
+
+DEMO_PI = (0.75, 0.19, 0.05, 0.01)
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(20261122)
+
+
+@pytest.fixture
+def demo_spec():
+    return gflow.MarkovSpec.sticky(DEMO_PI, 0.5, T=6)
+
+
+@pytest.fixture
+def small_setting():
+    """A 3-token chain and a tiny attention-only model: fast flows for the solver tests."""
+    spec = gflow.MarkovSpec.sticky((0.6, 0.3, 0.1), 0.4, T=4)
+    config = gflow.TransformerConfig(d_model=3)
+    params0 = gflow.init_params(jax.random.key(1), config, spec, scale=0.3)
+    return spec, config, params0
