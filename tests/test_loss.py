@@ -29,7 +29,7 @@ def build_problem(d):
     return spec, cfg, gflow.init_params(k2, cfg, spec, scale=d["scale"])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(small_problems)
 def test_enumerate_equals_counts(problem):
     spec, cfg, params = build_problem(problem)
@@ -38,7 +38,7 @@ def test_enumerate_equals_counts(problem):
     assert abs(float(a) - float(b)) < 1e-10
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(small_problems)
 def test_loss_is_bounded_below_by_entropy_rate(problem):
     spec, cfg, params = build_problem(problem)
@@ -52,12 +52,12 @@ def test_counts_approaches_meanfield_as_T_grows(key):
     params = gflow.init_params(key, cfg, base, scale=1.5)
     mf = float(gflow.population_loss(params, base, cfg, "meanfield"))
     gaps = {}
-    for T in (8, 16, 128, 256):
+    for T in (8, 16, 64, 128):
         spec = gflow.MarkovSpec.sticky([0.5, 0.3, 0.2], 0.3, T=T)
         gaps[T] = abs(float(gflow.population_loss(params, spec, cfg, "counts")) - mf)
     # Not monotone at small T (the query counts itself among few keys), but the gap closes.
     assert gaps[8] > 0.05 and gaps[16] > 0.01
-    assert gaps[128] < 1e-3 and gaps[256] < 1e-3
+    assert gaps[64] < 1e-4 and gaps[128] < 1e-4
 
 
 def test_sampled_is_within_standard_error_of_enumerate(key):

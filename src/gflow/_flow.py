@@ -50,7 +50,7 @@ class GradientField(eqx.Module):
         return -jax.grad(self.value)(y)
 
 
-def default_save_times(t_span: tuple[float, float], n_save: int = DEFAULT_N_SAVE,
+def default_save_times(t_span: tuple[float | int, float | int], n_save: int = DEFAULT_N_SAVE,
                        decades: float = DEFAULT_DECADES) -> np.ndarray:
     """`t0` followed by `n_save - 1` log-spaced times ending at `t1`.
 
@@ -224,7 +224,7 @@ def _execute(run: _Run, *, start_index: int, y_start, previous: Trajectory | Non
     return traj
 
 
-def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[float, float], *,
+def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[float | int, float | int], *,
              config: TransformerConfig | None = None, loss: str = "auto", n_samples: int | None = None,
              key: PRNGKeyArray | None = None, solver=None, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
              save_times=None, n_save: int = DEFAULT_N_SAVE, max_steps: int = 100_000,

@@ -148,4 +148,10 @@ def population_loss(params: TransformerParams, spec: MarkovSpec, config: Transfo
     """
     fn = loss_function(spec, config, method, n_samples=n_samples, key=key)
     check_params(params, config, spec)
+    return _evaluate(fn, params)
+
+
+@eqx.filter_jit
+def _evaluate(fn: LossFunction, params: TransformerParams) -> Scalar:
+    # One compiled call instead of dozens of separately dispatched operations.
     return fn(params)

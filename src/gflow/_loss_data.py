@@ -99,6 +99,18 @@ def count_state_bound(V: int, T: int, positions: str) -> int:
     return sum(V * math.comb(t - 1 + V - 1, V - 1) for t in ts)
 
 
+def _merge_equal_states(keys: np.ndarray, prob: np.ndarray):
+    """Sum `prob` over equal rows of the int matrix `keys` (token, counts...). Sorting the rows
+    with `lexsort` is much faster than `np.unique(axis=0)`, which argsorts opaque byte strings."""
+    order = np.lexsort(keys.T[::-1])
+    keys, prob = keys[order], prob[order]
+    starts = np.concatenate([[True], np.any(keys[1:] != keys[:-1], axis=1)])
+    group = np.cumsum(starts) - 1
+    merged = np.bincount(group, weights=prob)
+    uniq = keys[starts]
+    return uniq[:, 0], uniq[:, 1:], merged
+
+
 def counts_data(spec: MarkovSpec) -> TypeData:
     """Exact law of (x_t, counts of x_1..x_t) by forward recursion over the chain.
 
@@ -135,10 +147,7 @@ def counts_data(spec: MarkovSpec) -> TypeData:
         new_prob = (prob[:, None] * P[tok]).ravel()
         live = new_prob > 0
         keys = np.concatenate([new_tok[live, None], new_counts[live]], axis=1)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        prob = np.zeros(len(uniq))
-        np.add.at(prob, inverse.ravel(), new_prob[live])
-        tok, counts = uniq[:, 0], uniq[:, 1:]
+        tok, counts, prob = _merge_equal_states(keys, new_prob[live])
     query = np.concatenate(kept_q)
     return TypeData(query=jnp.asarray(query.astype(np.int32)),
                     key_weights=jnp.asarray(np.concatenate(kept_n).astype(np.float64)),

@@ -82,15 +82,19 @@ class TransformerConfig(eqx.Module):
 
 
 class TransformerParams(eqx.Module):
-    """The trainable weights. `W_pos`, `W_V`, `W_O` are `None` when the config has no such path."""
+    """The trainable weights. `W_pos`, `W_V`, `W_O` are `None` when the config has no such path.
 
-    W_E: Float[Array, "V d_model"]
-    W_Q: Float[Array, "n_heads d_model d_head"]
-    W_K: Float[Array, "n_heads d_model d_head"]
-    W_U: Float[Array, "d_model V"]
-    W_pos: Float[Array, "T d_model"] | None = None
-    W_V: Float[Array, "n_heads d_model d_head"] | None = None
-    W_O: Float[Array, "n_heads d_head d_model"] | None = None
+    A `Trajectory` stores the weights at every saved time in one `TransformerParams` whose arrays
+    carry a leading time axis (`*batch`).
+    """
+
+    W_E: Float[Array, "*batch V d_model"]
+    W_Q: Float[Array, "*batch n_heads d_model d_head"]
+    W_K: Float[Array, "*batch n_heads d_model d_head"]
+    W_U: Float[Array, "*batch d_model V"]
+    W_pos: Float[Array, "*batch T d_model"] | None = None
+    W_V: Float[Array, "*batch n_heads d_model d_head"] | None = None
+    W_O: Float[Array, "*batch n_heads d_head d_model"] | None = None
 
 
 PARAM_NAMES = ("W_E", "W_Q", "W_K", "W_U", "W_pos", "W_V", "W_O")

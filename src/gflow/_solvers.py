@@ -8,6 +8,7 @@ the same solver.
 from __future__ import annotations
 
 import diffrax
+import jax.numpy as jnp
 
 DEFAULT_SOLVER = "Kvaerno5"
 
@@ -38,4 +39,7 @@ def make_solver(solver, rtol: float, atol: float):
         solver = _solver_from_name(solver)
     elif not isinstance(solver, diffrax.AbstractAdaptiveSolver):
         raise ValueError(f"`solver` must be a name or a diffrax adaptive solver; got {type(solver)!r}.")
-    return solver, diffrax.PIDController(rtol=rtol, atol=atol)
+    # Tolerances as arrays: a jitted solve then takes them as inputs, not as compile-time constants,
+    # so a new tolerance does not recompile.
+    return solver, diffrax.PIDController(rtol=jnp.asarray(rtol, dtype=jnp.float64),
+                                         atol=jnp.asarray(atol, dtype=jnp.float64))

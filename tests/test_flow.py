@@ -1,0 +1,150 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import gflow
+from gflow import _flow
+from gflow._layout import ParamLayout
+
+T_END = 60.0
+
+
+def run(setting, **kw):
+    spec, config, params0 = setting
+    kw.setdefault("loss", "counts")
+    kw.setdefault("n_save", 25)
+    return gflow.simulate(params0, spec, (0.0, kw.pop("t1", T_END)), config=config, progress=False, **kw)
+
+
+def flat(traj):
+    return np.asarray(jax.vmap(ParamLayout.of(traj.config, traj.spec).flatten)(traj.params))
+
+
+def test_loss_never_increases_along_the_flow(small_setting):
+    traj = run(small_setting)
+    assert traj.ok, traj.message
+    assert len(traj) == 25 and traj.times[0] == 0.0 and traj.times[-1] == T_END
+    # The loss can only fall along dtheta/dt = -grad L; allow the solver's local error (rtol 1e-6).
+    assert np.all(np.diff(traj.loss) <= 1e-9 * np.abs(traj.loss[1:])), np.diff(traj.loss).max()
+    assert traj.loss[-1] < traj.loss[0] - 0.05
+    spec, config, _ = small_setting
+    np.testing.assert_allclose(
+        traj.loss, [float(gflow.population_loss(traj.params_at(i), spec, config, "counts")) for i in range(len(traj))],
+        rtol=1e-12)
+
+
+def test_tighter_tolerance_moves_the_trajectory_less(small_setting):
+    ref = flat(run(small_setting, rtol=1e-11, atol=1e-13))
+    err = {rtol: np.abs(flat(run(small_setting, rtol=rtol, atol=rtol * 1e-3)) - ref).max() for rtol in (1e-4, 1e-7)}
+    assert err[1e-7] < err[1e-4] / 10, err
+    assert err[1e-7] < 1e-5
+
+
+def test_same_inputs_give_bit_identical_results(small_setting):
+    a, b = run(small_setting), run(small_setting)
+    assert np.array_equal(flat(a), flat(b)) and np.array_equal(a.loss, b.loss)
+
+
+def test_matches_scipy_dop853_on_the_same_vector_field(small_setting):
+    spec, config, params0 = small_setting
+    traj = run(small_setting, rtol=1e-10, atol=1e-12)
+    layout = ParamLayout.of(config, spec)
+    field = jax.jit(lambda y: _flow.GradientField(gflow.loss_function(spec, config, "counts"), layout)(0.0, y, None))
+    y0 = np.asarray(layout.flatten(params0))
+    ref = solve_ivp(lambda t, y: np.asarray(field(jnp.asarray(y))), (0.0, T_END), y0, method="DOP853",
+                    t_eval=traj.times, rtol=1e-10, atol=1e-12)
+    assert ref.success
+    scale = np.abs(ref.y.T).max()
+    assert np.abs(flat(traj) - ref.y.T).max() < 1e-7 * scale
+
+
+def test_save_and_load_round_trip(small_setting, tmp_path):
+    traj = run(small_setting)
+    traj.save(tmp_path / "t.npz")
+    back = gflow.load(tmp_path / "t.npz")
+    assert np.array_equal(back.times, traj.times) and np.array_equal(flat(back), flat(traj))
+    assert np.array_equal(back.loss, traj.loss) and np.array_equal(back.grad_norm, traj.grad_norm)
+    assert back.config == traj.config and back.status == "success"
+    assert np.array_equal(np.asarray(back.spec.P), np.asarray(traj.spec.P)) and back.spec.T == traj.spec.T
+    assert back.settings["rtol"] == traj.settings["rtol"] and back.stats == traj.stats
+    with pytest.raises(ValueError, match="does not exist"):
+        gflow.load(tmp_path / "missing.npz")
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(small_setting, tmp_path, monkeypatch):
+    whole = run(small_setting, chunk_size=4, checkpoint=tmp_path / "whole.npz")
+    calls = {"n": 0}
+    real = _flow._integrate_segment
+
+    def interrupting(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(_flow, "_integrate_segment", interrupting)
+    part = run(small_setting, chunk_size=4, checkpoint=tmp_path / "ck.npz")
+    assert part.status == "interrupted" and len(part) == 9
+    monkeypatch.setattr(_flow, "_integrate_segment", real)
+    assert gflow.load(tmp_path / "ck.npz").status == "interrupted"
+    resumed = gflow.resume(tmp_path / "ck.npz", progress=False)
+    assert resumed.ok and np.array_equal(resumed.times, whole.times)
+    assert np.array_equal(flat(resumed), flat(whole)) and np.array_equal(resumed.loss, whole.loss)
+    assert gflow.load(tmp_path / "ck.npz").status == "success"
+
+
+def test_chunking_agrees_with_one_chunk_to_tolerance(small_setting):
+    one = flat(run(small_setting, chunk_size=24, rtol=1e-10, atol=1e-12))
+    many = flat(run(small_setting, chunk_size=2, rtol=1e-10, atol=1e-12))
+    assert np.abs(one - many).max() < 1e-7
+
+
+def test_solver_failure_keeps_what_was_computed(small_setting):
+    traj = run(small_setting, max_steps=8, chunk_size=2)
+    assert traj.status == "max_steps" and "max_steps" in traj.message
+    assert 1 <= len(traj) < 25 and np.all(np.isfinite(traj.loss))
+    assert np.array_equal(traj.times, gflow.default_save_times((0, T_END), 25)[: len(traj)])
+
+
+def test_second_call_with_new_values_does_not_recompile(small_setting):
+    spec, config, params0 = small_setting
+    run(small_setting)  # compiles
+    compiles = []
+
+    def listener(event, duration, **kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        other_spec = gflow.MarkovSpec.sticky((0.2, 0.5, 0.3), 0.7, T=4)
+        other_params = gflow.init_params(jax.random.key(9), config, other_spec, scale=0.2)
+        traj = run((other_spec, config, other_params), rtol=1e-5)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert traj.ok and compiles == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"t1": -1.0}, "t_span"), ({"rtol": 0.0}, "rtol"), ({"max_steps": 0}, "max_steps"),
+     ({"save_times": [5.0, 1.0]}, "strictly increasing"), ({"save_times": [1.0, 99.0]}, "inside t_span"),
+     ({"solver": "Euler"}, "adaptive"), ({"loss": "exact"}, "method")],
+)
+def test_simulate_rejects_bad_arguments(small_setting, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run(small_setting, **kw)
+
+
+def test_simulate_rejects_params_of_another_config(small_setting):
+    spec, config, params0 = small_setting
+    with pytest.raises(ValueError, match="W_E"):
+        gflow.simulate(params0, spec, (0, 1), config=gflow.TransformerConfig(d_model=5), progress=False)
+
+
+def test_default_save_grid_is_log_spaced_from_t0():
+    ts = gflow.default_save_times((0.0, 1e5), 121)
+    assert ts[0] == 0 and ts[1] == pytest.approx(0.1) and ts[-1] == 1e5 and len(ts) == 121
+    np.testing.assert_allclose(np.diff(np.log10(ts[1:])), 6 / 119)
