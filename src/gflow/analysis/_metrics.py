@@ -1,0 +1,143 @@
+"""Metrics along a trajectory, vectorised over the saved times.
+
+Everything the stage detectors and figures read comes from one `Metrics` object: singular values
+and stable ranks of the embedding and unembedding, attention activity, type-level attention
+(for configs without positions), the focus index, and the loss with its log-time slope.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._markov import MarkovSpec
+from .._model import TransformerConfig, TransformerParams, sequence_logits, type_scores
+from .._trajectory import Trajectory
+
+OPEN_FRACTION = 0.25
+"""A singular direction is "open" when its value exceeds this fraction of the largest one (a
+direction still growing out of a saddle, at a few percent of the leading one, is not open yet)..."""
+OPEN_GROWTH = 10.0
+"""...and has grown this many times over its initial size (so an isotropic small initialisation,
+where all singular values are comparable, counts as no open direction)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    """Per-time signals of a trajectory (`n` saved times; `K` heads; `V` tokens).
+
+    - `sv_E`, `sv_U`, `sv_EU`: singular values of `W_E`, `W_U`, `W_E W_U`, largest first.
+    - `stable_rank_E`, `stable_rank_U`: $\\|M\\|_F^2 / \\|M\\|_2^2$.
+    - `open_directions`: open singular directions of `W_E` (see `OPEN_FRACTION`, `OPEN_GROWTH`).
+    - `max_score`: largest |attention score| over heads and token pairs.
+    - `qk_change`: $\\|(W_Q, W_K)(t) - (W_Q, W_K)(0)\\| / \\|(W_Q, W_K)(0)\\|$.
+    - `attention`: `(n, K, V, V)` type-level attention $\\alpha(a, b) \\propto \\pi_b e^{score(a, b)}$
+      (`None` with positional encoding; then `position_attention` holds the `(n, K, T, T)` map
+      averaged over the chain).
+    - `key_mass`: `(n, K, V)` mass each key receives averaged over queries, $m_b = \\sum_a \\pi_a \\alpha(a, b)$.
+    - `focus`: `(n,)` focus index $F = \\sum_a \\pi_a KL(\\alpha(a, \\cdot) \\| \\pi)$, averaged over heads.
+    - `loss`, `grad_norm`, `dloss_dlogt`: loss, gradient norm, and $dL / d\\log_{10} t$.
+    """
+
+    times: np.ndarray
+    pi: np.ndarray
+    sv_E: np.ndarray
+    sv_U: np.ndarray
+    sv_EU: np.ndarray
+    stable_rank_E: np.ndarray
+    stable_rank_U: np.ndarray
+    open_directions: np.ndarray
+    max_score: np.ndarray
+    qk_change: np.ndarray
+    key_mass: np.ndarray | None
+    focus: np.ndarray | None
+    attention: np.ndarray | None
+    position_attention: np.ndarray | None
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    dloss_dlogt: np.ndarray
+
+    def at(self, t: float) -> int:
+        """Index of the saved time closest to `t` (in log time)."""
+        safe = np.maximum(self.times, self.times[self.times > 0].min() * 1e-3)
+        return int(np.argmin(np.abs(np.log(safe) - np.log(max(t, safe[0])))))
+
+
+def stable_rank(sv: np.ndarray) -> np.ndarray:
+    """$\\sum_i s_i^2 / s_1^2$ along the last axis of singular values (largest first)."""
+    return (sv**2).sum(axis=-1) / np.maximum(sv[..., 0] ** 2, np.finfo(float).tiny)
+
+
+def open_directions(sv: np.ndarray, fraction: float = OPEN_FRACTION, growth: float = OPEN_GROWTH) -> np.ndarray:
+    """Count of singular values above `fraction` of the largest and `growth` times their initial value."""
+    big = sv > fraction * sv[:, :1]
+    grown = sv > growth * sv[:1]
+    return (big & grown).sum(axis=1)
+
+
+def log_time_slope(times: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """$dy / d\\log_{10} t$ by finite differences on the saved grid (0 at t = 0)."""
+    out = np.zeros_like(y)
+    pos = times > 0
+    if pos.sum() >= 2:
+        out[pos] = np.gradient(y[pos], np.log10(times[pos]))
+    return out
+
+
+@jax.jit
+def _type_attention_all(params: TransformerParams, pi, scale):
+    # (n, K, V, V) softmax over keys of score + log pi.
+    q = jnp.einsum("nad,nkde->nkae", params.W_E, params.W_Q)
+    k = jnp.einsum("nad,nkde->nkae", params.W_E, params.W_K)
+    scores = scale * jnp.einsum("nkae,nkbe->nkab", q, k)
+    return scores, jax.nn.softmax(scores + jnp.log(pi), axis=-1)
+
+
+def _position_attention(traj: Trajectory, n_sequences: int = 512) -> np.ndarray:
+    """Position-by-position attention averaged over sampled sequences, `(n, K, T, T)`."""
+    spec, cfg = traj.spec, traj.config
+    seqs = spec.sample(jax.random.key(0), n_sequences)[:, : spec.T]
+
+    def one(p):
+        h = p.W_E[seqs] + (p.W_pos[: spec.T] if cfg.positional == "learned" else 0.0)
+        q = jnp.einsum("btd,kde->bkte", h, p.W_Q)
+        k = jnp.einsum("btd,kde->bkte", h, p.W_K)
+        s = cfg.score_scale * jnp.einsum("bkte,bkse->bkts", q, k)
+        mask = jnp.tril(jnp.ones((spec.T, spec.T), dtype=bool))
+        return jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1).mean(axis=0)
+
+    return np.asarray(jax.lax.map(one, traj.params))
+
+
+def compute_metrics(traj: Trajectory) -> Metrics:
+    """All per-time signals of `traj` (see `Metrics`)."""
+    p = traj.params
+    spec: MarkovSpec = traj.spec
+    cfg: TransformerConfig = traj.config
+    pi = spec.stationary()
+    W_E, W_U = np.asarray(p.W_E), np.asarray(p.W_U)
+    sv_E = np.linalg.svd(W_E, compute_uv=False)
+    sv_U = np.linalg.svd(W_U, compute_uv=False)
+    sv_EU = np.linalg.svd(W_E @ W_U, compute_uv=False)
+    qk = np.concatenate([np.asarray(p.W_Q).reshape(len(traj), -1), np.asarray(p.W_K).reshape(len(traj), -1)], axis=1)
+    qk_change = np.linalg.norm(qk - qk[:1], axis=1) / max(np.linalg.norm(qk[0]), np.finfo(float).tiny)
+    scores, alpha = _type_attention_all(p, jnp.asarray(pi), cfg.score_scale)
+    scores, alpha = np.asarray(scores), np.asarray(alpha)
+    key_mass = focus = attention = position_attention = None
+    if cfg.positional == "none":
+        attention = alpha
+        key_mass = np.einsum("a,nkab->nkb", pi, alpha)
+        kl = np.sum(alpha * (np.log(np.maximum(alpha, 1e-300)) - np.log(pi)), axis=-1)  # (n, K, V)
+        focus = np.einsum("a,nka->nk", pi, kl).mean(axis=1)
+    else:
+        position_attention = _position_attention(traj)
+    times = np.asarray(traj.times)
+    loss = np.asarray(traj.loss)
+    return Metrics(times=times, pi=pi, sv_E=sv_E, sv_U=sv_U, sv_EU=sv_EU, stable_rank_E=stable_rank(sv_E),
+                   stable_rank_U=stable_rank(sv_U), open_directions=open_directions(sv_E),
+                   max_score=np.abs(scores).reshape(len(traj), -1).max(axis=1), qk_change=qk_change,
+                   key_mass=key_mass, focus=focus, attention=attention, position_attention=position_attention,
+                   loss=loss, grad_norm=np.asarray(traj.grad_norm), dloss_dlogt=log_time_slope(times, loss))
