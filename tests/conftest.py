@@ -1,8 +1,8 @@
 """Test set-up: float64 and strict dtype promotion everywhere, PRNG keys, and shared small problems."""
 
 import jax
-from jaxtyping import TypeCheckError
 import pytest
+from jaxtyping import TypeCheckError
 
 import gflow
 

@@ -11,7 +11,6 @@ import gflow
 from conftest import BAD_TYPE
 from gflow._model import sequence_logits
 
-
 small_problems = st.fixed_dictionaries({
     "V": st.integers(2, 3), "T": st.integers(1, 4), "seed": st.integers(0, 2**31 - 1),
     "alpha": st.sampled_from([0.3, 1.0, 5.0]), "positions": st.sampled_from(["last", "all"]),

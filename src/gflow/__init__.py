@@ -11,6 +11,8 @@ _jax.config.update("jax_enable_x64", True)
 from importlib.metadata import PackageNotFoundError as _PNF
 from importlib.metadata import version as _version
 
+from . import analysis as analysis
+from . import plot as plot
 from ._flow import default_save_times as default_save_times
 from ._flow import resume as resume
 from ._flow import simulate as simulate
@@ -21,6 +23,7 @@ from ._markov import MarkovSpec as MarkovSpec
 from ._model import TransformerConfig as TransformerConfig
 from ._model import TransformerParams as TransformerParams
 from ._model import init_params as init_params
+from ._settings import ExperimentSettings as ExperimentSettings
 from ._trajectory import Trajectory as Trajectory
 from ._trajectory import load as load
 

@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._layout import ParamLayout
-from ._loss import LossFunction, Method, loss_function
+from ._loss import LossFunction, loss_function
 from ._markov import MarkovSpec
 from ._model import TransformerConfig, TransformerParams, check_params
 from ._solvers import make_solver, solver_name

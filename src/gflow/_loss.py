@@ -36,7 +36,7 @@ METHODS = ("auto", "enumerate", "counts", "meanfield", "sampled")
 DEFAULT_SAMPLES = 4096
 
 
-def _cross_entropy(targets: Float[Array, "... V"], logits: Float[Array, "... V"]) -> Float[Array, "..."]:
+def _cross_entropy(targets: Float[Array, "... V"], logits: Float[Array, "... V"]) -> Float[Array, ...]:
     return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 

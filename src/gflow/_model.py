@@ -14,7 +14,6 @@ Two forward passes share the same maths:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import equinox as eqx
 import jax

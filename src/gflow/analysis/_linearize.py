@@ -56,11 +56,11 @@ def lanczos_extremes(matvec, n: int, k: int, key) -> tuple[np.ndarray, np.ndarra
     k = min(k, n)
     Q = np.zeros((n, k))
     alpha, beta = np.zeros(k), np.zeros(k)
-    q = np.asarray(jax.random.normal(key, (n,), dtype=jnp.float64))
+    q = np.array(jax.random.normal(key, (n,), dtype=jnp.float64))
     q /= np.linalg.norm(q)
     for j in range(k):
         Q[:, j] = q
-        w = np.asarray(matvec(jnp.asarray(q)))
+        w = np.array(matvec(jnp.asarray(q)))
         alpha[j] = q @ w
         w -= Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)
         w -= Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)  # twice is enough (Kahan)

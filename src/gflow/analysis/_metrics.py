@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._markov import MarkovSpec
-from .._model import TransformerConfig, TransformerParams, sequence_logits, type_scores
+from .._model import TransformerConfig, TransformerParams
 from .._trajectory import Trajectory
 
 OPEN_FRACTION = 0.25
@@ -66,7 +66,7 @@ class Metrics:
         return int(np.argmin(np.abs(np.log(safe) - np.log(max(t, safe[0])))))
 
 
-def stable_rank(sv: np.ndarray) -> np.ndarray:
+def stable_rank(sv: np.ndarray) -> np.ndarray | np.floating:
     """$\\sum_i s_i^2 / s_1^2$ along the last axis of singular values (largest first)."""
     return (sv**2).sum(axis=-1) / np.maximum(sv[..., 0] ** 2, np.finfo(float).tiny)
 

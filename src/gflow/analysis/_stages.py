@@ -156,7 +156,8 @@ def detect_stages(traj: Trajectory | Metrics, *, stable_rank_tol: float = 0.05, 
         before, after = int(m.open_directions[a]), int(m.open_directions[nxt])
         details = {"from_plateau": p, "loss_before": float(m.loss[b]), "loss_after": float(m.loss[nxt]),
                    "open_before": before, "open_after": after, "rank_increment": after - before,
-                   "new_singular_values": [float(s) for s in m.sv_E[nxt, before:after]], "settled_at": float(m.times[nxt])}
+                   "new_singular_values": [float(s) for s in m.sv_E[nxt, before:after]],
+                   "settled_at": float(m.times[nxt])}
         events.append(Event("escape", float(m.times[b]), _cycle(m, b), details))
     order = {k: r for r, k in enumerate(EVENT_KINDS)}
     return sorted(events, key=lambda e: (e.time, order[e.kind]))
@@ -195,7 +196,8 @@ def _describe(e: Event) -> str:
                 f"mass of tokens {d['focused_tokens']}: {d['focused_mass_at_peak']:.3f} -> {d['focused_mass']:.3f}")
     if e.kind == "escape":
         sv = ", ".join(f"{s:.3g}" for s in d["new_singular_values"])
-        inc = f"rank +{d['rank_increment']} (new singular value {sv})" if d["rank_increment"] > 0 else "no new direction"
+        inc = (f"rank +{d['rank_increment']} (new singular value {sv})" if d["rank_increment"] > 0 
+               else "no new direction")
         return f"loss {d['loss_before']:.5f} -> {d['loss_after']:.5f}; {inc}"
     return str(d)
 
