@@ -40,6 +40,8 @@ def make_solver(solver, rtol: float, atol: float):
     elif not isinstance(solver, diffrax.AbstractAdaptiveSolver):
         raise ValueError(f"`solver` must be a name or a diffrax adaptive solver; got {type(solver)!r}.")
     # Tolerances as arrays: a jitted solve then takes them as inputs, not as compile-time constants,
-    # so a new tolerance does not recompile.
+    # so a new tolerance does not recompile. The proportional and integral gains 0.3 and 0.4 damp
+    # step-size oscillation on stiff problems: on the demo flow, Kvaerno5 goes from 2024 accepted +
+    # 1971 rejected steps (plain I-controller) to 1571 + 532, 2.5x faster (benchmarks/README.md).
     return solver, diffrax.PIDController(rtol=jnp.asarray(rtol, dtype=jnp.float64),
-                                         atol=jnp.asarray(atol, dtype=jnp.float64))
+                                         atol=jnp.asarray(atol, dtype=jnp.float64), pcoeff=0.3, icoeff=0.4)
