@@ -13,6 +13,8 @@ from importlib.metadata import version as _version
 
 from . import analysis as analysis
 from . import plot as plot
+from ._compare import Comparison as Comparison
+from ._compare import compare as compare
 from ._flow import default_save_times as default_save_times
 from ._flow import resume as resume
 from ._flow import simulate as simulate
@@ -24,6 +26,7 @@ from ._model import TransformerConfig as TransformerConfig
 from ._model import TransformerParams as TransformerParams
 from ._model import init_params as init_params
 from ._settings import ExperimentSettings as ExperimentSettings
+from ._train import train as train
 from ._trajectory import Trajectory as Trajectory
 from ._trajectory import load as load
 

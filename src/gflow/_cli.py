@@ -18,7 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="an experiment described by a TOML file (see docs/cli.md)")
     run.add_argument("config", help="path of the TOML file")
     run.add_argument("--out", default=None, help="output folder (default: [output].dir of the file)")
-    for s in (demo, run):
+    cmp = sub.add_parser("compare", help="GD, SGD and Adam against the flow, on the settings of a TOML file")
+    cmp.add_argument("config", nargs="?", default=None, help="TOML file (default: the demo settings)")
+    cmp.add_argument("--out", default="gflow-compare", help="output folder (default: ./gflow-compare)")
+    cmp.add_argument("--t-end", type=float, default=3000.0, help="flow time to compare over (default 3000)")
+    for s in (demo, run, cmp):
         s.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -26,10 +30,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = ExperimentSettings.demo() if args.command == "demo" else ExperimentSettings.from_toml(args.config)
+        if args.command == "demo" or (args.command == "compare" and args.config is None):
+            settings = ExperimentSettings.demo()
+        else:
+            settings = ExperimentSettings.from_toml(args.config)
     except ValueError as e:
         print(f"gflow: error: {e}", file=sys.stderr)
         return 2
+    if args.command == "compare":
+        from ._comparison_run import run_comparison
+
+        run_comparison(settings, args.out, t_end=args.t_end, progress=False if args.no_progress else None)
+        return 0
     from ._experiment import run_experiment  # imports JAX and matplotlib: only once the input is valid
 
     tic = time.perf_counter()

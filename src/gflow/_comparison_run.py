@@ -1,0 +1,50 @@
+"""The flow-against-discrete experiment behind `gflow compare` and examples/sgd_vs_flow.py."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+
+from ._compare import compare, event_shift_table
+from ._flow import simulate
+from ._model import init_params
+from ._settings import ExperimentSettings
+from ._train import train
+from .plot import comparison_figure, save_figure
+
+# (optimizer, lr, batch size) of the discrete runs; their number of steps covers the flow's time.
+DEFAULT_RUNS = (("gd", 0.05, None), ("gd", 0.5, None), ("gd", 2.0, None), ("sgd", 0.5, 64), ("sgd", 0.5, 8),
+                ("adam", 0.01, None))
+
+
+def run_comparison(settings: ExperimentSettings, out_dir: str, *, t_end: float = 3000.0, runs=DEFAULT_RUNS,
+                   progress: bool | None = None, echo=print):
+    """Flow and discrete runs from the same initial point; figure, shift table and summary in `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    spec, config, run = settings.build()
+    t_end = min(t_end, run["t_end"])
+    p0 = init_params(jax.random.key(run["seed"]), config, spec, scale=run["scale"], gamma=run["gamma"])
+    tic = time.perf_counter()
+    flow = simulate(p0, spec, (0.0, t_end), config=config, loss=run["loss"], rtol=run["rtol"], atol=run["atol"],
+                    n_save=run["n_save"], solver=run["solver"], progress=progress)
+    trajs, comps, lines = [], [], []
+    for i, (opt, lr, batch) in enumerate(runs):
+        time_per_step = lr / 0.1 if opt == "momentum" else lr
+        steps = max(1, int(round(t_end / time_per_step)))
+        traj = train(p0, spec, config, optimizer=opt, lr=lr, steps=steps, batch_size=batch, loss=run["loss"],
+                     key=None if batch is None else jax.random.key(100 + i), n_save=run["n_save"] // 2,
+                     progress=progress)
+        c = compare(flow, traj)
+        trajs.append(traj)
+        comps.append(c)
+        echo(c.summary())
+        lines += [f"## {c.label}", "", c.summary(), "", event_shift_table(c.event_shifts), ""]
+    fig = comparison_figure(flow, trajs, comps)
+    save_figure(fig, os.path.join(out_dir, "comparison"))
+    with open(os.path.join(out_dir, "comparison.md"), "w") as fh:
+        fh.write("# Discrete training against the gradient flow\n\n![comparison](comparison.png)\n\n"
+                 + "\n".join(lines))
+    echo(f"wrote {out_dir}/comparison.md and comparison.png/.pdf ({time.perf_counter() - tic:.1f} s)")
+    return flow, trajs, comps

@@ -1,0 +1,178 @@
+"""Discrete training (GD, SGD, momentum, Adam) on the same losses as the flow.
+
+Full-batch GD on the population loss is the explicit Euler scheme of the gradient flow with step
+`lr`, so its step `k` sits at flow time $t = \\text{lr}\\,k$. Minibatch SGD on sequences drawn
+fresh from the chain each step is an unbiased noisy version of it. Momentum (heavy ball, $\\beta$)
+moves at the effective rate $\\text{lr}/(1-\\beta)$, so its time is $\\text{lr}\\,k/(1-\\beta)$. Adam is
+the flow of a different vector field (docs/compare.md); its time is $\\text{lr}\\,k$ by convention.
+
+Steps between two saved steps run inside one compiled `lax.fori_loop`; only the save grid (log-spaced
+in steps) is visited from Python, so long runs stay small and fast.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._flow import _check_positive, _progress_bar
+from ._loss import LossFunction, _cross_entropy, loss_function
+from ._markov import MarkovSpec
+from ._model import TransformerConfig, TransformerParams, check_params, sequence_logits
+from ._trajectory import Trajectory
+
+MOMENTUM = 0.9
+OPTIMIZERS = ("gd", "sgd", "momentum", "adam")
+
+
+def _make_optimizer(optimizer, lr: float) -> tuple[optax.GradientTransformation, str, float]:
+    """The optax transformation, its name, and the flow time of one step."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer, "optax", lr
+    if optimizer in ("gd", "sgd"):
+        return optax.sgd(lr), optimizer, lr
+    if optimizer == "momentum":
+        return optax.sgd(lr, momentum=MOMENTUM), optimizer, lr / (1 - MOMENTUM)
+    if optimizer == "adam":
+        return optax.adam(lr), optimizer, lr
+    raise ValueError(f"`optimizer` must be one of {OPTIMIZERS} or an optax.GradientTransformation; got {optimizer!r}.")
+
+
+def save_steps(steps: int, n_save: int) -> np.ndarray:
+    """Step 0 and up to `n_save - 1` distinct log-spaced steps ending at `steps`."""
+    grid = np.unique(np.round(np.logspace(0, math.log10(steps), max(n_save - 1, 1))).astype(np.int64))
+    return np.concatenate([[0], grid[grid >= 1]])
+
+
+class _Batches(eqx.Module):
+    """Fresh minibatches: from the chain (online SGD) or from a fixed dataset."""
+
+    P: jax.Array
+    init: jax.Array
+    dataset: jax.Array | None
+    batch_size: int = eqx.field(static=True)
+    length: int = eqx.field(static=True)
+
+    def draw(self, key):
+        if self.dataset is not None:
+            idx = jax.random.randint(key, (self.batch_size,), 0, self.dataset.shape[0])
+            return self.dataset[idx]
+        k0, key = jax.random.split(key)
+        x0 = jax.random.categorical(k0, jnp.log(self.init), shape=(self.batch_size,))
+
+        def step(x, k):
+            nxt = jax.random.categorical(k, jnp.log(self.P)[x], axis=-1)
+            return nxt, nxt
+
+        _, rest = jax.lax.scan(step, x0, jax.random.split(key, self.length - 1))
+        return jnp.concatenate([x0[:, None], rest.T], axis=1)
+
+
+def _minibatch_loss(params, seqs, config: TransformerConfig, position_weights):
+    logits = sequence_logits(params, seqs[:, :-1], config)
+    targets = jax.nn.one_hot(seqs[:, 1:], logits.shape[-1], dtype=logits.dtype)
+    return jnp.mean(_cross_entropy(targets, logits) @ position_weights)
+
+
+@eqx.filter_jit
+def _advance(params, opt_state, key, n_steps, optimizer, population: LossFunction, batches: _Batches | None,
+             position_weights):
+    def body(_, carry):
+        params, opt_state, key = carry
+        if batches is None:
+            grads = jax.grad(population)(params)
+        else:
+            key, sub = jax.random.split(key)
+            grads = jax.grad(_minibatch_loss)(params, batches.draw(sub), population.config, position_weights)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, key
+
+    params, opt_state, key = jax.lax.fori_loop(0, n_steps, body, (params, opt_state, key))
+    loss, grads = jax.value_and_grad(population)(params)
+    gnorm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
+    return params, opt_state, key, loss, gnorm
+
+
+def train(params0: TransformerParams, spec: MarkovSpec, config: TransformerConfig | None = None, *,
+          optimizer="gd", lr: float, steps: int, batch_size: int | None = None, key=None, dataset=None,
+          loss: str = "auto", n_save: int = 121, progress: bool | None = None) -> Trajectory:
+    """Train with a discrete optimiser and record it as a `Trajectory` comparable with the flow.
+
+    **Arguments:**
+
+    - `optimizer`: `"gd"`, `"sgd"`, `"momentum"` (heavy ball, beta 0.9), `"adam"`, or an optax
+      `GradientTransformation`.
+    - `lr`, `steps`: learning rate and number of steps.
+    - `batch_size`: `None` for full-batch steps on the population loss chosen by `loss` (the same
+      loss the flow integrates); an integer for minibatches of sequences, drawn fresh from the chain
+      every step (online SGD) or, with `dataset` (int array `(N, T+1)`), from that dataset.
+    - `key`: PRNG key for the minibatches (required with `batch_size`).
+
+    **Returns:** a `Trajectory` saved at step 0 and `n_save - 1` log-spaced steps: `steps` holds the
+    step indices, `times` the flow times (`lr * k`; `lr * k / (1 - beta)` for momentum), and
+    `loss`/`grad_norm` the *population* loss and gradient norm at those steps.
+    """
+    config = TransformerConfig() if config is None else config
+    check_params(params0, config, spec)
+    _check_positive("lr", lr)
+    _check_positive("steps", steps, integer=True)
+    _check_positive("n_save", n_save, integer=True)
+    opt, name, dt = _make_optimizer(optimizer, lr)
+    population = loss_function(spec, config, loss)
+    batches = None
+    if batch_size is None:
+        if dataset is not None or key is not None:
+            raise ValueError("`dataset` and `key` are for minibatch training; set `batch_size` too.")
+        key = jax.random.key(0)
+    else:
+        _check_positive("batch_size", batch_size, integer=True)
+        if key is None:
+            raise ValueError("`key` is required with `batch_size` (it draws the minibatches).")
+        if dataset is not None:
+            dataset = jnp.asarray(dataset)
+            if dataset.ndim != 2 or dataset.shape[1] != spec.T + 1 or not jnp.issubdtype(dataset.dtype, jnp.integer):
+                raise ValueError(f"`dataset` must be an int array (N, T+1) = (N, {spec.T + 1}) of tokens; got "
+                                 f"{dataset.dtype} {tuple(dataset.shape)}.")
+        batches = _Batches(P=spec.P, init=spec.init, dataset=dataset, batch_size=int(batch_size), length=spec.T + 1)
+    rho = jnp.zeros(spec.T).at[-1].set(1.0) if spec.positions == "last" else jnp.full(spec.T, 1.0 / spec.T)
+    grid = save_steps(int(steps), int(n_save))
+    params, opt_state = params0, opt.init(params0)
+    l0, g0 = jax.value_and_grad(population)(params0)
+    saved_p, saved_l = [params0], [float(l0)]
+    saved_g = [float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(g0))))]
+    bar = _progress_bar(progress, len(grid) - 1, 0)
+    status, message = "success", f"{steps} steps of {name} at lr {lr:g}"
+    tic = time.perf_counter()
+    try:
+        for k0, k1 in zip(grid[:-1], grid[1:], strict=True):
+            params, opt_state, key, lval, gnorm = _advance(params, opt_state, key, jnp.asarray(k1 - k0), opt,
+                                                           population, batches, rho)
+            saved_p.append(params)
+            saved_l.append(float(lval))
+            saved_g.append(float(gnorm))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"step={k1} loss={float(lval):.5f}")
+            if not math.isfinite(saved_l[-1]):
+                status, message = "nonfinite", f"the loss became non-finite by step {k1} (lr {lr:g} too large?)"
+                break
+    except KeyboardInterrupt:
+        status, message = "interrupted", f"interrupted by the user after step {grid[len(saved_l) - 1]}"
+    finally:
+        if bar is not None:
+            bar.close()
+    n = len(saved_l)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *saved_p)
+    settings = {"kind": "discrete", "optimizer": name, "lr": float(lr), "steps": int(steps), "batch_size": batch_size,
+                "loss": population.method, "time_per_step": dt, "dataset_size": None if dataset is None else
+                int(dataset.shape[0])}
+    return Trajectory(times=grid[:n] * dt, params=stacked, loss=np.asarray(saved_l), grad_norm=np.asarray(saved_g),
+                      config=config, spec=spec, settings=settings,
+                      stats={"num_steps": int(grid[n - 1]), "wall_time_s": time.perf_counter() - tic},
+                      status=status, message=message, steps=grid[:n])
