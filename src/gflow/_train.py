@@ -90,7 +90,10 @@ def _advance(params, opt_state, key, n_steps, optimizer, population: LossFunctio
         else:
             key, sub = jax.random.split(key)
             grads = jax.grad(_minibatch_loss)(params, batches.draw(sub), population.config, position_weights)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        # optax mixes Python floats with int32 step counts (Adam's bias correction); let that promote
+        # normally even where a caller runs with strict promotion (as our test suite does).
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, key
 
     params, opt_state, key = jax.lax.fori_loop(0, n_steps, body, (params, opt_state, key))

@@ -1,7 +1,7 @@
 """Figures (matplotlib, PNG and PDF)."""
 
+from ._compare import comparison_figure as comparison_figure
 from ._figures import attention_figure as attention_figure
 from ._figures import hessian_figure as hessian_figure
 from ._figures import overview_figure as overview_figure
 from ._figures import save_figure as save_figure
-from ._compare import comparison_figure as comparison_figure
