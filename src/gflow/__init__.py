@@ -15,6 +15,8 @@ from . import analysis as analysis
 from . import plot as plot
 from ._compare import Comparison as Comparison
 from ._compare import compare as compare
+from ._ensemble import simulate_many as simulate_many
+from ._ensemble import stack_params as stack_params
 from ._flow import default_save_times as default_save_times
 from ._flow import resume as resume
 from ._flow import simulate as simulate

@@ -93,8 +93,7 @@ def _check_positive(name: str, value, integer: bool = False):
     return value
 
 
-@eqx.filter_jit
-def _integrate_segment(field: GradientField, solver, controller, y0, t0, t1, ts, max_steps: int):
+def _segment(field: GradientField, solver, controller, y0, t0, t1, ts, max_steps: int):
     """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there."""
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field), solver, t0, t1, None, y0, saveat=diffrax.SaveAt(ts=ts),
@@ -109,6 +108,10 @@ def _integrate_segment(field: GradientField, solver, controller, y0, t0, t1, ts,
     ok = sol.result == diffrax.RESULTS.successful
     hit_max = sol.result == diffrax.RESULTS.max_steps_reached
     return sol.ts, sol.ys, loss, jnp.linalg.norm(grad, axis=-1), ok, hit_max, stats
+
+
+# One compiled solve per chunk; the ensemble version maps it over a batch of initial states.
+_integrate_segment = eqx.filter_jit(_segment)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,53 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import gflow
+
+
+def test_simulate_many_equals_separate_solves(small_setting):
+    spec, config, _ = small_setting
+    ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(3)]
+    many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
+                               progress=False)
+    assert len(many) == 3
+    for p, traj in zip(ps, many, strict=True):
+        one = gflow.simulate(p, spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False)
+        assert traj.ok and np.array_equal(traj.times, one.times)
+        np.testing.assert_allclose(traj.loss, one.loss, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(traj.params.W_E), np.asarray(one.params.W_E), rtol=1e-9, atol=1e-12)
+        assert traj.stats["num_accepted_steps"] == one.stats["num_accepted_steps"]
+
+
+def test_simulate_many_rejects_unbatched_input(small_setting):
+    spec, config, p0 = small_setting
+    with pytest.raises(ValueError, match="leading batch"):
+        gflow.simulate_many(jax.tree.map(lambda a: a[0, 0], p0), spec, (0, 1.0), config=config)
+    with pytest.raises(ValueError, match="`devices`"):
+        gflow.simulate_many(gflow.stack_params([p0]), spec, (0, 1.0), config=config, devices=99)
+
+
+SHARDED = textwrap.dedent("""
+    import jax, numpy as np, gflow
+    assert len(jax.devices()) == 4, jax.devices()
+    spec = gflow.MarkovSpec.sticky((0.6, 0.3, 0.1), 0.4, T=4)
+    config = gflow.TransformerConfig(d_model=3)
+    ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(5)]  # padded to 8
+    many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
+                               progress=False)
+    one = gflow.simulate(ps[4], spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False)
+    assert all(t.ok for t in many) and many[4].settings["devices"] == 4
+    np.testing.assert_allclose(many[4].loss, one.loss, rtol=1e-10)
+    print("sharded ok")
+""")
+
+
+def test_sharded_over_four_host_devices():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "sharded ok" in out.stdout, out.stderr[-3000:]
