@@ -241,7 +241,7 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
     - `config`: the architecture (default `TransformerConfig()`); must match `params0`.
     - `loss`: the population-loss method (`"auto"`, `"enumerate"`, `"counts"`, `"meanfield"`,
       `"sampled"` with `n_samples`, `key`).
-    - `solver`: a diffrax adaptive solver, or its name (`"Kvaerno5"`, `"Tsit5"`, ...), or `None` for
+    - `solver`: a diffrax adaptive solver, or its name (`"Kvaerno4"`, `"Tsit5"`, ...), or `None` for
       gflow's default stiff solver. Steps are chosen by a PID controller with `rtol`, `atol`.
     - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
