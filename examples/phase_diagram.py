@@ -24,10 +24,11 @@ batch = gflow.stack_params([gflow.init_params(jax.random.key(seed), config, spec
                             for s, seed in members])
 trajs = gflow.simulate_many(batch, spec, (0.0, 2e4), config=config, loss="meanfield", n_save=161)
 
-first_escape, cycles = [], []
+first_escape, cycles, all_escapes = [], [], []
 for traj in trajs:
     events = detect_stages(traj)
     escapes = [e.time for e in events if e.kind == "escape"]
+    all_escapes.append(escapes)
     first_escape.append(escapes[0] if escapes else np.nan)
     cycles.append(max(e.cycle for e in events))
 first_escape, cycles = np.array(first_escape), np.array(cycles)
@@ -52,9 +53,14 @@ ax.set_xlabel("log(1 / init scale)")
 ax.set_ylabel("first escape time")
 ax.legend(frameon=False, fontsize=7)
 ax = axes[1]
-ax.scatter(np.array([s for s, _ in members]), cycles + 0.05 * (np.arange(len(members)) % 3 - 1), s=14)
+member_scales = np.array([s for s, _ in members])
+for k in range(max(len(e) for e in all_escapes)):
+    pts = [(s, e[k]) for s, e in zip(member_scales, all_escapes, strict=True) if len(e) > k]
+    ax.scatter(*zip(*pts, strict=True), s=14, label=f"escape {k + 1}")
 ax.set_xscale("log")
+ax.set_yscale("log")
 ax.set_xlabel("init scale")
-ax.set_ylabel("cycles reached by t = 2e4")
-ax.set_yticks(range(1, int(cycles.max()) + 1))
+ax.set_ylabel("escape time")
+ax.set_title(f"cycles reached by t = 2e4: {int(cycles.min())}-{int(cycles.max())}", fontsize=8)
+ax.legend(frameon=False, fontsize=7)
 save_figure(fig, "phase-diagram")

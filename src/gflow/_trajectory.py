@@ -38,7 +38,8 @@ class Trajectory:
     - `steps`: `(n,)` optimiser step index for discrete runs, `None` for flows.
     - `config`, `spec`: the model and the chain.
     - `settings`: how it was computed (loss method, solver, tolerances, the full save grid...).
-    - `stats`: solver statistics (accepted/rejected steps, gradient and Hessian evaluations, wall time).
+    - `stats`: solver statistics (accepted/rejected steps, Hessian assemblies of implicit solvers, estimated
+      gradient evaluations of explicit ones, stages per step, wall time).
     - `status`: one of `"success"`, `"max_steps"`, `"nonfinite"`, `"solver_failure"`,
       `"interrupted"`, `"running"` (a checkpoint of a run in progress); `message` says it in words.
     """
