@@ -213,8 +213,9 @@ class MarkovSpec(eqx.Module):
         return _sample(key, self.P, self.init, int(n), self.T + 1)
 
 
-@eqx.filter_jit
-def _sample(key, P, init, n: int, length: int):
+def sample_chain(key: PRNGKeyArray, P: Float[Array, "V V"], init: Float[Array, " V"], n: int,
+                 length: int) -> Int[Array, "n length"]:
+    """`n` sequences of `length` tokens from the chain (traceable: usable inside jitted loops)."""
     k0, key = jax.random.split(key)
     logP = jnp.log(P)
     x0 = jax.random.categorical(k0, jnp.log(init), shape=(n,))
@@ -225,3 +226,6 @@ def _sample(key, P, init, n: int, length: int):
 
     _, rest = jax.lax.scan(step, x0, jax.random.split(key, length - 1))
     return jnp.concatenate([x0[:, None], rest.T], axis=1).astype(jnp.int32)
+
+
+_sample = eqx.filter_jit(sample_chain)

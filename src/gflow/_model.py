@@ -172,18 +172,30 @@ def _values(params: TransformerParams, h: Float[Array, "*batch d_model"], config
     return jnp.broadcast_to(h, (config.n_heads, *h.shape))
 
 
-def sequence_logits(params: TransformerParams, tokens: Int[Array, "batch T"],
-                    config: TransformerConfig) -> Float[Array, "batch T V"]:
-    """Logits for predicting $x_{t+1}$ at every position $t$ of each sequence (causal attention)."""
-    T = tokens.shape[-1]
+def _embed(params: TransformerParams, tokens: Int[Array, "batch T"], config: TransformerConfig):
     h = params.W_E[tokens]
     if config.positional == "learned":
-        h = h + params.W_pos[:T]
+        h = h + params.W_pos[: tokens.shape[-1]]
+    return h
+
+
+def sequence_attention(params: TransformerParams, tokens: Int[Array, "batch T"],
+                       config: TransformerConfig) -> Float[Array, "batch n_heads T T"]:
+    """Causal attention weights `alpha[b, k, t, s]` (query t, key s <= t; the query sees itself)."""
+    h = _embed(params, tokens, config)
+    T = tokens.shape[-1]
     q = jnp.einsum("btd,kde->bkte", h, params.W_Q)
     k = jnp.einsum("btd,kde->bkte", h, params.W_K)
     scores = config.score_scale * jnp.einsum("bkte,bkse->bkts", q, k)
     causal = jnp.tril(jnp.ones((T, T), dtype=bool))
-    alpha = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+    return jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+
+
+def sequence_logits(params: TransformerParams, tokens: Int[Array, "batch T"],
+                    config: TransformerConfig) -> Float[Array, "batch T V"]:
+    """Logits for predicting $x_{t+1}$ at every position $t$ of each sequence (causal attention)."""
+    h = _embed(params, tokens, config)
+    alpha = sequence_attention(params, tokens, config)
     v = _values(params, h, config)  # (k, b, s, d)
     z = jnp.einsum("bkts,kbsd->btd", alpha, v)
     if config.residual:

@@ -23,7 +23,7 @@ import optax
 
 from ._flow import _check_positive, _progress_bar
 from ._loss import LossFunction, _cross_entropy, loss_function
-from ._markov import MarkovSpec
+from ._markov import MarkovSpec, sample_chain
 from ._model import TransformerConfig, TransformerParams, check_params, sequence_logits
 from ._trajectory import Trajectory
 
@@ -63,15 +63,7 @@ class _Batches(eqx.Module):
         if self.dataset is not None:
             idx = jax.random.randint(key, (self.batch_size,), 0, self.dataset.shape[0])
             return self.dataset[idx]
-        k0, key = jax.random.split(key)
-        x0 = jax.random.categorical(k0, jnp.log(self.init), shape=(self.batch_size,))
-
-        def step(x, k):
-            nxt = jax.random.categorical(k, jnp.log(self.P)[x], axis=-1)
-            return nxt, nxt
-
-        _, rest = jax.lax.scan(step, x0, jax.random.split(key, self.length - 1))
-        return jnp.concatenate([x0[:, None], rest.T], axis=1)
+        return sample_chain(key, self.P, self.init, self.batch_size, self.length)
 
 
 def _minibatch_loss(params, seqs, config: TransformerConfig, position_weights):
@@ -98,8 +90,7 @@ def _advance(params, opt_state, key, n_steps, optimizer, population: LossFunctio
 
     params, opt_state, key = jax.lax.fori_loop(0, n_steps, body, (params, opt_state, key))
     loss, grads = jax.value_and_grad(population)(params)
-    gnorm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
-    return params, opt_state, key, loss, gnorm
+    return params, opt_state, key, loss, optax.tree.norm(grads)
 
 
 def train(params0: TransformerParams, spec: MarkovSpec, config: TransformerConfig | None = None, *,
@@ -148,7 +139,7 @@ def train(params0: TransformerParams, spec: MarkovSpec, config: TransformerConfi
     params, opt_state = params0, opt.init(params0)
     l0, g0 = jax.value_and_grad(population)(params0)
     saved_p, saved_l = [params0], [float(l0)]
-    saved_g = [float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(g0))))]
+    saved_g = [float(optax.tree.norm(g0))]
     bar = _progress_bar(progress, len(grid) - 1, 0)
     status, message = "success", f"{steps} steps of {name} at lr {lr:g}"
     tic = time.perf_counter()

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._markov import MarkovSpec
-from .._model import TransformerConfig, TransformerParams
+from .._model import TransformerConfig, TransformerParams, sequence_attention
 from .._trajectory import Trajectory
 
 OPEN_FRACTION = 0.25
@@ -101,15 +101,7 @@ def _position_attention(traj: Trajectory, n_sequences: int = 512) -> np.ndarray:
     spec, cfg = traj.spec, traj.config
     seqs = spec.sample(jax.random.key(0), n_sequences)[:, : spec.T]
 
-    def one(p):
-        h = p.W_E[seqs] + (p.W_pos[: spec.T] if cfg.positional == "learned" else 0.0)
-        q = jnp.einsum("btd,kde->bkte", h, p.W_Q)
-        k = jnp.einsum("btd,kde->bkte", h, p.W_K)
-        s = cfg.score_scale * jnp.einsum("bkte,bkse->bkts", q, k)
-        mask = jnp.tril(jnp.ones((spec.T, spec.T), dtype=bool))
-        return jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1).mean(axis=0)
-
-    return np.asarray(jax.lax.map(one, traj.params))
+    return np.asarray(jax.lax.map(lambda p: sequence_attention(p, seqs, cfg).mean(axis=0), traj.params))
 
 
 def compute_metrics(traj: Trajectory) -> Metrics:
