@@ -148,3 +148,14 @@ def test_default_save_grid_is_log_spaced_from_t0():
     ts = gflow.default_save_times((0.0, 1e5), 121)
     assert ts[0] == 0 and ts[1] == pytest.approx(0.1) and ts[-1] == 1e5 and len(ts) == 121
     np.testing.assert_allclose(np.diff(np.log10(ts[1:])), 6 / 119)
+
+
+def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_setting):
+    implicit = run(small_setting)
+    s = implicit.stats
+    assert s["num_hessian_evaluations"] == s["num_accepted_steps"] + s["num_rejected_steps"] > 0
+    assert s["stages_per_step"] == 5  # Kvaerno4
+    explicit = run(small_setting, solver="Tsit5", t1=5.0)
+    e = explicit.stats
+    assert "num_hessian_evaluations" not in e
+    assert e["num_gradient_evaluations_estimate"] == 6 * (e["num_accepted_steps"] + e["num_rejected_steps"])
