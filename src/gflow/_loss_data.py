@@ -73,10 +73,11 @@ def enumerate_data(spec: MarkovSpec) -> SequenceData:
         )
     P, init = np.asarray(spec.P), np.asarray(spec.init)
     tokens = np.stack(np.unravel_index(np.arange(n), (V,) * T), axis=1).astype(np.int32)  # (n, T)
-    logp = np.log(np.where(init > 0, init, 1.0))[tokens[:, 0]] + np.where(init[tokens[:, 0]] > 0, 0, -np.inf)
+    with np.errstate(divide="ignore"):  # log 0 = -inf marks impossible sequences (probability 0)
+        log_init, log_P = np.log(init), np.log(P)
+    logp = log_init[tokens[:, 0]]
     for t in range(1, T):
-        step = P[tokens[:, t - 1], tokens[:, t]]
-        logp = logp + np.where(step > 0, np.log(np.where(step > 0, step, 1.0)), -np.inf)
+        logp = logp + log_P[tokens[:, t - 1], tokens[:, t]]
     prob = np.exp(logp)
     return SequenceData(tokens=jnp.asarray(tokens), weights=jnp.asarray(prob),
                         targets=jnp.asarray(P[tokens]), position_weights=jnp.asarray(_position_weights(spec)))
