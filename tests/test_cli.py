@@ -53,7 +53,8 @@ def test_gflow_run_writes_report_figures_and_trajectory(tmp_path, capsys):
      ("[chain]\nlam = 'half'", r"\[chain\].lam must be int or float"), ("[chain]\nlam = 1.5", r"\[chain\].*`lam`"),
      ("[model]\nd_model = 0", r"\[model\].*d_model"), ("[flow]\nrtol = -1.0", r"\[flow\].rtol"),
      ("[init]\nscale = 0.1\ngamma = 1.0", "not both"), ("[chain]\nkind = 'hmm'", "`kind`"),
-     ("[flow\n", "not valid TOML")],
+     ("[flow\n", "not valid TOML"), ("[flow]\nt_end = true", r"\[flow\].t_end must be int or float"),
+     ("[model]\nresidual = 1", r"\[model\].residual must be bool")],
 )
 def test_bad_config_files_are_named_precisely(tmp_path, capsys, text, match):
     cfg = tmp_path / "bad.toml"

@@ -64,7 +64,8 @@ class ExperimentSettings:
             vals = {}
             for k, (types, default) in keys.items():
                 v = given.get(k, default)
-                if k in given and (not isinstance(v, types) or (types is int and isinstance(v, bool))):
+                accepts_bool = types is bool
+                if k in given and (not isinstance(v, types) or (isinstance(v, bool) and not accepts_bool)):
                     names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
                     raise ValueError(f"{source}: [{section}].{k} must be {names}; got {v!r}.")
                 vals[k] = v
