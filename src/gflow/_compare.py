@@ -16,7 +16,7 @@ from ._layout import ParamLayout
 from ._loss import loss_function
 from ._trajectory import Trajectory
 from .analysis import detect_stages
-from .analysis._linearize import lanczos_extremes
+from .analysis._linearize import hessian_vector_product, lanczos_extremes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +70,11 @@ def sharpness(traj: Trajectory, indices, steps: int = 30) -> np.ndarray:
     """Largest Hessian eigenvalue of the trajectory's loss at the given saved indices (Lanczos)."""
     layout = ParamLayout.of(traj.config, traj.spec)
     fn = loss_function(traj.spec, traj.config, traj.settings.get("loss", "auto"))
-    f = lambda v: fn(layout.unflatten(v))  # noqa: E731
-    hvp = jax.jit(lambda y, v: jax.jvp(jax.grad(f), (y,), (v,))[1])
     out = []
     for i in indices:
         y = layout.flatten(traj.params_at(int(i)))
-        vals, _ = lanczos_extremes(lambda v, y=y: hvp(y, v), layout.size, steps, jax.random.key(0))
+        vals, _ = lanczos_extremes(lambda v, y=y: hessian_vector_product(fn, layout, y, v), layout.size, steps,
+                                   jax.random.key(0))
         out.append(vals[-1])
     return np.asarray(out)
 
@@ -86,9 +85,8 @@ def compare(flow: Trajectory, discrete: Trajectory, *, n_sharpness: int = 12, la
     if flow.config != discrete.config or flow.spec.T != discrete.spec.T or not np.array_equal(
             np.asarray(flow.spec.P), np.asarray(discrete.spec.P)):
         raise ValueError("`flow` and `discrete` must share the chain and the config.")
-    if not np.array_equal(jax.vmap(ParamLayout.of(flow.config, flow.spec).flatten)(
-            jax.tree.map(lambda a: a[:1], flow.params)),
-            jax.vmap(ParamLayout.of(flow.config, flow.spec).flatten)(jax.tree.map(lambda a: a[:1], discrete.params))):
+    layout = ParamLayout.of(flow.config, flow.spec)
+    if not np.array_equal(layout.flatten(flow.params_at(0)), layout.flatten(discrete.params_at(0))):
         raise ValueError("`flow` and `discrete` must start from the same parameters.")
     t_end = float(flow.times[-1])
     keep = discrete.times <= t_end * (1 + 1e-12)
@@ -98,7 +96,6 @@ def compare(flow: Trajectory, discrete: Trajectory, *, n_sharpness: int = 12, la
                    solver=s["solver"], rtol=s["rtol"], atol=s["atol"], save_times=times, max_steps=s["max_steps"],
                    progress=progress)
     n = min(len(ref), int(keep.sum()))
-    layout = ParamLayout.of(flow.config, flow.spec)
     yf = np.asarray(jax.vmap(layout.flatten)(ref.params))[:n]
     yd = np.asarray(jax.vmap(layout.flatten)(discrete.params))[:n]
     distance = np.linalg.norm(yd - yf, axis=1) / np.maximum(np.linalg.norm(yf, axis=1), np.finfo(float).tiny)

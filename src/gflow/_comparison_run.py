@@ -11,7 +11,7 @@ from ._compare import compare, event_shift_table
 from ._flow import simulate
 from ._model import init_params
 from ._settings import ExperimentSettings
-from ._train import train
+from ._train import _make_optimizer, train
 from .plot import comparison_figure, save_figure
 
 # (optimizer, lr, batch size) of the discrete runs; their number of steps covers the flow's time.
@@ -31,8 +31,7 @@ def run_comparison(settings: ExperimentSettings, out_dir: str, *, t_end: float =
                     n_save=run["n_save"], solver=run["solver"], progress=progress)
     trajs, comps, lines = [], [], []
     for i, (opt, lr, batch) in enumerate(runs):
-        time_per_step = lr / 0.1 if opt == "momentum" else lr
-        steps = max(1, int(round(t_end / time_per_step)))
+        steps = max(1, int(round(t_end / _make_optimizer(opt, lr)[2])))  # flow time per step
         traj = train(p0, spec, config, optimizer=opt, lr=lr, steps=steps, batch_size=batch, loss=run["loss"],
                      key=None if batch is None else jax.random.key(100 + i), n_save=run["n_save"] // 2,
                      progress=progress)

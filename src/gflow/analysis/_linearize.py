@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,9 +47,17 @@ class Linearization:
     method: str
 
 
-def _hvp(fn, y):
-    grad = jax.grad(fn)
-    return jax.jit(lambda v: jax.jvp(grad, (y,), (v,))[1])
+@eqx.filter_jit
+def hessian_vector_product(fn: LossFunction, layout: ParamLayout, y, v):
+    """$\\nabla^2 L(y)\\, v$ by forward-over-reverse differentiation. Compiled once per loss *shape*:
+    the loss is an argument, so new chains, points and vectors reuse the compiled code."""
+    return jax.jvp(jax.grad(lambda w: fn(layout.unflatten(w))), (y,), (v,))[1]
+
+
+@eqx.filter_jit
+def dense_hessian(fn: LossFunction, layout: ParamLayout, y):
+    """The full Hessian of the loss at the flat point `y` (compiled once per loss shape)."""
+    return jax.hessian(lambda w: fn(layout.unflatten(w)))(y)
 
 
 def lanczos_extremes(matvec, n: int, k: int, key) -> tuple[np.ndarray, np.ndarray]:
@@ -94,13 +103,12 @@ def _linearize_flat(fn: LossFunction, layout: ParamLayout, y, *, method="auto", 
     n = layout.size
     if method == "auto":
         method = "dense" if n <= DENSE_LIMIT else "lanczos"
-    f = lambda v: fn(layout.unflatten(v))  # noqa: E731
     if method == "dense":
-        H = np.asarray(jax.jit(jax.hessian(f))(y))
+        H = np.asarray(dense_hessian(fn, layout, y))
         vals, vecs = np.linalg.eigh(0.5 * (H + H.T))
     else:
         key = jax.random.key(0) if key is None else key
-        vals, vecs = lanczos_extremes(_hvp(f, y), n, lanczos_steps, key)
+        vals, vecs = lanczos_extremes(lambda v: hessian_vector_product(fn, layout, y, v), n, lanczos_steps, key)
     tol = 1e-8 * max(abs(vals).max(), np.finfo(float).tiny)
     return Linearization(eigenvalues=vals, eigenvectors=vecs, saddle_index=int((vals < -tol).sum()),
                          escape_rate=float(max(-vals[0], 0.0)), method=method)
