@@ -17,7 +17,8 @@ def test_simulate_many_equals_separate_solves(small_setting):
                                progress=False)
     assert len(many) == 3
     for p, traj in zip(ps, many, strict=True):
-        one = gflow.simulate(p, spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False)
+        one = gflow.simulate(p, spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False,
+                             solver="Kvaerno4")  # the ensemble default
         assert traj.ok and np.array_equal(traj.times, one.times)
         np.testing.assert_allclose(traj.loss, one.loss, rtol=1e-12)
         np.testing.assert_allclose(np.asarray(traj.params.W_E), np.asarray(one.params.W_E), rtol=1e-9, atol=1e-12)
@@ -40,7 +41,8 @@ SHARDED = textwrap.dedent("""
     ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(5)]  # padded to 8
     many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
                                progress=False)
-    one = gflow.simulate(ps[4], spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False)
+    one = gflow.simulate(ps[4], spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False,
+                         solver="Kvaerno4")
     assert all(t.ok for t in many) and many[4].settings["devices"] == 4
     np.testing.assert_allclose(many[4].loss, one.loss, rtol=1e-10)
     print("sharded ok")

@@ -151,10 +151,15 @@ def test_default_save_grid_is_log_spaced_from_t0():
 
 
 def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_setting):
-    implicit = run(small_setting)
+    implicit = run(small_setting, solver="Kvaerno4")
     s = implicit.stats
     assert s["num_hessian_evaluations"] == s["num_accepted_steps"] + s["num_rejected_steps"] > 0
     assert s["stages_per_step"] == 5  # Kvaerno4
+    kept = run(small_setting).stats  # the default keeps each Hessian for many steps
+    attempted = kept["num_accepted_steps"] + kept["num_rejected_steps"]
+    n_chunks = 8  # 24 save intervals in chunks of 3: each chunk starts with a fresh Hessian
+    assert n_chunks <= kept["num_hessian_evaluations"] < n_chunks + attempted / 5
+    assert kept["num_gradient_evaluations_estimate"] == 4 * attempted
     explicit = run(small_setting, solver="Tsit5", t1=5.0)
     e = explicit.stats
     assert "num_hessian_evaluations" not in e

@@ -27,6 +27,7 @@ from ._layout import ParamLayout
 from ._loss import LossFunction, loss_function
 from ._markov import MarkovSpec
 from ._model import TransformerConfig, TransformerParams, check_params
+from ._rosenbrock import GradientFlowRosenbrock
 from ._solvers import make_solver, solver_name
 from ._trajectory import Trajectory, load
 
@@ -95,13 +96,16 @@ def _check_positive(name: str, value, integer: bool = False):
 
 def _segment(field: GradientField, solver, controller, y0, t0, t1, ts, max_steps: int):
     """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there."""
+    keeps_hessians = isinstance(solver, GradientFlowRosenbrock)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), solver, t0, t1, None, y0, saveat=diffrax.SaveAt(ts=ts),
+        diffrax.ODETerm(field), solver, t0, t1, None, y0, saveat=diffrax.SaveAt(ts=ts, solver_state=keeps_hessians),
         stepsize_controller=controller, max_steps=max_steps, throw=False,
     )
     loss, grad = jax.vmap(jax.value_and_grad(field.value))(sol.ys)
     stats = {"num_accepted_steps": sol.stats["num_accepted_steps"],
              "num_rejected_steps": sol.stats["num_rejected_steps"]}
+    if keeps_hessians:
+        stats["num_hessian_evaluations"] = sol.solver_state.hessians
     ok = sol.result == diffrax.RESULTS.successful
     hit_max = sol.result == diffrax.RESULTS.max_steps_reached
     return sol.ts, sol.ys, loss, jnp.linalg.norm(grad, axis=-1), ok, hit_max, stats
@@ -114,11 +118,14 @@ _integrate_segment = eqx.filter_jit(_segment)
 def evaluation_counts(solver, attempted_steps: int) -> dict:
     """Work counts derived from the step counts, as diffrax reports no evaluation counts.
 
-    diffrax's implicit (ESDIRK) methods assemble one Jacobian (here the Hessian, by forward-over-reverse
+    `GradientFlowRosenbrock` counts its Hessians itself (`_segment` reads them from its state); its
+    steps take four gradients each (a retaken step, rare, takes four more). diffrax's implicit (ESDIRK) methods assemble one Jacobian (here the Hessian, by forward-over-reverse
     differentiation) per attempted step: that count is exact. Gradient evaluations are estimated as
     (stages - 1 if first-same-as-last, else stages) per attempted step; for implicit methods each stage
     also costs its Newton iterations, which diffrax does not report, so no gradient count is given.
     """
+    if isinstance(solver, GradientFlowRosenbrock):
+        return {"stages_per_step": 4, "num_gradient_evaluations_estimate": 4 * int(attempted_steps)}
     tableau = getattr(solver, "tableau", None)
     if tableau is None:
         return {}
@@ -258,7 +265,8 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
     - `loss`: the population-loss method (`"auto"`, `"enumerate"`, `"counts"`, `"meanfield"`,
       `"sampled"` with `n_samples`, `key`).
     - `solver`: a diffrax adaptive solver, or its name (`"Kvaerno4"`, `"Tsit5"`, ...), or `None` for
-      gflow's default stiff solver. Steps are chosen by a PID controller with `rtol`, `atol`.
+      gflow's default stiff solver, `GradientFlowRosenbrock` (a Rosenbrock-W method that keeps one
+      eigendecomposition of the Hessian over many steps; docs/flow.md). Steps are chosen by a PID controller with `rtol`, `atol`.
     - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
     - `progress`: a tqdm bar (default: on when stderr is a terminal).

@@ -4,37 +4,48 @@ A solver is named by a string (`"Kvaerno4"`, any adaptive diffrax solver's class
 as a diffrax solver instance. Names are what trajectory files record, so that `resume` can rebuild
 the same solver.
 
-The default is `Kvaerno4` (an L-stable ESDIRK method, order 4 with an embedded order-3 estimate)
-whose simplified-Newton stage solves stop at `NEWTON_FACTOR` (100) times the step tolerances, under
-a PID controller with gains 0.3/0.4. On the demo flow (benchmarks/, docs/performance.md) that takes
-3.5 s where diffrax's defaults for Kvaerno5 take 16 s, at the same error against a Radau reference
-at rtol 1e-10 (2e-6 relative): the Newton iterations of an implicit stage only need to be
-accurate well below the local error the controller accepts, and demanding more makes them fail
-and the controller reject the step.
+The default for single solves is gflow's `GradientFlowRosenbrock` (`_rosenbrock.py`): a
+Rosenbrock-W method that keeps one eigendecomposition of the Hessian across many steps, which the
+symmetry of a gradient flow's Jacobian makes valid for every step size. Ensembles (`simulate_many`)
+default to `Kvaerno4` instead: under `vmap` the "keep or recompute the Hessian" branch becomes a
+select that computes both sides, so every member would pay an `eigh` at every step.
+
+Named diffrax implicit solvers (`Kvaerno4`, ...) stop their simplified-Newton stage solves at
+`NEWTON_FACTOR` (100) times the step tolerances: the Newton iterations of a stage only need to be
+accurate well below the local error the controller accepts, and demanding more makes them fail and
+the controller reject the step (docs/performance.md). Every solver runs under a PID controller with
+gains 0.3/0.4.
 """
 
 from __future__ import annotations
 
 import diffrax
+import equinox as eqx
 import jax.numpy as jnp
 
-DEFAULT_SOLVER = "Kvaerno4"
+from ._rosenbrock import GradientFlowRosenbrock
+
+DEFAULT_SOLVER = "GradientFlowRosenbrock"
+ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
 NEWTON_FACTOR = 100.0
 
 
-def solver_name(solver) -> str:
+def solver_name(solver, default: str = DEFAULT_SOLVER) -> str:
     if solver is None:
-        return DEFAULT_SOLVER
+        return default
     if isinstance(solver, str):
         return solver
     return type(solver).__name__
 
 
 def _solver_from_name(name: str, rtol, atol):
+    if name == GradientFlowRosenbrock.__name__:
+        return GradientFlowRosenbrock(rtol=rtol, atol=atol)
     cls = getattr(diffrax, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffrax.AbstractAdaptiveSolver)):
         raise ValueError(
-            f"`solver` {name!r} is not an adaptive diffrax solver; use e.g. 'Kvaerno4', 'Kvaerno5', 'Tsit5', "
+            f"`solver` {name!r} is not an adaptive diffrax solver; use e.g. 'GradientFlowRosenbrock', 'Kvaerno4', "
+            "'Kvaerno5', 'Tsit5', "
             "'Dopri8', or pass a diffrax.AbstractAdaptiveSolver instance."
         )
     if issubclass(cls, diffrax.AbstractImplicitSolver):
@@ -58,4 +69,6 @@ def make_solver(solver, rtol: float, atol: float):
         solver = _solver_from_name(solver, rtol, atol)
     elif not isinstance(solver, diffrax.AbstractAdaptiveSolver):
         raise ValueError(f"`solver` must be a name or a diffrax adaptive solver; got {type(solver)!r}.")
+    elif isinstance(solver, GradientFlowRosenbrock):
+        solver = eqx.tree_at(lambda s: (s.rtol, s.atol), solver, (rtol, atol))
     return solver, diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4)

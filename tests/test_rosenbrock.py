@@ -1,0 +1,62 @@
+"""GradientFlowRosenbrock: its order with fresh and with stale Hessians, and agreement with diffrax's ESDIRK."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gflow
+from gflow._rosenbrock import GradientFlowRosenbrock
+
+# A non-quadratic loss with curvature that changes along the path: log-cosh of a coupled linear map.
+COUPLING = jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.5], [0.0, 0.5, 5.0]])
+
+
+def loss(y):
+    return jnp.sum(jnp.log(jnp.cosh(COUPLING @ y))) + 0.05 * jnp.sum(y**2) ** 2
+
+
+TERM = diffrax.ODETerm(lambda t, y, args: -jax.grad(loss)(y))
+Y0 = jnp.array([1.0, -2.0, 0.7])
+
+
+def endpoint(solver, n_steps):
+    return diffrax.diffeqsolve(TERM, solver, 0.0, 1.0, 1.0 / n_steps, Y0,
+                               stepsize_controller=diffrax.ConstantStepSize()).ys[0]
+
+
+@pytest.fixture(scope="module")
+def exact_endpoint():
+    return diffrax.diffeqsolve(TERM, diffrax.Dopri8(), 0.0, 1.0, None, Y0, max_steps=100_000,
+                               stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-13)).ys[0]
+
+
+@pytest.mark.parametrize("max_age", [0, 10**9], ids=["fresh Hessian every step", "Hessian of y0 only"])
+def test_third_order_with_fresh_and_with_stale_hessians(exact_endpoint, max_age):
+    # A W-method keeps its order for any W: here W is either the exact Jacobian or the one at t = 0.
+    solver = GradientFlowRosenbrock(rtol=1.0, atol=1.0, max_age=max_age, retry_above=np.inf)
+    steps = np.array([20, 40, 80, 160])
+    errors = [float(jnp.linalg.norm(endpoint(solver, n) - exact_endpoint)) for n in steps]
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert 2.8 < slope < 3.3, (errors, slope)
+
+
+def test_embedded_estimate_is_second_order(exact_endpoint):
+    solver = GradientFlowRosenbrock(rtol=1.0, atol=1.0)
+    state = solver.init(TERM, 0.0, 1.0, Y0, None)
+    sizes = np.array([0.02, 0.01, 0.005])
+    estimates = [float(jnp.linalg.norm(solver.step(TERM, 0.0, h, Y0, None, state, False)[1])) for h in sizes]
+    slope = np.polyfit(np.log(sizes), np.log(estimates), 1)[0]
+    assert 2.7 < slope < 3.3  # local error of an order-2 solution: h^3
+
+
+def test_agrees_with_kvaerno5_on_a_transformer_flow(small_setting):
+    spec, config, params0 = small_setting
+    kw = dict(config=config, loss="counts", n_save=13, progress=False, rtol=1e-9, atol=1e-12)
+    ours = gflow.simulate(params0, spec, (0.0, 60.0), **kw)
+    theirs = gflow.simulate(params0, spec, (0.0, 60.0), solver="Kvaerno5", **kw)
+    assert ours.ok and theirs.ok and ours.settings["solver"] == "GradientFlowRosenbrock"
+    np.testing.assert_allclose(ours.loss, theirs.loss, rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(ours.params.W_E), np.asarray(theirs.params.W_E), rtol=1e-5, atol=1e-8)
+    assert ours.stats["num_hessian_evaluations"] < (ours.stats["num_accepted_steps"] + 1) / 5
