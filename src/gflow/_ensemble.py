@@ -86,7 +86,8 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: MarkovSpec, t_s
     chunk = max(1, math.ceil((len(grid) - 1) / DEFAULT_CHUNKS))
     loss_fn = loss_function(markov_spec, config, loss)
     layout = ParamLayout.of(config, markov_spec)
-    settings = {"loss": loss_fn.method, "n_samples": None, "key": None, "solver": solver_name(solver, ENSEMBLE_DEFAULT_SOLVER),
+    settings = {"loss": loss_fn.method, "n_samples": None, "key": None,
+                "solver": solver_name(solver, ENSEMBLE_DEFAULT_SOLVER),
                 "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps), "t_span": [t0, t1],
                 "save_grid": grid.tolist(), "chunk_size": chunk, "ensemble_size": n_batch, "devices": n_dev}
     run = _build_run(loss_fn, layout, settings, solver)

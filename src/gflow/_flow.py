@@ -119,7 +119,8 @@ def evaluation_counts(solver, attempted_steps: int) -> dict:
     """Work counts derived from the step counts, as diffrax reports no evaluation counts.
 
     `GradientFlowRosenbrock` counts its Hessians itself (`_segment` reads them from its state); its
-    steps take four gradients each (a retaken step, rare, takes four more). diffrax's implicit (ESDIRK) methods assemble one Jacobian (here the Hessian, by forward-over-reverse
+    steps take four gradients each (a retaken step, rare, takes four more). diffrax's implicit
+    (ESDIRK) methods assemble one Jacobian (here the Hessian, by forward-over-reverse
     differentiation) per attempted step: that count is exact. Gradient evaluations are estimated as
     (stages - 1 if first-same-as-last, else stages) per attempted step; for implicit methods each stage
     also costs its Newton iterations, which diffrax does not report, so no gradient count is given.
@@ -265,8 +266,9 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
     - `loss`: the population-loss method (`"auto"`, `"enumerate"`, `"counts"`, `"meanfield"`,
       `"sampled"` with `n_samples`, `key`).
     - `solver`: a diffrax adaptive solver, or its name (`"Kvaerno4"`, `"Tsit5"`, ...), or `None` for
-      gflow's default stiff solver, `GradientFlowRosenbrock` (a Rosenbrock-W method that keeps one
-      eigendecomposition of the Hessian over many steps; docs/flow.md). Steps are chosen by a PID controller with `rtol`, `atol`.
+      gflow's default stiff solver, `GradientFlowRosenbrock` (a Rosenbrock-W method that keeps
+      one eigendecomposition of the Hessian over many steps; docs/flow.md).
+      Steps are chosen by a PID controller with `rtol`, `atol`.
     - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
     - `progress`: a tqdm bar (default: on when stderr is a terminal).
