@@ -164,3 +164,12 @@ def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_se
     e = explicit.stats
     assert "num_hessian_evaluations" not in e
     assert e["num_gradient_evaluations_estimate"] == 6 * (e["num_accepted_steps"] + e["num_rejected_steps"])
+
+
+def test_default_solver_by_model_size(small_setting):
+    spec, config, params0 = small_setting
+    assert run(small_setting, t1=0.1).settings["solver"] == "GradientFlowRosenbrock"
+    big = gflow.TransformerConfig(d_model=32)  # 2 * 32^2 + 6 * 32 = 2240 parameters: no dense Hessian
+    traj = gflow.simulate(gflow.init_params(jax.random.key(0), big, spec, scale=0.1), spec, (0.0, 0.1), config=big,
+                          loss="meanfield", n_save=3, progress=False)
+    assert traj.ok and traj.settings["solver"] == "Tsit5"

@@ -35,7 +35,7 @@ from ._layout import ParamLayout
 from ._loss import loss_function
 from ._markov import MarkovSpec
 from ._model import TransformerConfig, TransformerParams, check_params
-from ._solvers import ENSEMBLE_DEFAULT_SOLVER, solver_name
+from ._solvers import default_solver, solver_name
 from ._trajectory import Trajectory
 
 _integrate_many = eqx.filter_jit(eqx.filter_vmap(_segment, in_axes=(None, None, None, 0, None, None, None, None)))
@@ -87,7 +87,7 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: MarkovSpec, t_s
     loss_fn = loss_function(markov_spec, config, loss)
     layout = ParamLayout.of(config, markov_spec)
     settings = {"loss": loss_fn.method, "n_samples": None, "key": None,
-                "solver": solver_name(solver, ENSEMBLE_DEFAULT_SOLVER),
+                "solver": solver_name(solver, default_solver(layout.size, ensemble=True)),
                 "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps), "t_span": [t0, t1],
                 "save_grid": grid.tolist(), "chunk_size": chunk, "ensemble_size": n_batch, "devices": n_dev}
     run = _build_run(loss_fn, layout, settings, solver)

@@ -28,7 +28,7 @@ from ._loss import LossFunction, loss_function
 from ._markov import MarkovSpec
 from ._model import TransformerConfig, TransformerParams, check_params
 from ._rosenbrock import GradientFlowRosenbrock
-from ._solvers import make_solver, solver_name
+from ._solvers import default_solver, make_solver, solver_name
 from ._trajectory import Trajectory, load
 
 DEFAULT_RTOL = 1e-6
@@ -267,7 +267,8 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
       `"sampled"` with `n_samples`, `key`).
     - `solver`: a diffrax adaptive solver, or its name (`"Kvaerno4"`, `"Tsit5"`, ...), or `None` for
       gflow's default stiff solver, `GradientFlowRosenbrock` (a Rosenbrock-W method that keeps
-      one eigendecomposition of the Hessian over many steps; docs/flow.md).
+      one eigendecomposition of the Hessian over many steps; docs/flow.md); above 2048 parameters
+      the default is the explicit `Tsit5` (a dense Hessian no longer pays).
       Steps are chosen by a PID controller with `rtol`, `atol`.
     - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
@@ -301,7 +302,7 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
     settings = {
         "loss": loss_fn.method, "n_samples": n_samples,
         "key": None if key is None else np.asarray(jax.random.key_data(key)).tolist(),
-        "solver": solver_name(solver), "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps),
+        "solver": solver_name(solver, default_solver(ParamLayout.of(config, markov_spec).size)), "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps),
         "t_span": [t0, t1], "save_grid": grid.tolist(), "chunk_size": int(chunk_size),
     }
     run = _build_run(loss_fn, ParamLayout.of(config, markov_spec), settings, solver)
