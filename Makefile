@@ -27,8 +27,12 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 
+# Benchmarks (minutes, not part of CI). PyTorch's CPU build is installed for the GD contender.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==2.13.0+cpu" \
+		--extra-index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python benchmarks/solvers.py --problem A
+	$(BIN)/python benchmarks/solvers.py --problem B
 
 clean:
 	rm -rf $(VENV) gflow-demo .pytest_cache

@@ -1,12 +1,17 @@
-"""Problem A (the demo flow): wall time, steps and accuracy of ODE solvers on the same vector field.
+"""Wall time, work and accuracy of every way to integrate the same gradient flow (issue 5).
 
-Contenders: diffrax solvers through gflow.simulate (compile time reported apart), scipy's BDF, LSODA
-and Radau given the jitted JAX gradient and Hessian, and full-batch GD in JAX (explicit Euler).
-Error: the largest relative parameter error over the log-spaced save grid against a reference at
-rtol 1e-10, and the largest shift of detected stage-event times (ratio). Ratios are against gflow's
-default measured in the same run.
+Problem A: the demo flow (sticky chain, 192 parameters, mean-field loss, t to 1e5).
+Problem B: V = 16 Dirichlet chain, two heads with a value path, d_model = 32 (9,216 parameters),
+counts loss at T = 3, initial scale 0.1, t to 500 (the first drop of the loss).
 
-    .venv/bin/python benchmarks/solvers.py [--quick]
+Contenders: gflow.simulate with its default and other diffrax solvers (warm: compile reported apart),
+scipy's solve_ivp given the jitted JAX gradient (and, for the stiff methods, Hessian), full-batch GD
+in JAX (a compiled loop) and in PyTorch (CPU; skipped when torch is not installed). Error: the largest
+relative parameter error over the save grid against a tight reference, and the largest shift of
+detected stage-event times, |log(t / t_ref)|. Ratios are against gflow's default in the same run.
+
+    .venv/bin/python benchmarks/solvers.py --problem A [--quick]
+    .venv/bin/python benchmarks/solvers.py --problem B
 """
 
 from __future__ import annotations
@@ -25,129 +30,180 @@ from gflow._layout import ParamLayout
 from gflow.analysis import detect_stages
 
 
-def problem_a():
-    spec = gflow.MarkovSpec.sticky([0.75, 0.19, 0.05, 0.01], 0.5, T=10)
-    config = gflow.TransformerConfig(d_model=8)
-    return spec, config, gflow.init_params(jax.random.key(0), config, spec, scale=1e-3), 1e5
+def problem(name: str):
+    if name == "A":
+        spec = gflow.MarkovSpec.sticky([0.75, 0.19, 0.05, 0.01], 0.5, T=10)
+        config = gflow.TransformerConfig(d_model=8)
+        return spec, config, gflow.init_params(jax.random.key(0), config, spec, scale=1e-3), 1e5, "meanfield"
+    spec = gflow.MarkovSpec.dirichlet(jax.random.key(1), 16, 0.5, T=3)
+    config = gflow.TransformerConfig(n_heads=2, d_model=32, value=True)
+    return spec, config, gflow.init_params(jax.random.key(0), config, spec, scale=0.1), 500.0, "counts"
 
 
-def errors(traj_ys, ref_ys, ref_traj, traj=None):
-    rel = np.linalg.norm(traj_ys - ref_ys, axis=1) / np.linalg.norm(ref_ys, axis=1)
-    shift = float("nan")
-    if traj is not None:
-        ea = {(e.kind, i): e.time for i, e in enumerate(detect_stages(ref_traj)) if e.kind != "plateau"}
-        eb = {(e.kind, i): e.time for i, e in enumerate(detect_stages(traj)) if e.kind != "plateau"}
-        common = [k for k in ea if k in eb and ea[k] > 0]
-        shift = max((abs(np.log(eb[k] / ea[k])) for k in common), default=float("nan"))
-    return float(rel.max()), shift
+class Bench:
+    """The problem, its reference, and the rows of the table."""
 
+    def __init__(self, name: str):
+        self.spec, self.config, self.p0, self.t1, self.loss = problem(name)
+        self.layout = ParamLayout.of(self.config, self.spec)
+        self.loss_fn = gflow.loss_function(self.spec, self.config, self.loss)
+        self.field = GradientField(self.loss_fn, self.layout)
+        self.grid = gflow.default_save_times((0, self.t1), 121 if name == "A" else 41)
+        self.y0 = np.asarray(self.layout.flatten(self.p0))
+        self.f = jax.jit(lambda y: self.field(0.0, y, None))
+        self.jac = jax.jit(jax.jacfwd(lambda y: self.field(0.0, y, None))) if self.y0.size <= 2048 else None
+        self._values = jax.jit(jax.vmap(jax.value_and_grad(self.field.value)))
+        self.rows = []
 
-def diffrax_plain(layout, spec, config, p0, t1):
-    import diffrax
+    def trajectory(self, times, ys) -> gflow.Trajectory:
+        loss, grad = self._values(jnp.asarray(ys))
+        return gflow.Trajectory(times=np.asarray(times), params=jax.vmap(self.layout.unflatten)(jnp.asarray(ys)),
+                                loss=np.asarray(loss), grad_norm=np.asarray(jnp.linalg.norm(grad, axis=1)),
+                                config=self.config, spec=self.spec, settings={}, stats={}, status="success",
+                                message="")
 
-    field = GradientField(gflow.loss_function(spec, config, "meanfield"), layout)
-    ts = jnp.asarray(gflow.default_save_times((0, t1), 121))
+    def set_reference(self, ys, label: str):
+        self.ref_ys = ys
+        self.ref_events = self._events(self.trajectory(self.grid, ys))
+        print(f"reference: {label}; events {sorted(self.ref_events.items())}", flush=True)
 
-    @jax.jit
-    def solve(y0):
-        return diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Kvaerno5(), 0.0, t1, None, y0,
-                                   saveat=diffrax.SaveAt(ts=ts), max_steps=200_000,
-                                   stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-9))
+    @staticmethod
+    def _events(traj):
+        return {(e.kind, i): e.time for i, e in enumerate(detect_stages(traj)) if e.kind != "plateau"}
 
-    y0 = layout.flatten(p0)
-    tic = time.perf_counter()
-    solve(y0).ys.block_until_ready()
-    first = time.perf_counter() - tic
-    tic = time.perf_counter()
-    sol = solve(y0 + 0.0)
-    sol.ys.block_until_ready()
-    wall = time.perf_counter() - tic
-    return (np.asarray(sol.ys), wall, first - wall, int(sol.stats["num_accepted_steps"]),
-            int(sol.stats["num_rejected_steps"]))
+    def error(self, ys, times=None, ref_ys=None):
+        ref = self.ref_ys if ref_ys is None else ref_ys
+        rel = float((np.linalg.norm(ys - ref, axis=1) / np.linalg.norm(ref, axis=1)).max())
+        events = self._events(self.trajectory(self.grid if times is None else times, ys))
+        common = [k for k in self.ref_events if k in events and self.ref_events[k] > 0]
+        shift = max((abs(np.log(events[k] / self.ref_events[k])) for k in common), default=float("nan"))
+        missing = len(self.ref_events) - len(common)
+        return rel, shift, missing
 
+    def add(self, name, wall, compile_s, steps, rejected, hessians, ys=None, status="success", times=None,
+            ref_ys=None):
+        err = self.error(ys, times, ref_ys) if ys is not None else (float("nan"), float("nan"), 0)
+        self.rows.append((name, wall, compile_s, steps, rejected, hessians, *err, status))
+        print(self.rows[-1], flush=True)
 
-def main(quick: bool):
-    spec, config, p0, t1 = problem_a()
-    layout = ParamLayout.of(config, spec)
-    flat = jax.vmap(layout.flatten)
-    rows = []
-    field = GradientField(gflow.loss_function(spec, config, "meanfield"), layout)
-    f = jax.jit(lambda y: field(0.0, y, None))
-    jac = jax.jit(jax.jacfwd(lambda y: field(0.0, y, None)))
-    y0 = np.asarray(layout.flatten(p0))
-    f(jnp.asarray(y0)).block_until_ready()
-    jac(jnp.asarray(y0)).block_until_ready()
+    def simulate(self, name, **kw):
+        def go():
+            return gflow.simulate(self.p0, self.spec, (0, self.t1), config=self.config, loss=self.loss,
+                                  save_times=self.grid[1:], progress=False, max_steps=200_000, **kw)
 
-    def scipy_solve(method, rtol, atol, t_eval, t_end=t1):
-        return solve_ivp(lambda t, y: np.asarray(f(jnp.asarray(y))), (0, t_end), y0, method=method, t_eval=t_eval,
-                         rtol=rtol, atol=atol, jac=lambda t, y: np.asarray(jac(jnp.asarray(y))))
-
-    # Reference: scipy Radau (order 5, implicit) at rtol 1e-10. (diffrax Kvaerno5 at rtol 1e-10 did not
-    # finish in 20 minutes: its Newton iterations fail and the steps collapse.)
-    grid = gflow.default_save_times((0, t1), 121)
-    tic = time.perf_counter()
-    sol = scipy_solve("Radau", 1e-10, 1e-13, grid)
-    print(f"reference: scipy Radau rtol 1e-10 in {time.perf_counter() - tic:.1f} s, {sol.nfev} f-evals", flush=True)
-    ref_ys = sol.y.T
-    ref = gflow.simulate(p0, spec, (0, t1), config=config, loss="meanfield", progress=False)  # for stage events
-
-    def diffrax_row(name, **kw):
         tic = time.perf_counter()
-        gflow.simulate(p0, spec, (0, t1), config=config, loss="meanfield", progress=False, **kw)
+        go()
         first = time.perf_counter() - tic
         tic = time.perf_counter()
-        tr = gflow.simulate(p0, spec, (0, t1), config=config, loss="meanfield", progress=False, **kw)
+        tr = go()
         wall = time.perf_counter() - tic
-        err, shift = errors(np.asarray(flat(tr.params)), ref_ys, ref, tr) if tr.ok else (float("nan"),) * 2
-        rows.append((name, wall, first - wall, tr.stats["num_accepted_steps"], tr.stats["num_rejected_steps"], err,
-                     shift, tr.status))
-        print(rows[-1], flush=True)
+        s = tr.stats
+        ys = np.asarray(jax.vmap(self.layout.flatten)(tr.params)) if tr.ok else None
+        self.add(name, wall, first - wall, s["num_accepted_steps"], s["num_rejected_steps"],
+                 s.get("num_hessian_evaluations", "-"), ys, tr.status)
+        return tr
 
-    diffrax_row("gflow default (Kvaerno4, rtol 1e-6)")
-    # The issue's first measurement: a plain jitted diffeqsolve with diffrax's defaults.
-    plain = diffrax_plain(layout, spec, config, p0, t1)
-    err, _ = errors(plain[0], ref_ys, ref)
-    rows.append(("plain diffeqsolve(Kvaerno5, PIDController) defaults", plain[1], plain[2], plain[3], plain[4], err,
-                 float("nan"), "success"))
-    print(rows[-1], flush=True)
+    def scipy(self, method, rtol, atol=None, t_eval=None, t_end=None):
+        atol = rtol * 1e-3 if atol is None else atol
+        kw = {"jac": lambda t, y: np.asarray(self.jac(jnp.asarray(y)))} if method in ("BDF", "LSODA", "Radau") else {}
+        tic = time.perf_counter()
+        sol = solve_ivp(lambda t, y: np.asarray(self.f(jnp.asarray(y))), (0, self.t1 if t_end is None else t_end),
+                        self.y0, method=method, t_eval=self.grid if t_eval is None else t_eval, rtol=rtol, atol=atol,
+                        **kw)
+        return sol, time.perf_counter() - tic
+
+    def scipy_row(self, method, rtol):
+        sol, wall = self.scipy(method, rtol)
+        self.add(f"scipy {method} rtol {rtol:g}", wall, 0.0, sol.nfev, "-", sol.njev if sol.njev else "-",
+                 sol.y.T if sol.success else None, "success" if sol.success else sol.message)
+
+    def gd_rows(self, lr: float, torch_steps: int | None):
+        """Full-batch GD in JAX (gflow.train's compiled loop) and in PyTorch, compared on the GD times."""
+        steps = int(round(self.t1 / lr))
+        gflow.train(self.p0, self.spec, self.config, optimizer="gd", lr=lr, steps=10, loss=self.loss, n_save=3)
+        tic = time.perf_counter()
+        tr = gflow.train(self.p0, self.spec, self.config, optimizer="gd", lr=lr, steps=steps, loss=self.loss,
+                         n_save=len(self.grid))
+        wall = time.perf_counter() - tic
+        gd_ys = np.asarray(jax.vmap(self.layout.flatten)(tr.params))
+        ref = self.reference_at(tr.times)
+        self.add(f"JAX full-batch GD, lr {lr:g}", wall, 0.0, steps, "-", "-", gd_ys, tr.status, times=tr.times,
+                 ref_ys=ref)
+        try:
+            import torch_gd
+        except ImportError as err:
+            print(f"PyTorch GD skipped: {err} (make bench installs the CPU build)")
+            return
+        mismatch = torch_gd.check_against_jax(self.p0, self.loss_fn, self.config)
+        print(f"PyTorch loss and gradient agree with JAX to {mismatch:.1e} (relative)")
+        n = steps if torch_steps is None else min(steps, torch_steps)
+        weights, t_wall = torch_gd.gradient_descent(self.p0, self.loss_fn, self.config, lr, n)
+        jax_n = gflow.train(self.p0, self.spec, self.config, optimizer="gd", lr=lr, steps=n, loss=self.loss, n_save=2)
+        same = max(float(np.abs(weights[k] - np.asarray(getattr(jax_n.final_params, k))).max()) for k in weights)
+        note = "" if n == steps else f" (timed {n} steps, x{steps / n:g})"
+        print(f"PyTorch GD after {n} steps: max |w_torch - w_jax| = {same:.1e}")
+        self.add(f"PyTorch full-batch GD, lr {lr:g}{note}", t_wall * steps / n, 0.0, steps, "-", "-", None,
+                 "success" if n == steps else "extrapolated")
+        # Its iterates equal JAX GD's (checked above), so it has JAX GD's error.
+        self.rows[-1] = (*self.rows[-1][:6], *self.rows[-2][6:9], self.rows[-1][9])
+
+    def reference_at(self, times):
+        if self.jac is not None:
+            return self.scipy("Radau", 1e-10, 1e-13, t_eval=times, t_end=float(times[-1]))[0].y.T
+        tr = gflow.simulate(self.p0, self.spec, (0, float(times[-1])), config=self.config, loss=self.loss,
+                            save_times=times[1:], solver="Dopri8", rtol=1e-10, atol=1e-13, progress=False,
+                            max_steps=500_000)
+        return np.asarray(jax.vmap(self.layout.flatten)(tr.params))
+
+    def table(self):
+        base = self.rows[0][1]
+        print("\n| contender | wall (s) | compile (s) | steps / nfev | rejected | Hessians / njev | "
+              "max rel. param error | max event shift (log) | missed events | x gflow default time | status |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for name, wall, comp, a, r, h, err, shift, missing, status in self.rows:
+            print(f"| {name} | {wall:.2f} | {comp:.1f} | {a} | {r} | {h} | {err:.2e} | {shift:.3f} | {missing} | "
+                  f"{wall / base:.2f} | {status} |")
+
+
+def problem_a(quick: bool, torch_steps: int):
+    b = Bench("A")
+    sol, wall = b.scipy("Radau", 1e-10, 1e-13)
+    b.set_reference(sol.y.T, f"scipy Radau rtol 1e-10 in {wall:.1f} s, {sol.nfev} evaluations")
+    b.simulate("**gflow default** (GradientFlowRosenbrock, rtol 1e-6)")
+    b.simulate("gflow default at rtol 1e-7", rtol=1e-7, atol=1e-10)
+    b.simulate("diffrax Kvaerno4, gflow's Newton/PID settings (previous default), rtol 1e-6", solver="Kvaerno4")
     if not quick:
-        for solver in ("Kvaerno3", "Kvaerno5"):
-            diffrax_row(f"diffrax {solver} rtol 1e-6", solver=solver)
-        diffrax_row("diffrax Tsit5 rtol 1e-6 (max 100k steps/chunk)", solver="Tsit5")
+        b.simulate("diffrax Kvaerno5, gflow's Newton/PID settings, rtol 1e-6", solver="Kvaerno5")
+        b.simulate("diffrax Kvaerno3, gflow's Newton/PID settings, rtol 1e-6", solver="Kvaerno3")
+    for method, rtol in [("LSODA", 1e-6), ("LSODA", 1e-7), ("BDF", 1e-6), ("BDF", 1e-7)] + (
+            [] if quick else [("Radau", 1e-6)]):
+        b.scipy_row(method, rtol)
+    b.gd_rows(0.1, torch_steps)
+    b.table()
 
-    for method in ("BDF", "LSODA") if quick else ("BDF", "LSODA", "Radau"):
-        tic = time.perf_counter()
-        sol = scipy_solve(method, 1e-6, 1e-9, grid)
-        wall = time.perf_counter() - tic
-        err = errors(sol.y.T, ref_ys, ref)[0] if sol.success else float("nan")
-        rows.append((f"scipy {method} rtol 1e-6", wall, 0.0, sol.nfev, sol.njev, err, float("nan"),
-                     "success" if sol.success else sol.message))
-        print(rows[-1], flush=True)
 
-    # Full-batch GD in JAX, whole loop in one lax.fori_loop per save interval (gflow.train).
-    for lr in (0.1,):
-        steps = int(t1 / lr)
-        gflow.train(p0, spec, config, optimizer="gd", lr=lr, steps=10, loss="meanfield", n_save=3)
-        tic = time.perf_counter()
-        tr = gflow.train(p0, spec, config, optimizer="gd", lr=lr, steps=steps, loss="meanfield", n_save=121)
-        wall = time.perf_counter() - tic
-        gd_ys = np.asarray(flat(tr.params))
-        # Compare on the GD save times (t = lr k): the reference solved there.
-        ref_gd = scipy_solve("Radau", 1e-10, 1e-13, tr.times, t_end=float(tr.times[-1]))
-        err, _ = errors(gd_ys, ref_gd.y.T, ref)
-        rows.append((f"JAX full-batch GD lr {lr}", wall, 0.0, steps, 0, err, float("nan"), tr.status))
-        print(rows[-1], flush=True)
-
-    base = rows[0][1]
-    print("\n| contender | wall (s) | compile (s) | steps / nfev | rejected / njev | max rel. param error | "
-          "max event shift (log) | x gflow time | status |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for name, wall, comp, a, r, err, shift, status in rows:
-        print(f"| {name} | {wall:.2f} | {comp:.1f} | {a} | {r} | {err:.2e} | {shift:.3f} | {wall / base:.2f} | "
-              f"{status} |")
+def problem_b(quick: bool, torch_steps: int):
+    b = Bench("B")
+    tic = time.perf_counter()
+    ref = gflow.simulate(b.p0, b.spec, (0, b.t1), config=b.config, loss=b.loss, save_times=b.grid[1:],
+                         solver="Dopri8", rtol=1e-10, atol=1e-13, progress=False, max_steps=500_000)
+    b.set_reference(np.asarray(jax.vmap(b.layout.flatten)(ref.params)),
+                    f"diffrax Dopri8 rtol 1e-10 in {time.perf_counter() - tic:.1f} s")
+    b.simulate("**gflow default** (above 2048 parameters: Tsit5, rtol 1e-6)")
+    if not quick:
+        b.simulate("diffrax Dopri5, rtol 1e-6", solver="Dopri5")
+        b.simulate("diffrax Dopri8, rtol 1e-6", solver="Dopri8")
+    for method in ("RK45", "DOP853"):
+        b.scipy_row(method, 1e-6)
+    b.gd_rows(0.1, torch_steps)
+    b.table()
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
+    ap.add_argument("--problem", choices=("A", "B"), default="A")
     ap.add_argument("--quick", action="store_true", help="fewer contenders")
-    main(ap.parse_args().quick)
+    ap.add_argument("--torch-steps", type=int, default=100_000,
+                    help="PyTorch GD steps actually timed (the rest extrapolated linearly)")
+    args = ap.parse_args()
+    (problem_a if args.problem == "A" else problem_b)(args.quick, args.torch_steps)

@@ -80,6 +80,8 @@ def test_fixed_dataset_minibatches(setting, key):
 def test_save_steps_are_log_spaced_and_distinct():
     s = save_steps(10_000, 41)
     assert s[0] == 0 and s[-1] == 10_000 and np.all(np.diff(s) > 0) and s[1] == 1
+    for n_save in (2, 3):  # the last save is the last step even on the shortest grids
+        assert save_steps(10, n_save)[-1] == 10 and len(save_steps(10, n_save)) == n_save
 
 
 @pytest.mark.parametrize(

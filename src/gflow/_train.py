@@ -46,7 +46,9 @@ def _make_optimizer(optimizer, lr: float) -> tuple[optax.GradientTransformation,
 
 def save_steps(steps: int, n_save: int) -> np.ndarray:
     """Step 0 and up to `n_save - 1` distinct log-spaced steps ending at `steps`."""
-    grid = np.unique(np.round(np.logspace(0, math.log10(steps), max(n_save - 1, 1))).astype(np.int64))
+    points = np.logspace(0, math.log10(steps), max(n_save - 1, 1))
+    points[-1] = steps  # a one-point logspace is its start, not its end
+    grid = np.unique(np.round(points).astype(np.int64))
     return np.concatenate([[0], grid[grid >= 1]])
 
 
