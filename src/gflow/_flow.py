@@ -302,7 +302,8 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
     settings = {
         "loss": loss_fn.method, "n_samples": n_samples,
         "key": None if key is None else np.asarray(jax.random.key_data(key)).tolist(),
-        "solver": solver_name(solver, default_solver(ParamLayout.of(config, markov_spec).size)), "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps),
+        "solver": solver_name(solver, default_solver(ParamLayout.of(config, markov_spec).size)),
+        "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps),
         "t_span": [t0, t1], "save_grid": grid.tolist(), "chunk_size": int(chunk_size),
     }
     run = _build_run(loss_fn, ParamLayout.of(config, markov_spec), settings, solver)
