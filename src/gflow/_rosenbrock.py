@@ -11,8 +11,8 @@ $$(1 + h\\gamma\\lambda) \\odot \\tilde k_i = h\\,Q^\\top f(Y_i) - h\\lambda \\o
 
 so a step costs four gradients and a few matrix-vector products, for *any* step size: no
 factorisation is redone when the controller changes $h$. The Hessian is recomputed (forward-over-
-reverse, then `eigh`) only when a step with the kept one would be rejected, or after `max_age`
-steps.
+reverse, then `eigh`) after `max_age` accepted steps, or at once when a step taken with the kept
+one has an error far above the tolerance (`retry_above`).
 
 The tableau is ROS34PW2 of Rang & Angermann (2005), *New Rosenbrock W-methods of order 3 for
 partial differential algebraic equations of index 1*, BIT 45: four stages, order 3 for any $W$,
