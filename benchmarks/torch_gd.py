@@ -56,7 +56,7 @@ def check_against_jax(params, loss_fn, config) -> float:
     value = type_loss(w, type_data(loss_fn), config)
     value.backward()
     jax_value, jax_grad = jax.value_and_grad(loss_fn)(params)
-    diffs = [abs(float(value) - float(jax_value)) / abs(float(jax_value))]
+    diffs = [abs(value.item() - float(jax_value)) / abs(float(jax_value))]
     for name, t in w.items():
         g = np.asarray(getattr(jax_grad, name))
         diffs.append(float(np.abs(t.grad.numpy() - g).max() / max(np.abs(g).max(), 1e-300)))
@@ -65,7 +65,6 @@ def check_against_jax(params, loss_fn, config) -> float:
 
 def gradient_descent(params, loss_fn, config, lr: float, steps: int) -> tuple[dict[str, np.ndarray], float]:
     """`steps` full-batch GD steps with `torch.optim.SGD`; returns the final weights and the wall time."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     w = _tensors(params)
     data = type_data(loss_fn)
     opt = torch.optim.SGD(list(w.values()), lr=lr)

@@ -299,14 +299,15 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
         chunk_size = max(1, math.ceil((len(grid) - 1) / DEFAULT_CHUNKS))
     _check_positive("chunk_size", chunk_size, integer=True)
     loss_fn = loss_function(markov_spec, config, loss, n_samples=n_samples, key=key)
+    layout = ParamLayout.of(config, markov_spec)
     settings = {
         "loss": loss_fn.method, "n_samples": n_samples,
         "key": None if key is None else np.asarray(jax.random.key_data(key)).tolist(),
-        "solver": solver_name(solver, default_solver(ParamLayout.of(config, markov_spec).size)),
+        "solver": solver_name(solver, default_solver(layout.size)),
         "rtol": float(rtol), "atol": float(atol), "max_steps": int(max_steps),
         "t_span": [t0, t1], "save_grid": grid.tolist(), "chunk_size": int(chunk_size),
     }
-    run = _build_run(loss_fn, ParamLayout.of(config, markov_spec), settings, solver)
+    run = _build_run(loss_fn, layout, settings, solver)
     y0 = run.field.layout.flatten(params0)
     return _execute(run, start_index=0, y_start=y0, previous=None, config=config, spec=markov_spec,
                     progress=progress, checkpoint=None if checkpoint is None else os.fspath(checkpoint))

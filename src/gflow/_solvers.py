@@ -43,7 +43,7 @@ def default_solver(n_params: int, ensemble: bool = False) -> str:
     return ENSEMBLE_DEFAULT_SOLVER if ensemble else DEFAULT_SOLVER
 
 
-def solver_name(solver, default: str = DEFAULT_SOLVER) -> str:
+def solver_name(solver, default: str) -> str:
     if solver is None:
         return default
     if isinstance(solver, str):
@@ -76,8 +76,6 @@ def make_solver(solver, rtol: float, atol: float):
     """
     rtol = jnp.asarray(rtol, dtype=jnp.float64)
     atol = jnp.asarray(atol, dtype=jnp.float64)
-    if solver is None:
-        solver = DEFAULT_SOLVER
     if isinstance(solver, str):
         solver = _solver_from_name(solver, rtol, atol)
     elif not isinstance(solver, diffrax.AbstractAdaptiveSolver):
