@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -53,3 +54,42 @@ def test_sharded_over_four_host_devices():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "sharded ok" in out.stdout, out.stderr[-3000:]
+
+
+MULTI_PROCESS = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    import numpy as np, gflow
+    assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+    spec = gflow.MarkovSpec.sticky((0.6, 0.3, 0.1), 0.4, T=4)
+    config = gflow.TransformerConfig(d_model=3)
+    ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(5)]  # padded to 8
+    many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
+                               progress=False)
+    assert len(many) == 5 and all(t.ok for t in many) and many[0].settings["devices"] == 4
+    for s in (0, 4):  # members whose shards live on the first and on the second process
+        one = gflow.simulate(ps[s], spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False,
+                             solver="Kvaerno4")
+        np.testing.assert_allclose(many[s].loss, one.loss, rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(many[s].params.W_E), np.asarray(one.params.W_E), rtol=1e-8, atol=1e-12)
+    print("process", jax.process_index(), "ok")
+""")
+
+
+def test_sharded_over_two_processes():
+    """A multi-process job (jax.distributed, two CPU processes with two devices each, gloo collectives)."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", MULTI_PROCESS, f"127.0.0.1:{port}", str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0 and f"process {i} ok" in out, err[-3000:]

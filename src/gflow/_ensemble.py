@@ -2,9 +2,16 @@
 
 `simulate_many` integrates a batch of initial parameters (seeds, init scales...) on the same chain
 and save grid. The batch axis is laid out over every JAX device (`jax.sharding`): all GPUs of a
-machine, or the host devices of `--xla_force_host_platform_device_count`. Inside the vmapped
+machine, the host devices of `--xla_force_host_platform_device_count`, or, in a multi-process job
+started with `jax.distributed.initialize()`, the devices of every process. Inside the vmapped
 `diffeqsolve` each member keeps its own adaptive step size; the loop runs until the slowest member
 finishes a chunk.
+
+In a multi-process job every process calls `simulate_many` with the same arguments (as in any SPMD
+JAX program); each process builds its own shards of the batch, and every process receives all the
+members' trajectories (gathered with `multihost_utils.process_allgather`). On CPUs the processes
+need a collectives backend (`jax.config.update("jax_cpu_collectives_implementation", "gloo")`
+before `jax.distributed.initialize`); on GPUs JAX uses NCCL.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._flow import (
@@ -53,6 +61,23 @@ def _batch_sharding(n_devices: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("batch"))
 
 
+def _to_devices(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array laid out by `sharding`, built from a host copy that every process holds.
+
+    Each process fills only its own shards, so this works whether or not the sharding spans devices
+    of other processes (`jax.device_put` of host data needs every device to be local).
+    """
+    batch = np.asarray(batch)
+    return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+
+
+def _to_host(array) -> np.ndarray:
+    """The whole of a (possibly multi-process) batched array as numpy, on every process."""
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
+        return np.asarray(array)
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
 def simulate_many(params0_batch: TransformerParams, markov_spec: MarkovSpec, t_span, *,
                   config: TransformerConfig | None = None, loss: str = "auto", solver=None,
                   rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, save_times=None,
@@ -61,10 +86,12 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: MarkovSpec, t_s
     """Integrate the flow from every member of `params0_batch` (arrays with a leading batch axis).
 
     **Arguments:** as `simulate`, plus `devices` (how many of `jax.devices()` to shard the batch over;
-    default all). The batch is padded to a multiple of the device count.
+    default all, which in a multi-process job means the devices of every process). The batch is
+    padded to a multiple of the device count.
 
     **Returns:** one `Trajectory` per member, each with its own status (a member that fails keeps the
-    points it reached; the others are unaffected).
+    points it reached; the others are unaffected). In a multi-process job every process gets all of
+    them.
     """
     config = TransformerConfig() if config is None else config
     leaves = jax.tree.leaves(params0_batch)
@@ -92,13 +119,14 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: MarkovSpec, t_s
                 "save_grid": grid.tolist(), "chunk_size": chunk, "ensemble_size": n_batch, "devices": n_dev}
     run = _build_run(loss_fn, layout, settings, solver)
     pad = (-n_batch) % n_dev
-    y = jax.vmap(layout.flatten)(params0_batch)
+    sharding = _batch_sharding(n_dev)
+    y_host = np.asarray(jax.vmap(layout.flatten)(params0_batch))
     if pad:
-        y = jnp.concatenate([y, jnp.repeat(y[-1:], pad, axis=0)])
-    y = jax.device_put(y, _batch_sharding(n_dev))
+        y_host = np.concatenate([y_host, np.repeat(y_host[-1:], pad, axis=0)])
+    y = _to_devices(y_host, sharding)
     l0, g0 = jax.vmap(jax.value_and_grad(run.field.value))(y)
-    ys, losses = [np.asarray(y)[:, None]], [np.asarray(l0)[:, None]]
-    gnorms = [np.asarray(jnp.linalg.norm(g0, axis=1))[:, None]]
+    ys, losses = [y_host[:, None]], [_to_host(l0)[:, None]]
+    gnorms = [_to_host(jnp.linalg.norm(g0, axis=1))[:, None]]
     alive = np.full(n_batch + pad, len(grid))  # number of valid saved points per member
     status = ["success"] * (n_batch + pad)
     message = [f"integrated to t = {grid[-1]:.6g}"] * (n_batch + pad)
@@ -111,24 +139,24 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: MarkovSpec, t_s
         j = min(i + chunk, len(grid) - 1)
         ts = np.full(chunk, grid[j])
         ts[: j - i] = grid[i + 1: j + 1]
-        t_out, yb, lb, gb, ok, hit_max, stats = _integrate_many(run.field, run.solver, run.controller, y, grid[i],
-                                                               grid[j], jnp.asarray(ts), run.max_steps)
-        yb = np.asarray(yb)
-        reached = np.isfinite(np.asarray(t_out)[:, : j - i]) & np.all(np.isfinite(yb[:, : j - i]), axis=2)
-        accepted += np.asarray(stats["num_accepted_steps"])
-        rejected += np.asarray(stats["num_rejected_steps"])
+        out = _integrate_many(run.field, run.solver, run.controller, y, grid[i], grid[j], jnp.asarray(ts),
+                              run.max_steps)
+        t_out, yb, lb, gb, ok, hit_max, stats = jax.tree.map(_to_host, out)
+        reached = np.isfinite(t_out[:, : j - i]) & np.all(np.isfinite(yb[:, : j - i]), axis=2)
+        accepted += stats["num_accepted_steps"]
+        rejected += stats["num_rejected_steps"]
         for b in range(n_batch + pad):
-            if status[b] == "success" and not (bool(np.asarray(ok)[b]) and reached[b].all()):
+            if status[b] == "success" and not (bool(ok[b]) and reached[b].all()):
                 n_ok = int(np.argmin(reached[b])) if not reached[b].all() else j - i
                 alive[b] = i + 1 + n_ok
-                status[b] = "max_steps" if bool(np.asarray(hit_max)[b]) else "solver_failure"
+                status[b] = "max_steps" if bool(hit_max[b]) else "solver_failure"
                 message[b] = f"stopped after t = {grid[i + n_ok]:.6g} ({status[b]})"
         ys.append(yb[:, : j - i])
-        losses.append(np.asarray(lb)[:, : j - i])
-        gnorms.append(np.asarray(gb)[:, : j - i])
+        losses.append(lb[:, : j - i])
+        gnorms.append(gb[:, : j - i])
         # Failed members restart each chunk from their last finite state; their later points are cut.
-        last = np.where(np.all(np.isfinite(yb[:, j - i - 1]), axis=1)[:, None], yb[:, j - i - 1], np.asarray(y))
-        y = jax.device_put(jnp.asarray(last), _batch_sharding(n_dev))
+        y_host = np.where(np.all(np.isfinite(yb[:, j - i - 1]), axis=1)[:, None], yb[:, j - i - 1], y_host)
+        y = _to_devices(y_host, sharding)
         if bar is not None:
             bar.update(j - i)
         i = j
