@@ -60,3 +60,15 @@ def test_agrees_with_kvaerno5_on_a_transformer_flow(small_setting):
     np.testing.assert_allclose(ours.loss, theirs.loss, rtol=1e-7)
     np.testing.assert_allclose(np.asarray(ours.params.W_E), np.asarray(theirs.params.W_E), rtol=1e-5, atol=1e-8)
     assert ours.stats["num_hessian_evaluations"] < (ours.stats["num_accepted_steps"] + 1) / 5
+
+
+def test_an_instance_passed_to_simulate_takes_the_controller_tolerances(small_setting):
+    """Its retry threshold is in units of the controller's tolerance, so the two must be the same."""
+    spec, config, params0 = small_setting
+    kw = dict(config=config, loss="counts", n_save=5, progress=False, rtol=1e-8, atol=1e-11)
+    mine = gflow.simulate(params0, spec, (0.0, 20.0), solver=GradientFlowRosenbrock(rtol=0.5, atol=0.5), **kw)
+    default = gflow.simulate(params0, spec, (0.0, 20.0), **kw)
+    assert mine.ok and np.array_equal(mine.loss, default.loss)
+    assert mine.stats["num_accepted_steps"] == default.stats["num_accepted_steps"]
+    solver, _ = gflow._solvers.make_solver(GradientFlowRosenbrock(rtol=0.5, atol=0.5), 1e-8, 1e-11)
+    assert float(solver.rtol) == 1e-8 and float(solver.atol) == 1e-11

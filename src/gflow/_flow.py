@@ -269,7 +269,8 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
       gflow's default stiff solver, `GradientFlowRosenbrock` (a Rosenbrock-W method that keeps
       one eigendecomposition of the Hessian over many steps; docs/flow.md); above 2048 parameters
       the default is the explicit `Tsit5` (a dense Hessian no longer pays).
-      Steps are chosen by a PID controller with `rtol`, `atol`.
+      Steps are chosen by a PID controller with `rtol`, `atol`; a `GradientFlowRosenbrock` instance
+      passed here gets the same `rtol`, `atol` (its own are replaced), so the two cannot disagree.
     - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
     - `progress`: a tqdm bar (default: on when stderr is a terminal).
