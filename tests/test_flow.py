@@ -155,11 +155,16 @@ def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_se
     s = implicit.stats
     assert s["num_hessian_evaluations"] == s["num_accepted_steps"] + s["num_rejected_steps"] > 0
     assert s["stages_per_step"] == 5  # Kvaerno4
-    kept = run(small_setting).stats  # the default keeps each Hessian for many steps
-    attempted = kept["num_accepted_steps"] + kept["num_rejected_steps"]
     n_chunks = 8  # 24 save intervals in chunks of 3: each chunk starts with a fresh Hessian
+    kept = run(small_setting, solver="GradientFlowRosenbrock").stats  # keeps each Hessian for many steps
+    attempted = kept["num_accepted_steps"] + kept["num_rejected_steps"]
     assert n_chunks <= kept["num_hessian_evaluations"] < n_chunks + attempted / 5
     assert kept["num_gradient_evaluations_estimate"] == 4 * attempted
+    bdf = run(small_setting).stats  # the default: a new Hessian only when Newton fails; gradients counted
+    attempted = bdf["num_accepted_steps"] + bdf["num_rejected_steps"]
+    assert n_chunks <= bdf["num_hessian_evaluations"] < n_chunks + attempted / 5
+    # One to four Newton iterations an attempt (twice that when it renews the Hessian), one gradient each.
+    assert attempted < bdf["num_gradient_evaluations"] - n_chunks <= 8 * attempted
     explicit = run(small_setting, solver="Tsit5", t1=5.0)
     e = explicit.stats
     assert "num_hessian_evaluations" not in e
@@ -168,7 +173,7 @@ def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_se
 
 def test_default_solver_by_model_size(small_setting):
     spec, config, params0 = small_setting
-    assert run(small_setting, t1=0.1).settings["solver"] == "GradientFlowRosenbrock"
+    assert run(small_setting, t1=0.1).settings["solver"] == "GradientFlowBDF"
     big = gflow.TransformerConfig(d_model=32)  # 2 * 32^2 + 6 * 32 = 2240 parameters: no dense Hessian
     traj = gflow.simulate(gflow.init_params(jax.random.key(0), big, spec, scale=0.1), spec, (0.0, 0.1), config=big,
                           loss="meanfield", n_save=3, progress=False)

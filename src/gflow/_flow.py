@@ -27,6 +27,7 @@ from ._layout import ParamLayout
 from ._loss import LossFunction, loss_function
 from ._markov import MarkovSpec
 from ._model import TransformerConfig, TransformerParams, check_params
+from ._bdf import GradientFlowBDF
 from ._rosenbrock import GradientFlowRosenbrock
 from ._solvers import default_solver, make_solver, solver_name
 from ._trajectory import Trajectory, load
@@ -94,9 +95,12 @@ def _check_positive(name: str, value, integer: bool = False):
     return value
 
 
+_COUNTED_BY_SOLVER = ("num_hessian_evaluations", "num_gradient_evaluations")
+
+
 def _segment(field: GradientField, solver, controller, y0, t0, t1, ts, max_steps: int):
     """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there."""
-    keeps_hessians = isinstance(solver, GradientFlowRosenbrock)
+    keeps_hessians = isinstance(solver, (GradientFlowRosenbrock, GradientFlowBDF))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field), solver, t0, t1, None, y0, saveat=diffrax.SaveAt(ts=ts, solver_state=keeps_hessians),
         stepsize_controller=controller, max_steps=max_steps, throw=False,
@@ -105,7 +109,9 @@ def _segment(field: GradientField, solver, controller, y0, t0, t1, ts, max_steps
     stats = {"num_accepted_steps": sol.stats["num_accepted_steps"],
              "num_rejected_steps": sol.stats["num_rejected_steps"]}
     if keeps_hessians:
-        stats["num_hessian_evaluations"] = sol.solver_state.hessians
+        stats[_COUNTED_BY_SOLVER[0]] = sol.solver_state.hessians
+    if isinstance(solver, GradientFlowBDF):
+        stats[_COUNTED_BY_SOLVER[1]] = sol.solver_state.gradients
     ok = sol.result == diffrax.RESULTS.successful
     hit_max = sol.result == diffrax.RESULTS.max_steps_reached
     return sol.ts, sol.ys, loss, jnp.linalg.norm(grad, axis=-1), ok, hit_max, stats
@@ -175,6 +181,8 @@ def _execute(run: _Run, *, start_index: int, y_start, previous: Trajectory | Non
         parts_l.append(np.asarray(previous.loss))
         parts_g.append(np.asarray(previous.grad_norm))
         stats = {k: previous.stats.get(k, 0) for k in ("num_accepted_steps", "num_rejected_steps", "wall_time_s")}
+        # Counts the solver state keeps (Hessians, gradients) carry on from the checkpoint.
+        stats.update({k: previous.stats[k] for k in _COUNTED_BY_SOLVER if k in previous.stats})
     else:
         l0, g0 = jax.value_and_grad(run.field.value)(y_start)
         parts_t.append(grid[:1])

@@ -23,9 +23,10 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
+from ._bdf import GradientFlowBDF, SolverChosenSteps
 from ._rosenbrock import GradientFlowRosenbrock
 
-DEFAULT_SOLVER = "GradientFlowRosenbrock"
+DEFAULT_SOLVER = "GradientFlowBDF"
 ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
 # Above this many parameters a dense Hessian (n^2 floats, n Hessian-vector products) and its
 # eigendecomposition or LU (n^3) cost more than the explicit steps they save, and soon more memory
@@ -54,6 +55,8 @@ def solver_name(solver, default: str) -> str:
 def _solver_from_name(name: str, rtol, atol):
     if name == GradientFlowRosenbrock.__name__:
         return GradientFlowRosenbrock(rtol=rtol, atol=atol)
+    if name == GradientFlowBDF.__name__:
+        return GradientFlowBDF(rtol=rtol, atol=atol)
     cls = getattr(diffrax, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffrax.AbstractAdaptiveSolver)):
         raise ValueError(
@@ -78,8 +81,10 @@ def make_solver(solver, rtol: float, atol: float):
     atol = jnp.asarray(atol, dtype=jnp.float64)
     if isinstance(solver, str):
         solver = _solver_from_name(solver, rtol, atol)
-    elif not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+    elif not isinstance(solver, (diffrax.AbstractAdaptiveSolver, GradientFlowBDF)):
         raise ValueError(f"`solver` must be a name or a diffrax adaptive solver; got {type(solver)!r}.")
-    elif isinstance(solver, GradientFlowRosenbrock):
+    elif isinstance(solver, (GradientFlowRosenbrock, GradientFlowBDF)):
         solver = eqx.tree_at(lambda s: (s.rtol, s.atol), solver, (rtol, atol))
+    if isinstance(solver, GradientFlowBDF):  # it chooses its steps and orders itself
+        return solver, SolverChosenSteps(rtol=rtol, atol=atol)
     return solver, diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4)
