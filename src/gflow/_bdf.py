@@ -30,7 +30,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
@@ -178,7 +178,9 @@ class GradientFlowBDF(diffrax.AbstractSolver):
         psi = (jnp.where((rows >= 1) & (rows <= order), gamma, 0.0) @ differences) / alpha
         c = h / alpha
 
-        newton = lambda b, lam: self._newton(terms, t1, y_predict, c, psi, scale, b, lam, args)
+        def newton(basis, curvature):
+            return self._newton(terms, t1, y_predict, c, psi, scale, basis, curvature, args)
+
         converged, iterations, y_new, d = newton(s.basis, s.curvature)
 
         def refresh():  # as scipy: a new Hessian only when Newton fails with the kept one

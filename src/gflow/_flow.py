@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._bdf import GradientFlowBDF
 from ._layout import ParamLayout
 from ._loss import LossFunction, loss_function
 from ._markov import MarkovSpec
 from ._model import TransformerConfig, TransformerParams, check_params
-from ._bdf import GradientFlowBDF
 from ._rosenbrock import GradientFlowRosenbrock
 from ._solvers import default_solver, make_solver, solver_name
 from ._trajectory import Trajectory, load
@@ -273,12 +273,14 @@ def simulate(params0: TransformerParams, markov_spec: MarkovSpec, t_span: tuple[
     - `config`: the architecture (default `TransformerConfig()`); must match `params0`.
     - `loss`: the population-loss method (`"auto"`, `"enumerate"`, `"counts"`, `"meanfield"`,
       `"sampled"` with `n_samples`, `key`).
-    - `solver`: a diffrax adaptive solver, or its name (`"Kvaerno4"`, `"Tsit5"`, ...), or `None` for
-      gflow's default stiff solver, `GradientFlowRosenbrock` (a Rosenbrock-W method that keeps
-      one eigendecomposition of the Hessian over many steps; docs/flow.md); above 2048 parameters
-      the default is the explicit `Tsit5` (a dense Hessian no longer pays).
-      Steps are chosen by a PID controller with `rtol`, `atol`; a `GradientFlowRosenbrock` instance
-      passed here gets the same `rtol`, `atol` (its own are replaced), so the two cannot disagree.
+    - `solver`: a diffrax adaptive solver, or its name (`"Kvaerno4"`, `"Tsit5"`,
+      `"GradientFlowRosenbrock"`, ...), or `None` for gflow's default stiff solver, `GradientFlowBDF`
+      (scipy's variable-order BDF method with Newton solves in a kept eigenbasis of the Hessian;
+      docs/flow.md); above 2048 parameters the default is the explicit `Tsit5` (a dense Hessian no
+      longer pays). `GradientFlowBDF` chooses its own steps and orders within `rtol`, `atol`; every
+      other solver runs under a PID controller with `rtol`, `atol`. A `GradientFlowBDF` or
+      `GradientFlowRosenbrock` instance passed here gets the same `rtol`, `atol` (its own are
+      replaced), so solver and controller cannot disagree.
     - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
     - `progress`: a tqdm bar (default: on when stderr is a terminal).

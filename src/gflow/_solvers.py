@@ -4,17 +4,19 @@ A solver is named by a string (`"Kvaerno4"`, any adaptive diffrax solver's class
 as a diffrax solver instance. Names are what trajectory files record, so that `resume` can rebuild
 the same solver.
 
-The default for single solves is gflow's `GradientFlowRosenbrock` (`_rosenbrock.py`): a
-Rosenbrock-W method that keeps one eigendecomposition of the Hessian across many steps, which the
-symmetry of a gradient flow's Jacobian makes valid for every step size. Ensembles (`simulate_many`)
-default to `Kvaerno4` instead: under `vmap` the "keep or recompute the Hessian" branch becomes a
-select that computes both sides, so every member would pay an `eigh` at every step.
+The default for single solves is gflow's `GradientFlowBDF` (`_bdf.py`): scipy's variable-order
+BDF/NDF method inside diffrax, whose Newton solves use one kept eigendecomposition of the Hessian
+(valid for every step size and order, thanks to the symmetry of a gradient flow's Jacobian). It
+chooses its own steps and orders; `SolverChosenSteps` is the controller that carries them out.
+`GradientFlowRosenbrock` (`_rosenbrock.py`), the previous default, can be named. Ensembles
+(`simulate_many`) default to `Kvaerno4` instead: under `vmap` the "keep or recompute the Hessian"
+branch becomes a select that computes both sides, so every member would pay an `eigh` at every step.
 
 Named diffrax implicit solvers (`Kvaerno4`, ...) stop their simplified-Newton stage solves at
 `NEWTON_FACTOR` (100) times the step tolerances: the Newton iterations of a stage only need to be
 accurate well below the local error the controller accepts, and demanding more makes them fail and
-the controller reject the step (docs/performance.md). Every solver runs under a PID controller with
-gains 0.3/0.4.
+the controller reject the step (docs/performance.md). Every solver but `GradientFlowBDF` runs under a
+PID controller with gains 0.3/0.4.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 from ._bdf import GradientFlowBDF, SolverChosenSteps
 from ._rosenbrock import GradientFlowRosenbrock
 
-DEFAULT_SOLVER = "GradientFlowBDF"
+DEFAULT_SOLVER = GradientFlowBDF.__name__
 ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
 # Above this many parameters a dense Hessian (n^2 floats, n Hessian-vector products) and its
 # eigendecomposition or LU (n^3) cost more than the explicit steps they save, and soon more memory
@@ -60,9 +62,9 @@ def _solver_from_name(name: str, rtol, atol):
     cls = getattr(diffrax, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffrax.AbstractAdaptiveSolver)):
         raise ValueError(
-            f"`solver` {name!r} is not an adaptive diffrax solver; use e.g. 'GradientFlowRosenbrock', 'Kvaerno4', "
-            "'Kvaerno5', 'Tsit5', "
-            "'Dopri8', or pass a diffrax.AbstractAdaptiveSolver instance."
+            f"`solver` {name!r} is not an adaptive diffrax solver; use e.g. 'GradientFlowBDF', "
+            "'GradientFlowRosenbrock', 'Kvaerno4', 'Kvaerno5', 'Tsit5', 'Dopri8', or pass a "
+            "diffrax.AbstractAdaptiveSolver instance."
         )
     if issubclass(cls, diffrax.AbstractImplicitSolver):
         return cls(root_finder=diffrax.VeryChord(rtol=NEWTON_FACTOR * rtol, atol=NEWTON_FACTOR * atol))
