@@ -1,4 +1,4 @@
-"""A variable-order BDF (NDF) solver for gradient flows, inside diffrax, with a kept tridiagonal Hessian.
+"""A variable-order BDF (NDF) solver for gradient flows, inside diffrax, with a kept eigendecomposition.
 
 The method is the one of scipy's `solve_ivp(method="BDF")` and MATLAB's `ode15s`: the numerical
 differentiation formulas of Shampine & Reichelt (1997), *The MATLAB ODE suite*, SIAM J. Sci. Comput.
@@ -9,13 +9,10 @@ constants and the step/order logic follow scipy's implementation so that the two
 against each other (tests/test_bdf.py).
 
 What is different is the linear algebra. Newton's matrix is $I - cJ = I + cH$ with $H$ the Hessian,
-symmetric, and $c = h / \\alpha_k$ changes with every change of step or order. gflow keeps $H$ in
-tridiagonal form, $H = Q T Q^\\top$ with $Q$ orthogonal (Householder reduction, LAPACK `sytrd`, and
-$Q$ formed once): then $I + cH = Q (I + cT) Q^\\top$ for *every* $c$, and a Newton solve is two
-products with $Q$ and one tridiagonal solve, so the step-size changes that make scipy refactorise
-its LU cost nothing here. The reduction costs half an `eigh` (2.0 against 4.2 ms at 192 parameters),
-and is all that shifted solves need. As in scipy, the Hessian is recomputed only when Newton's
-iteration fails to converge with the kept one. A step costs one to four gradients.
+symmetric: kept as $Q\\,\\mathrm{diag}(\\lambda)\\,Q^\\top$ from one `eigh`, every Newton solve is two
+products with $Q$ for *any* $c$, so the step-size changes that make scipy refactorise its LU cost
+nothing here. As in scipy, the Hessian is recomputed only when Newton's iteration fails to converge
+with the kept one. A step costs one to four gradients.
 
 diffrax's step-size controllers choose a step from one error estimate of a fixed order; a
 variable-order method chooses step and order together. The solver therefore makes both decisions
@@ -73,36 +70,13 @@ def _rescale(differences: Float[Array, "rows n"], order, factor) -> Float[Array,
     return differences.at[: MAX_ORDER + 1].set(head)
 
 
-class _TridiagonalHessian(eqx.Module):
-    """$H = Q T Q^\\top$: $Q$ orthogonal, $T$ symmetric tridiagonal, for solves with $I + cH$, any $c$."""
-
-    basis: Float[Array, "n n"]  # Q
-    diagonal: Float[Array, " n"]  # of T
-    off_diagonal: Float[Array, " n-1"]  # of T
-
-    @classmethod
-    def of(cls, hessian: Float[Array, "n n"]) -> _TridiagonalHessian:
-        reflectors, diagonal, off_diagonal, taus = jax.lax.linalg.tridiagonal(hessian, lower=True)
-        # LAPACK's convention for `lower`: Q = diag(1, product of the reflectors below the subdiagonal).
-        block = jax.lax.linalg.householder_product(reflectors[1:, :-1], taus)
-        basis = jnp.zeros_like(hessian).at[0, 0].set(1.0).at[1:, 1:].set(block)
-        return cls(basis, diagonal, off_diagonal)
-
-    def solve_shifted(self, c: Float[Array, ""], rhs: Float[Array, " n"]) -> Float[Array, " n"]:
-        """$(I + cH)^{-1}$ `rhs` (LAPACK `gtsv`: partial pivoting, for indefinite $I + cT$ near saddles)."""
-        band = c * self.off_diagonal
-        zero = jnp.zeros((1,), band.dtype)
-        x = jax.lax.linalg.tridiagonal_solve(jnp.concatenate([zero, band]), 1.0 + c * self.diagonal,
-                                             jnp.concatenate([band, zero]), (rhs @ self.basis)[:, None])
-        return self.basis @ x[:, 0]
-
-
 class _State(eqx.Module):
     differences: Float[Array, "rows n"]  # D: backward differences of the solution, for step h
     h: Float[Array, ""]  # the step D is scaled for (the last accepted one)
     order: Int[Array, ""]
     equal_steps: Int[Array, ""]  # accepted steps since the last change of h or order
-    hessian: _TridiagonalHessian  # of a Hessian taken earlier
+    basis: Float[Array, "n n"]  # Q and lambda: eigendecomposition of a Hessian taken earlier
+    curvature: Float[Array, " n"]
     hessians: Int[Array, ""]  # statistics, for gflow's Trajectory.stats
     gradients: Int[Array, ""]
 
@@ -149,24 +123,26 @@ class GradientFlowBDF(diffrax.AbstractSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def _hessian(self, terms, t, y, args) -> _TridiagonalHessian:
+    def _eigen(self, terms, t, y, args):
         jacobian = jax.jacfwd(lambda x: terms.vf(t, x, args))(y)
-        return _TridiagonalHessian.of(-0.5 * (jacobian + jacobian.T))
+        curvature, basis = jnp.linalg.eigh(-0.5 * (jacobian + jacobian.T))
+        return basis, curvature
 
     def init(self, terms, t0, t1, y0, args) -> _State:
         differences = jnp.zeros((_ROWS, y0.shape[0]), y0.dtype)
         h = jnp.asarray(t1 - t0, y0.dtype)
         differences = differences.at[0].set(y0).at[1].set(h * terms.vf(t0, y0, args))
         one = jnp.ones((), jnp.int32)
-        return _State(differences, h, one, 0 * one, self._hessian(terms, t0, y0, args), one, one)
+        return _State(differences, h, one, 0 * one, *self._eigen(terms, t0, y0, args), one, one)
 
-    def _newton(self, terms, t_new, y_predict, c, psi, scale, hessian: _TridiagonalHessian, args):
+    def _newton(self, terms, t_new, y_predict, c, psi, scale, basis, curvature, args):
         """scipy's `solve_bdf_system`: (converged, iterations, y, d) with $d = y - y_{pred}$."""
         tol = jnp.maximum(10 * jnp.finfo(y_predict.dtype).eps / self.rtol, jnp.minimum(0.03, jnp.sqrt(self.rtol)))
+        inverse = 1.0 / (1.0 + c * curvature)
 
         def body(carry):
             k, y, d, norm_old, _, _ = carry
-            dy = hessian.solve_shifted(c, c * terms.vf(t_new, y, args) - psi - d)
+            dy = basis @ (((c * terms.vf(t_new, y, args) - psi - d) @ basis) * inverse)
             norm = _rms(dy / scale)
             rate = norm / norm_old
             first = k == 0
@@ -202,20 +178,20 @@ class GradientFlowBDF(diffrax.AbstractSolver):
         psi = (jnp.where((rows >= 1) & (rows <= order), gamma, 0.0) @ differences) / alpha
         c = h / alpha
 
-        def newton(hessian):
-            return self._newton(terms, t1, y_predict, c, psi, scale, hessian, args)
+        def newton(basis, curvature):
+            return self._newton(terms, t1, y_predict, c, psi, scale, basis, curvature, args)
 
-        converged, iterations, y_new, d = newton(s.hessian)
+        converged, iterations, y_new, d = newton(s.basis, s.curvature)
 
         def refresh():  # as scipy: a new Hessian only when Newton fails with the kept one
-            fresh = self._hessian(terms, t1, y_predict, args)
-            return fresh, s.hessians + 1, *newton(fresh)
+            b, lam = self._eigen(terms, t1, y_predict, args)
+            return b, lam, s.hessians + 1, *newton(b, lam)
 
         def keep():
-            return s.hessian, s.hessians, converged, iterations, y_new, d
+            return s.basis, s.curvature, s.hessians, converged, iterations, y_new, d
 
         failed = ~converged
-        hessian, hessians, converged, more, y_new, d = jax.lax.cond(failed, refresh, keep)
+        basis, curvature, hessians, converged, more, y_new, d = jax.lax.cond(failed, refresh, keep)
         iterations_total = iterations + jnp.where(failed, more, 0)
         iterations = jnp.where(failed, more, iterations)
 
@@ -248,7 +224,7 @@ class GradientFlowBDF(diffrax.AbstractSolver):
 
         y1 = jnp.where(accept, y_new, y0)
         next_h = h * jnp.where(accept, accept_factor, reject_factor)
-        state = _State(new, h, next_order, equal_steps, hessian, hessians,
+        state = _State(new, h, next_order, equal_steps, basis, curvature, hessians,
                        s.gradients + iterations_total)
         dense_info = dict(differences=new[: MAX_ORDER + 1], order=order, h=h)
         # The "error" handed to SolverChosenSteps: (1.0 to accept / 0.0 to reject, next step size).
