@@ -164,7 +164,7 @@ class GradientFlowBDF(diffrax.AbstractSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state: _State, made_jump):
         s = solver_state
-        h = t1 - t0
+        h = jnp.asarray(t1 - t0, solver_state.h.dtype)
         order = s.order
         factor = h / s.h
         changed = factor != 1.0
