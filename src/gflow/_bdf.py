@@ -178,22 +178,24 @@ class GradientFlowBDF(diffrax.AbstractSolver):
         psi = (jnp.where((rows >= 1) & (rows <= order), gamma, 0.0) @ differences) / alpha
         c = h / alpha
 
-        def newton(basis, curvature):
-            return self._newton(terms, t1, y_predict, c, psi, scale, basis, curvature, args)
+        # Newton with the kept Hessian, then (as scipy) once more with a fresh one if that failed:
+        # one loop, so that the vector field and its Jacobian are traced (and compiled) once each.
+        def attempt(carry):
+            basis, curvature, hessians, tries, total, _ = carry
+            basis, curvature, hessians = jax.lax.cond(
+                tries > 0, lambda: (*self._eigen(terms, t1, y_predict, args), hessians + 1),
+                lambda: (basis, curvature, hessians))
+            result = self._newton(terms, t1, y_predict, c, psi, scale, basis, curvature, args)
+            return basis, curvature, hessians, tries + 1, total + result[1], result
 
-        converged, iterations, y_new, d = newton(s.basis, s.curvature)
+        def again(carry):
+            tries, converged = carry[3], carry[5][0]
+            return (tries == 0) | ((tries == 1) & ~converged)
 
-        def refresh():  # as scipy: a new Hessian only when Newton fails with the kept one
-            b, lam = self._eigen(terms, t1, y_predict, args)
-            return b, lam, s.hessians + 1, *newton(b, lam)
-
-        def keep():
-            return s.basis, s.curvature, s.hessians, converged, iterations, y_new, d
-
-        failed = ~converged
-        basis, curvature, hessians, converged, more, y_new, d = jax.lax.cond(failed, refresh, keep)
-        iterations_total = iterations + jnp.where(failed, more, 0)
-        iterations = jnp.where(failed, more, iterations)
+        zero = jnp.zeros((), jnp.int32)
+        first = (jnp.zeros((), bool), zero, y_predict, y_predict)
+        basis, curvature, hessians, _, iterations_total, (converged, iterations, y_new, d) = jax.lax.while_loop(
+            again, attempt, (s.basis, s.curvature, s.hessians, zero, zero, first))
 
         safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + iterations.astype(h.dtype))
         exponent = 1.0 + order.astype(h.dtype)  # the error of order k is O(h^(k+1))
