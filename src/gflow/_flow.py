@@ -124,7 +124,8 @@ _integrate_segment = eqx.filter_jit(_segment)
 def evaluation_counts(solver, attempted_steps: int) -> dict:
     """Work counts derived from the step counts, as diffrax reports no evaluation counts.
 
-    `GradientFlowRosenbrock` counts its Hessians itself (`_segment` reads them from its state); its
+    `GradientFlowBDF` counts its Hessians and its gradients (one per Newton iteration) itself, and
+    `GradientFlowRosenbrock` its Hessians: `_segment` reads them from the solver state. Rosenbrock
     steps take four gradients each (a retaken step, rare, takes four more). diffrax's implicit
     (ESDIRK) methods assemble one Jacobian (here the Hessian, by forward-over-reverse
     differentiation) per attempted step: that count is exact. Gradient evaluations are estimated as
