@@ -141,7 +141,7 @@ class Bench:
         out of reach, so its time is the measured time per step times the steps it needs.
         """
         runs = [self._gd(lr) for lr in lrs]
-        (lr1, (w1, n1, e1)), (lr2, (w2, n2, e2)) = sorted(zip(lrs, runs, strict=True))[:2]
+        (lr1, (w1, n1, e1)), (lr2, (_, _, e2)) = sorted(zip(lrs, runs, strict=True))[:2]
         fitted = np.log(e2[0] / e1[0]) / np.log(lr2 / lr1)
         order = max(fitted, 1.0)
         target = self.rows[0][6]  # gflow default's max relative parameter error

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._hessian_basis import hessian_eigenbasis
+
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
 MIN_FACTOR = 0.2
@@ -123,17 +125,12 @@ class GradientFlowBDF(diffrax.AbstractSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def _eigen(self, terms, t, y, args):
-        jacobian = jax.jacfwd(lambda x: terms.vf(t, x, args))(y)
-        curvature, basis = jnp.linalg.eigh(-0.5 * (jacobian + jacobian.T))
-        return basis, curvature
-
     def init(self, terms, t0, t1, y0, args) -> _State:
         differences = jnp.zeros((_ROWS, y0.shape[0]), y0.dtype)
         h = jnp.asarray(t1 - t0, y0.dtype)
         differences = differences.at[0].set(y0).at[1].set(h * terms.vf(t0, y0, args))
         one = jnp.ones((), jnp.int32)
-        return _State(differences, h, one, 0 * one, *self._eigen(terms, t0, y0, args), one, one)
+        return _State(differences, h, one, 0 * one, *hessian_eigenbasis(terms, t0, y0, args), one, one)
 
     def _newton(self, terms, t_new, y_predict, c, psi, scale, basis, curvature, args):
         """scipy's `solve_bdf_system`: (converged, iterations, y, d) with $d = y - y_{pred}$."""
@@ -183,7 +180,7 @@ class GradientFlowBDF(diffrax.AbstractSolver):
         def attempt(carry):
             basis, curvature, hessians, tries, total, _ = carry
             basis, curvature, hessians = jax.lax.cond(
-                tries > 0, lambda: (*self._eigen(terms, t1, y_predict, args), hessians + 1),
+                tries > 0, lambda: (*hessian_eigenbasis(terms, t1, y_predict, args), hessians + 1),
                 lambda: (basis, curvature, hessians))
             result = self._newton(terms, t1, y_predict, c, psi, scale, basis, curvature, args)
             return basis, curvature, hessians, tries + 1, total + result[1], result

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._hessian_basis import hessian_eigenbasis
+
 # ROS34PW2 (Rang & Angermann 2005, table 4.1): stage coefficients alpha_ij, gamma_ij (i > j), the
 # diagonal gamma, the weights b of the order-3 solution and b_hat of the embedded order-2 one.
 _GAMMA = 4.3586652150845900e-01
@@ -98,9 +100,7 @@ class GradientFlowRosenbrock(diffrax.AbstractAdaptiveSolver):
         return terms.vf(t0, y0, args)
 
     def _fresh(self, terms, t0, y0, args, hessians):
-        jacobian = jax.jacfwd(lambda y: terms.vf(t0, y, args))(y0)
-        curvature, basis = jnp.linalg.eigh(-0.5 * (jacobian + jacobian.T))
-        return basis, curvature, jnp.zeros((), jnp.int32), hessians + 1
+        return *hessian_eigenbasis(terms, t0, y0, args), jnp.zeros((), jnp.int32), hessians + 1
 
     def init(self, terms, t0, t1, y0, args) -> _State:
         return _State(terms.vf(t0, y0, args), *self._fresh(terms, t0, y0, args, jnp.zeros((), jnp.int32)))
