@@ -25,8 +25,6 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import gflow
-from gflow._flow import GradientField
-from gflow._layout import ParamLayout
 from gflow.analysis import detect_stages
 
 
@@ -45,22 +43,20 @@ class Bench:
 
     def __init__(self, name: str):
         self.spec, self.config, self.p0, self.t1, self.loss = problem(name)
-        self.layout = ParamLayout.of(self.config, self.spec)
+        self.layout = gflow.ParamLayout.of(self.config, self.spec)
         self.loss_fn = gflow.loss_function(self.spec, self.config, self.loss)
-        self.field = GradientField(self.loss_fn, self.layout)
+        self.field = gflow.GradientField(self.loss_fn, self.layout)
         self.grid = gflow.default_save_times((0, self.t1), 121 if name == "A" else 41)
+        # The record of these flows, for trajectories built from other solvers' states.
+        self.record = gflow.simulate(self.p0, self.spec, (0, self.t1), config=self.config, loss=self.loss,
+                                     save_times=self.grid[1:2], progress=False).record
         self.y0 = np.asarray(self.layout.flatten(self.p0))
         self.f = jax.jit(lambda y: self.field(0.0, y, None))
         self.jac = jax.jit(jax.jacfwd(lambda y: self.field(0.0, y, None))) if self.y0.size <= 2048 else None
-        self._values = jax.jit(jax.vmap(jax.value_and_grad(self.field.value)))
         self.rows = []
 
     def trajectory(self, times, ys) -> gflow.Trajectory:
-        loss, grad = self._values(jnp.asarray(ys))
-        return gflow.Trajectory(times=np.asarray(times), params=jax.vmap(self.layout.unflatten)(jnp.asarray(ys)),
-                                loss=np.asarray(loss), grad_norm=np.asarray(jnp.linalg.norm(grad, axis=1)),
-                                config=self.config, spec=self.spec, settings={}, stats={}, status="success",
-                                message="")
+        return gflow.Trajectory.from_flat(self.record.with_save_times(times), times, ys)
 
     def set_reference(self, ys, label: str):
         self.ref_ys = ys

@@ -23,7 +23,7 @@ def _tensors(params: gflow.TransformerParams) -> dict[str, torch.Tensor]:
 
 
 def type_loss(w: dict[str, torch.Tensor], data, config: gflow.TransformerConfig) -> torch.Tensor:
-    """$\\sum_i p_i\\, CE(target_i, logits(query_i, keys_i))$ with the model of gflow._model.type_logits."""
+    """$\\sum_i p_i\\, CE(target_i, logits(query_i, keys_i))$ with the model of gflow's type-level forward pass."""
     q = torch.einsum("ad,kde->kae", w["W_E"], w["W_Q"])
     k = torch.einsum("ad,kde->kae", w["W_E"], w["W_K"])
     scores = config.score_scale * torch.einsum("kae,kbe->kab", q, k)[:, data["query"], :]

@@ -17,7 +17,7 @@ traj = gflow.simulate(params0, spec, (0.0, 1e5), config=config, loss="meanfield"
                       checkpoint=os.path.join(out, "trajectory.npz"))
 
 metrics = compute_metrics(traj)
-events = detect_stages(metrics)
+events = detect_stages(traj, metrics=metrics)
 plateaus = plateau_linearization(traj, events)
 print(stage_table(events), "\n")
 print(linearization_table(plateaus))

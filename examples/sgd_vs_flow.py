@@ -3,7 +3,7 @@ demo setting, up to t = 3000: one figure with the loss curves, stage timelines, 
 and a table of event-time shifts per run (in ./sgd-vs-flow/). Same as `gflow compare`."""
 
 from gflow import ExperimentSettings
-from gflow._comparison_run import DEFAULT_RUNS, run_comparison
+from gflow.app import DEFAULT_RUNS, run_comparison
 
 # (optimizer, lr, batch size): full-batch GD, online SGD with fresh minibatches, Adam.
 print("runs:", DEFAULT_RUNS)

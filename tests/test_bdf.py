@@ -9,7 +9,8 @@ from scipy.integrate import solve_ivp
 from scipy.integrate._ivp.bdf import compute_R
 
 import gflow
-from gflow._bdf import GradientFlowBDF, SolverChosenSteps, _difference_rescaling
+from gflow.solvers import GradientFlowBDF, SolverChosenSteps
+from gflow.solvers._bdf import _difference_rescaling
 
 # A stiff, non-quadratic loss whose curvature changes along the path (eigenvalues ~0.1 to ~2500).
 COUPLING = jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.5], [0.0, 0.5, 50.0]])
@@ -109,3 +110,17 @@ def test_too_small_a_step_is_reported_not_hidden():
                               jnp.array([1.0]), stepsize_controller=SolverChosenSteps(rtol=rtol, atol=atol),
                               max_steps=100_000, throw=False)
     assert sol.result == diffrax.RESULTS.dt_min_reached and float(sol.ts[-1]) < 1.0
+
+
+def test_pairing_with_the_wrong_controller_fails_clearly():
+    """The BDF's "error" is a StepDecision: an error-based controller must refuse it, and the
+    controller that obeys decisions must refuse an error estimate."""
+    rtol = atol = 1e-6
+    with pytest.raises(TypeError, match="SolverChosenSteps"):
+        diffrax.diffeqsolve(diffrax.ODETerm(field), GradientFlowBDF(rtol=rtol, atol=atol), 0.0, 1.0, None, Y0,
+                            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol))
+    with pytest.raises(TypeError, match="PIDController"):
+        diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 1.0, None, Y0,
+                            stepsize_controller=SolverChosenSteps(rtol=rtol, atol=atol))
+    setup = gflow.solvers.make_solver("GradientFlowBDF", rtol, atol)
+    assert isinstance(setup.controller, SolverChosenSteps) and float(setup.controller.rtol) == rtol

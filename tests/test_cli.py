@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._cli import main
+from gflow.app import main
 
 SMALL = """
 [chain]
@@ -54,7 +54,12 @@ def test_gflow_run_writes_report_figures_and_trajectory(tmp_path, capsys):
      ("[model]\nd_model = 0", r"\[model\].*d_model"), ("[flow]\nrtol = -1.0", r"\[flow\].rtol"),
      ("[init]\nscale = 0.1\ngamma = 1.0", "not both"), ("[chain]\nkind = 'hmm'", "`kind`"),
      ("[flow\n", "not valid TOML"), ("[flow]\nt_end = true", r"\[flow\].t_end must be int or float"),
-     ("[model]\nresidual = 1", r"\[model\].residual must be bool")],
+     ("[model]\nresidual = 1", r"\[model\].residual must be bool"),
+     # Names are checked when the file is read, not by a traceback from simulate later.
+     ("[flow]\nloss = 'exact'", r"\[flow\].loss must be one of"), ("[flow]\nsolver = 'Euler'", r"\[flow\].solver"),
+     ("[model]\npositional = 'learned'", r"\[flow\].loss.*positional='none'"),
+     ("[chain]\nkind = 'sticky'\np = 0.3", r"unknown key.*'p'.*\[chain\] for kind = 'sticky'"),
+     ("[chain]\nkind = 'binary'\np = 0.3", r"\[chain\].q is required for kind = 'binary'")],
 )
 def test_bad_config_files_are_named_precisely(tmp_path, capsys, text, match):
     cfg = tmp_path / "bad.toml"
@@ -68,3 +73,77 @@ def test_bad_config_files_are_named_precisely(tmp_path, capsys, text, match):
 def test_missing_config_file(capsys):
     assert main(["run", "/nonexistent/x.toml"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_settings_keys_are_the_functions_own_parameters():
+    """The schema is generated: simulate's defaults are the file's defaults (n_save was 241 in the
+    settings and 121 in simulate), and every [flow] key reaches simulate."""
+    import inspect
+
+    from gflow.app._settings import SCHEMA
+
+    defaults = {k: p.default for k, p in inspect.signature(gflow.simulate).parameters.items()}
+    flow = gflow.ExperimentSettings.demo().flow
+    for key in ("rtol", "atol", "n_save", "max_steps", "solver", "chunk_size", "n_samples"):
+        assert flow[key] == defaults[key], key
+    assert set(gflow.ExperimentSettings.demo().simulate_arguments()) <= set(defaults)
+    assert set(SCHEMA["model"]) == {"n_heads", "d_model", "d_head", "value", "residual", "positional", "attn_scale"}
+
+
+def test_gflow_compare_keeps_every_flow_setting(tmp_path):
+    """`gflow compare` spread the settings into simulate by hand and dropped [flow].max_steps."""
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL + "max_steps = 12345\nrtol = 1e-7\n")
+    settings = gflow.ExperimentSettings.from_toml(str(cfg))
+    flow, trajs, comps = gflow.app.run_comparison(settings, str(tmp_path / "cmp"), t_end=20.0,
+                                                  runs=(("gd", 0.5, None),), progress=False, echo=lambda s: None)
+    assert flow.record.solver.max_steps == 12345 and flow.settings["rtol"] == 1e-7
+    assert os.path.getsize(tmp_path / "cmp" / "comparison.png") > 0 and np.all(np.isfinite(comps[0].distance))
+
+
+def test_the_example_file_shows_every_key():
+    import re
+
+    from gflow.app._settings import SCHEMA, chain_schema
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "examples", "small.toml")).read()
+    shown = set(re.findall(r"^#? ?(\w+) = ", text, flags=re.M))
+    for section, keys in SCHEMA.items():
+        expected = set(chain_schema("sticky")) if section == "chain" else set(keys)
+        assert expected <= shown, (section, expected - shown)
+
+
+def _report_without_timings(path) -> str:
+    return "\n".join(line for line in open(path).read().splitlines() if "Status:" not in line)
+
+
+def test_interrupt_then_gflow_resume_gives_the_uninterrupted_report(tmp_path, capsys):
+    """SIGINT to a running `gflow run`, then `gflow resume DIR`: the same trajectory and report."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL.replace("n_save = 41", "n_save = 81\nchunk_size = 1"))
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    proc = subprocess.Popen([sys.executable, "-m", "gflow.app._cli", "run", str(cfg), "--out", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "trajectory.npz").exists():  # the first chunk is done: the run is under way
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("interrupted at t =") == 1 and f"gflow resume {out}" in err
+    assert gflow.load(out / "trajectory.npz").status == "interrupted"
+    # Running into the folder again does not silently start afresh.
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["resume", str(out), "--no-progress"]) == 0
+    assert main(["run", str(cfg), "--out", str(ref), "--no-progress"]) == 0
+    resumed, whole = gflow.load(out / "trajectory.npz"), gflow.load(ref / "trajectory.npz")
+    np.testing.assert_array_equal(resumed.flat_params(), whole.flat_params())
+    assert _report_without_timings(out / "report.md") == _report_without_timings(ref / "report.md")

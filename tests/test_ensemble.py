@@ -78,6 +78,7 @@ MULTI_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_over_two_processes():
     """A multi-process job (jax.distributed, two CPU processes with two devices each, gloo collectives)."""
     with socket.socket() as s:  # a free port for the coordinator

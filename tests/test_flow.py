@@ -5,7 +5,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import gflow
-from gflow import _flow
+from gflow import _integrate
 from gflow._layout import ParamLayout
 
 T_END = 60.0
@@ -51,7 +51,7 @@ def test_matches_scipy_dop853_on_the_same_vector_field(small_setting):
     spec, config, params0 = small_setting
     traj = run(small_setting, rtol=1e-10, atol=1e-12)
     layout = ParamLayout.of(config, spec)
-    field = jax.jit(lambda y: _flow.GradientField(gflow.loss_function(spec, config, "counts"), layout)(0.0, y, None))
+    field = jax.jit(lambda y: gflow.GradientField(gflow.loss_function(spec, config, "counts"), layout)(0.0, y, None))
     y0 = np.asarray(layout.flatten(params0))
     ref = solve_ivp(lambda t, y: np.asarray(field(jnp.asarray(y))), (0.0, T_END), y0, method="DOP853",
                     t_eval=traj.times, rtol=1e-10, atol=1e-12)
@@ -76,7 +76,7 @@ def test_save_and_load_round_trip(small_setting, tmp_path):
 def test_interrupted_then_resumed_run_equals_uninterrupted(small_setting, tmp_path, monkeypatch):
     whole = run(small_setting, chunk_size=4, checkpoint=tmp_path / "whole.npz")
     calls = {"n": 0}
-    real = _flow._integrate_segment
+    real = _integrate.solve_one
 
     def interrupting(*args):
         calls["n"] += 1
@@ -84,10 +84,10 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(small_setting, tmp_pa
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(_flow, "_integrate_segment", interrupting)
+    monkeypatch.setattr(_integrate, "solve_one", interrupting)
     part = run(small_setting, chunk_size=4, checkpoint=tmp_path / "ck.npz")
     assert part.status == "interrupted" and len(part) == 9
-    monkeypatch.setattr(_flow, "_integrate_segment", real)
+    monkeypatch.setattr(_integrate, "solve_one", real)
     assert gflow.load(tmp_path / "ck.npz").status == "interrupted"
     resumed = gflow.resume(tmp_path / "ck.npz", progress=False)
     assert resumed.ok and np.array_equal(resumed.times, whole.times)

@@ -132,25 +132,24 @@ def test_auto_picks_exact_methods_and_says_why_it_falls_back(key):
         assert gflow.loss_function(long, cfg).method == "counts"
 
 
-def test_loss_methods_refuse_what_they_cannot_do(key):
-    cfg = gflow.TransformerConfig(d_model=2)
-    pos = gflow.TransformerConfig(d_model=2, positional="learned")
-    spec = gflow.MarkovSpec.sticky([0.25] * 4, 0.1, T=12)
-    with pytest.raises(ValueError, match="V\\*\\*T.*budget.*counts"):
-        gflow.loss_function(spec, cfg, "enumerate")
-    with pytest.raises(ValueError, match="positional='none'"):
-        gflow.loss_function(spec, pos, "counts")
-    with pytest.raises(ValueError, match="positional='none'"):
-        gflow.loss_function(spec, pos, "meanfield")
-    big = gflow.MarkovSpec.sticky([0.125] * 8, 0.1, T=40)
-    with pytest.raises(ValueError, match="counts.*states.*budget"):
-        gflow.loss_function(big, cfg, "counts")
-    with pytest.raises(ValueError, match="`method`"):
-        gflow.loss_function(spec, cfg, "exact")
-    with pytest.raises(ValueError, match="only used by method='sampled'"):
-        gflow.loss_function(spec, cfg, "counts", n_samples=10)
-    with pytest.raises(BAD_TYPE, match="spec"):
-        gflow.loss_function("chain", cfg)
+CFG2 = gflow.TransformerConfig(d_model=2)
+POS2 = gflow.TransformerConfig(d_model=2, positional="learned")
+SPEC12 = gflow.MarkovSpec.sticky([0.25] * 4, 0.1, T=12)
+BIG = gflow.MarkovSpec.sticky([0.125] * 8, 0.1, T=40)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    ((SPEC12, CFG2, "enumerate"), {}, ValueError, "V\\*\\*T.*budget.*counts"),
+    ((SPEC12, POS2, "counts"), {}, ValueError, "positional='none'"),
+    ((SPEC12, POS2, "meanfield"), {}, ValueError, "positional='none'"),
+    ((BIG, CFG2, "counts"), {}, ValueError, "counts.*states.*budget"),
+    ((SPEC12, CFG2, "exact"), {}, ValueError, "`method`"),
+    ((SPEC12, CFG2, "counts"), {"n_samples": 10}, ValueError, "only used by method='sampled'"),
+    (("chain", CFG2), {}, BAD_TYPE, "spec"),
+])
+def test_loss_methods_refuse_what_they_cannot_do(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gflow.loss_function(*args, **kwargs)
 
 
 def test_loss_function_is_a_pytree_that_jits_without_recompiling(key):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._rosenbrock import GradientFlowRosenbrock
+from gflow.solvers import GradientFlowRosenbrock
 
 # A non-quadratic loss with curvature that changes along the path: log-cosh of a coupled linear map.
 COUPLING = jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.5], [0.0, 0.5, 5.0]])
@@ -70,5 +70,5 @@ def test_an_instance_passed_to_simulate_takes_the_controller_tolerances(small_se
     named = gflow.simulate(params0, spec, (0.0, 20.0), solver="GradientFlowRosenbrock", **kw)
     assert mine.ok and np.array_equal(mine.loss, named.loss)
     assert mine.stats["num_accepted_steps"] == named.stats["num_accepted_steps"]
-    solver, _ = gflow._solvers.make_solver(GradientFlowRosenbrock(rtol=0.5, atol=0.5), 1e-8, 1e-11)
+    solver = gflow.solvers.make_solver(GradientFlowRosenbrock(rtol=0.5, atol=0.5), 1e-8, 1e-11).solver
     assert float(solver.rtol) == 1e-8 and float(solver.atol) == 1e-11

@@ -13,8 +13,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._markov import MarkovSpec
 from ._model import PARAM_NAMES, TransformerConfig, TransformerParams, param_shapes
+from .data import AbstractDataSource
 
 
 class ParamLayout(eqx.Module):
@@ -24,7 +24,7 @@ class ParamLayout(eqx.Module):
     shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
 
     @classmethod
-    def of(cls, config: TransformerConfig, spec: MarkovSpec) -> ParamLayout:
+    def of(cls, config: TransformerConfig, spec: AbstractDataSource) -> ParamLayout:
         shapes = param_shapes(config, spec)
         names = tuple(n for n in PARAM_NAMES if n in shapes)
         return cls(names=names, shapes=tuple(shapes[n] for n in names))

@@ -19,9 +19,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Real
 
-from ._markov import MarkovSpec
+from ._checks import as_prng_key, is_real
+from .data import AbstractDataSource
 
 
 class TransformerConfig(eqx.Module):
@@ -99,12 +100,12 @@ class TransformerParams(eqx.Module):
 PARAM_NAMES = ("W_E", "W_Q", "W_K", "W_U", "W_pos", "W_V", "W_O")
 
 
-def param_shapes(config: TransformerConfig, spec: MarkovSpec) -> dict[str, tuple[int, ...]]:
+def param_shapes(config: TransformerConfig, spec: AbstractDataSource) -> dict[str, tuple[int, ...]]:
     """The shape of every weight the config uses (missing names are `None` in the params)."""
     V, d, K, e = spec.V, config.d_model, config.n_heads, config.head_dim
     shapes = {"W_E": (V, d), "W_Q": (K, d, e), "W_K": (K, d, e), "W_U": (d, V)}
     if config.positional == "learned":
-        shapes["W_pos"] = (spec.T, d)
+        shapes["W_pos"] = (spec.context_length, d)
     if config.value:
         shapes["W_V"] = (K, d, e)
         shapes["W_O"] = (K, e, d)
@@ -116,21 +117,26 @@ def _fan_in(name: str, config: TransformerConfig, V: int) -> int:
     return {"W_E": V, "W_O": config.head_dim}.get(name, config.d_model)
 
 
-def init_params(key: PRNGKeyArray, config: TransformerConfig, spec: MarkovSpec, *,
-                scale: float | None = None, gamma: float | None = None) -> TransformerParams:
+def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: AbstractDataSource, *,
+                scale: float | Real[Array | np.ndarray | np.number, ""] | None = None,
+                gamma: float | Real[Array | np.ndarray | np.number, ""] | None = None) -> TransformerParams:
     """Gaussian initialisation, float64.
 
     Every entry is $N(0, \\sigma^2)$ with $\\sigma$ = `scale`, or $\\sigma = \\text{fan\\_in}^{-\\gamma}$
     (fan-in `V` for `W_E`, `d_head` for `W_O`, `d_model` otherwise). Small initialisation is
     `gamma > 0.5` (or a small `scale`); the condensation regime of the focus–dilution paper needs it.
-    With neither given, `gamma = 0.5` (the usual $1/\\sqrt{\\text{fan\\_in}}$).
+    With neither given, `gamma = 0.5` (the usual $1/\\sqrt{\\text{fan\\_in}}$). `key` is a PRNG key or
+    an integer seed.
     """
+    key = as_prng_key("key", key)
     if scale is not None and gamma is not None:
         raise ValueError("give either `scale` (the standard deviation) or `gamma` (sigma = fan_in**-gamma), not both.")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+    if scale is not None and not (is_real(scale) and math.isfinite(float(scale)) and float(scale) > 0):
         raise ValueError(f"`scale` must be a finite number > 0; got {scale!r}.")
-    if gamma is not None and not (isinstance(gamma, (int, float)) and math.isfinite(gamma)):
+    if gamma is not None and not (is_real(gamma) and math.isfinite(float(gamma))):
         raise ValueError(f"`gamma` must be a finite number; got {gamma!r}.")
+    scale = None if scale is None else float(scale)
+    gamma = None if gamma is None else float(gamma)
     if gamma is None and scale is None:
         gamma = 0.5
     shapes = param_shapes(config, spec)
@@ -142,7 +148,7 @@ def init_params(key: PRNGKeyArray, config: TransformerConfig, spec: MarkovSpec, 
     return TransformerParams(**weights)
 
 
-def check_params(params: TransformerParams, config: TransformerConfig, spec: MarkovSpec) -> None:
+def check_params(params: TransformerParams, config: TransformerConfig, spec: AbstractDataSource) -> None:
     """Raise `ValueError` if `params` do not have the shapes `config` and `spec` call for."""
     if not isinstance(params, TransformerParams):
         raise ValueError(f"`params` must be a gflow.TransformerParams (see gflow.init_params); got {type(params)!r}.")

@@ -21,17 +21,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._flow import _check_positive, _progress_bar
-from ._loss import LossFunction, _cross_entropy, loss_function
-from ._markov import MarkovSpec, sample_chain
+from ._checks import as_prng_key, check_positive
+from ._integrate import progress_bar
 from ._model import TransformerConfig, TransformerParams, check_params, sequence_logits
-from ._trajectory import Trajectory
+from ._record import RunRecord, TrainingSpec
+from ._trajectory import RunStatus, Trajectory
+from .data import AbstractDataSource
+from .losses import LossFunction, LossSpec, check_dataset, cross_entropy, loss_spec
 
 MOMENTUM = 0.9
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam")
 
 
-def _make_optimizer(optimizer, lr: float) -> tuple[optax.GradientTransformation, str, float]:
+def make_optimizer(optimizer, lr: float) -> tuple[optax.GradientTransformation, str, float]:
     """The optax transformation, its name, and the flow time of one step."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer, "optax", lr
@@ -53,25 +55,23 @@ def save_steps(steps: int, n_save: int) -> np.ndarray:
 
 
 class _Batches(eqx.Module):
-    """Fresh minibatches: from the chain (online SGD) or from a fixed dataset."""
+    """Fresh minibatches: drawn from the data source (online SGD) or from a fixed dataset."""
 
-    P: jax.Array
-    init: jax.Array
+    source: AbstractDataSource
     dataset: jax.Array | None
     batch_size: int = eqx.field(static=True)
-    length: int = eqx.field(static=True)
 
     def draw(self, key):
         if self.dataset is not None:
             idx = jax.random.randint(key, (self.batch_size,), 0, self.dataset.shape[0])
             return self.dataset[idx]
-        return sample_chain(key, self.P, self.init, self.batch_size, self.length)
+        return self.source.sample(key, self.batch_size)
 
 
 def _minibatch_loss(params, seqs, config: TransformerConfig, position_weights):
     logits = sequence_logits(params, seqs[:, :-1], config)
     targets = jax.nn.one_hot(seqs[:, 1:], logits.shape[-1], dtype=logits.dtype)
-    return jnp.mean(_cross_entropy(targets, logits) @ position_weights)
+    return jnp.mean(cross_entropy(targets, logits) @ position_weights)
 
 
 @eqx.filter_jit
@@ -95,9 +95,9 @@ def _advance(params, opt_state, key, n_steps, optimizer, population: LossFunctio
     return params, opt_state, key, loss, optax.tree.norm(grads)
 
 
-def train(params0: TransformerParams, spec: MarkovSpec, config: TransformerConfig | None = None, *,
+def train(params0: TransformerParams, spec: AbstractDataSource, config: TransformerConfig | None = None, *,
           optimizer="gd", lr: float, steps: int, batch_size: int | None = None, key=None, dataset=None,
-          loss: str = "auto", n_save: int = 121, progress: bool | None = None) -> Trajectory:
+          loss: str | LossSpec = "auto", n_save: int = 121, progress: bool | None = None) -> Trajectory:
     """Train with a discrete optimiser and record it as a `Trajectory` comparable with the flow.
 
     **Arguments:**
@@ -106,9 +106,11 @@ def train(params0: TransformerParams, spec: MarkovSpec, config: TransformerConfi
       `GradientTransformation`.
     - `lr`, `steps`: learning rate and number of steps.
     - `batch_size`: `None` for full-batch steps on the population loss chosen by `loss` (the same
-      loss the flow integrates); an integer for minibatches of sequences, drawn fresh from the chain
-      every step (online SGD) or, with `dataset` (int array `(N, T+1)`), from that dataset.
-    - `key`: PRNG key for the minibatches (required with `batch_size`).
+      loss the flow integrates); an integer for minibatches of sequences, drawn fresh from the data
+      source every step (online SGD) or, with `dataset` (int array `(N, T+1)`), from that dataset.
+    - `key`: PRNG key or integer seed for the minibatches (required with `batch_size`).
+    - `loss`: the population loss the run records and full-batch steps descend: a method name (see
+      `gflow.loss_function`) or a `LossSpec` (a flow's `traj.record.loss`, to train on exactly its loss).
 
     **Returns:** a `Trajectory` saved at step 0 and `n_save - 1` log-spaced steps: `steps` holds the
     step indices, `times` the flow times (`lr * k`; `lr * k / (1 - beta)` for momentum), and
@@ -116,34 +118,37 @@ def train(params0: TransformerParams, spec: MarkovSpec, config: TransformerConfi
     """
     config = TransformerConfig() if config is None else config
     check_params(params0, config, spec)
-    _check_positive("lr", lr)
-    _check_positive("steps", steps, integer=True)
-    _check_positive("n_save", n_save, integer=True)
-    opt, name, dt = _make_optimizer(optimizer, lr)
-    population = loss_function(spec, config, loss)
+    lr = check_positive("lr", lr)
+    steps = check_positive("steps", steps, integer=True)
+    n_save = check_positive("n_save", n_save, integer=True)
+    opt, name, dt = make_optimizer(optimizer, lr)
+    population_spec = loss_spec(spec, config, loss)
+    population = population_spec.build(spec, config)
     batches = None
     if batch_size is None:
         if dataset is not None or key is not None:
             raise ValueError("`dataset` and `key` are for minibatch training; set `batch_size` too.")
         key = jax.random.key(0)
     else:
-        _check_positive("batch_size", batch_size, integer=True)
+        batch_size = check_positive("batch_size", batch_size, integer=True)
         if key is None:
             raise ValueError("`key` is required with `batch_size` (it draws the minibatches).")
+        key = as_prng_key("key", key)
         if dataset is not None:
-            dataset = jnp.asarray(dataset)
-            if dataset.ndim != 2 or dataset.shape[1] != spec.T + 1 or not jnp.issubdtype(dataset.dtype, jnp.integer):
-                raise ValueError(f"`dataset` must be an int array (N, T+1) = (N, {spec.T + 1}) of tokens; got "
-                                 f"{dataset.dtype} {tuple(dataset.shape)}.")
-        batches = _Batches(P=spec.P, init=spec.init, dataset=dataset, batch_size=int(batch_size), length=spec.T + 1)
-    rho = jnp.zeros(spec.T).at[-1].set(1.0) if spec.positions == "last" else jnp.full(spec.T, 1.0 / spec.T)
-    grid = save_steps(int(steps), int(n_save))
+            dataset = jnp.asarray(check_dataset(dataset, spec))
+        batches = _Batches(source=spec, dataset=dataset, batch_size=batch_size)
+    rho = jnp.asarray(spec.position_weights())
+    grid = save_steps(steps, n_save)
+    record = RunRecord("discrete", spec, config, population_spec, (0.0, float(steps * dt)), grid * dt,
+                       training=TrainingSpec(optimizer=name, lr=lr, steps=steps, batch_size=batch_size,
+                                             time_per_step=dt,
+                                             dataset_size=None if dataset is None else int(dataset.shape[0])))
     params, opt_state = params0, opt.init(params0)
     l0, g0 = jax.value_and_grad(population)(params0)
     saved_p, saved_l = [params0], [float(l0)]
     saved_g = [float(optax.tree.norm(g0))]
-    bar = _progress_bar(progress, len(grid) - 1, 0)
-    status, message = "success", f"{steps} steps of {name} at lr {lr:g}"
+    bar = progress_bar(progress, len(grid) - 1, 0)
+    status, message = RunStatus.SUCCESS, f"{steps} steps of {name} at lr {lr:g}"
     tic = time.perf_counter()
     try:
         for k0, k1 in zip(grid[:-1], grid[1:], strict=True):
@@ -156,19 +161,16 @@ def train(params0: TransformerParams, spec: MarkovSpec, config: TransformerConfi
                 bar.update(1)
                 bar.set_postfix_str(f"step={k1} loss={float(lval):.5f}")
             if not math.isfinite(saved_l[-1]):
-                status, message = "nonfinite", f"the loss became non-finite by step {k1} (lr {lr:g} too large?)"
+                status, message = RunStatus.NONFINITE, f"the loss became non-finite by step {k1} (lr {lr:g} too large?)"
                 break
     except KeyboardInterrupt:
-        status, message = "interrupted", f"interrupted by the user after step {grid[len(saved_l) - 1]}"
+        status, message = RunStatus.INTERRUPTED, f"interrupted by the user after step {grid[len(saved_l) - 1]}"
     finally:
         if bar is not None:
             bar.close()
     n = len(saved_l)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *saved_p)
-    settings = {"kind": "discrete", "optimizer": name, "lr": float(lr), "steps": int(steps), "batch_size": batch_size,
-                "loss": population.method, "time_per_step": dt, "dataset_size": None if dataset is None else
-                int(dataset.shape[0])}
     return Trajectory(times=grid[:n] * dt, params=stacked, loss=np.asarray(saved_l), grad_norm=np.asarray(saved_g),
-                      config=config, spec=spec, settings=settings,
-                      stats={"num_steps": int(grid[n - 1]), "wall_time_s": time.perf_counter() - tic},
+                      record=record, stats={"num_steps": int(grid[n - 1]), "wall_time_s": time.perf_counter() - tic},
                       status=status, message=message, steps=grid[:n])
+

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._markov import MarkovSpec
-from .._model import TransformerConfig, TransformerParams, sequence_attention
+from .._model import TransformerConfig, TransformerParams
 from .._trajectory import Trajectory
+from ._attention import attention_statistics
 
 OPEN_FRACTION = 0.25
 """A singular direction is "open" when its value exceeds this fraction of the largest one (a
@@ -34,12 +34,18 @@ class Metrics:
     - `open_directions`: open singular directions of `W_E` (see `OPEN_FRACTION`, `OPEN_GROWTH`).
     - `max_score`: largest |attention score| over heads and token pairs.
     - `qk_change`: $\\|(W_Q, W_K)(t) - (W_Q, W_K)(0)\\| / \\|(W_Q, W_K)(0)\\|$.
-    - `attention`: `(n, K, V, V)` type-level attention $\\alpha(a, b) \\propto \\pi_b e^{score(a, b)}$
-      (`None` with positional encoding; then `position_attention` holds the `(n, K, T, T)` map
-      averaged over the chain).
-    - `key_mass`: `(n, K, V)` mass each key receives averaged over queries, $m_b = \\sum_a \\pi_a \\alpha(a, b)$.
-    - `focus`: `(n,)` focus index $F = \\sum_a \\pi_a KL(\\alpha(a, \\cdot) \\| \\pi)$, averaged over heads.
+    - `pi`: `(V,)` the key masses uniform attention would give under the run's loss (the stationary
+      law in the mean-field limit): the reference for attention gains.
+    - `attention`: `(n, K, V, V)` the attention a query token $a$ pays key type $b$, averaged over the
+      contexts the loss scores ($\\alpha(a, b) \\propto \\pi_b e^{score(a, b)}$ in the mean-field limit);
+      `position_attention`: `(n, K, T, T)` the position map, for sequence losses (else `None`).
+    - `key_mass`: `(n, K, V)` mass each key type receives, averaged over scored queries and contexts
+      ($m_b = \\sum_a \\pi_a \\alpha(a, b)$ in the mean-field limit).
+    - `focus`: `(n,)` focus index, the expected KL divergence of attention from uniform attention over
+      the context, averaged over heads ($F = \\sum_a \\pi_a KL(\\alpha(a, \\cdot) \\| \\pi)$ in the
+      mean-field limit); `focus_per_head`: `(n, K)`.
     - `loss`, `grad_norm`, `dloss_dlogt`: loss, gradient norm, and $dL / d\\log_{10} t$.
+    - `labels`: the data source's token labels, for figures; `loss_method`: the loss the statistics follow.
     """
 
     times: np.ndarray
@@ -59,9 +65,18 @@ class Metrics:
     loss: np.ndarray
     grad_norm: np.ndarray
     dloss_dlogt: np.ndarray
+    labels: tuple[str, ...] | None = None
+    focus_per_head: np.ndarray | None = None
+    loss_method: str | None = None
+
+    def token_labels(self) -> tuple[str, ...]:
+        """The data source's token labels (`"0"`, `"1"`, ... when unknown)."""
+        return self.labels if self.labels is not None else tuple(str(b) for b in range(len(self.pi)))
 
     def at(self, t: float) -> int:
         """Index of the saved time closest to `t` (in log time)."""
+        if t <= 0 or not np.any(self.times > 0):
+            return int(np.argmin(np.abs(self.times - t)))
         safe = np.maximum(self.times, self.times[self.times > 0].min() * 1e-3)
         return int(np.argmin(np.abs(np.log(safe) - np.log(max(t, safe[0])))))
 
@@ -88,48 +103,31 @@ def log_time_slope(times: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @jax.jit
-def _type_attention_all(params: TransformerParams, pi, scale):
-    # (n, K, V, V) softmax over keys of score + log pi.
+def _max_scores(params: TransformerParams, scale):
     q = jnp.einsum("nad,nkde->nkae", params.W_E, params.W_Q)
     k = jnp.einsum("nad,nkde->nkae", params.W_E, params.W_K)
-    scores = scale * jnp.einsum("nkae,nkbe->nkab", q, k)
-    return scores, jax.nn.softmax(scores + jnp.log(pi), axis=-1)
-
-
-def _position_attention(traj: Trajectory, n_sequences: int = 512) -> np.ndarray:
-    """Position-by-position attention averaged over sampled sequences, `(n, K, T, T)`."""
-    spec, cfg = traj.spec, traj.config
-    seqs = spec.sample(jax.random.key(0), n_sequences)[:, : spec.T]
-
-    return np.asarray(jax.lax.map(lambda p: sequence_attention(p, seqs, cfg).mean(axis=0), traj.params))
+    return jnp.max(jnp.abs(scale * jnp.einsum("nkae,nkbe->nkab", q, k)), axis=(1, 2, 3))
 
 
 def compute_metrics(traj: Trajectory) -> Metrics:
-    """All per-time signals of `traj` (see `Metrics`)."""
+    """All per-time signals of `traj` (see `Metrics`); attention statistics are expectations under the
+    loss the trajectory was computed on (`_attention.py`)."""
     p = traj.params
-    spec: MarkovSpec = traj.spec
     cfg: TransformerConfig = traj.config
-    pi = spec.stationary()
     W_E, W_U = np.asarray(p.W_E), np.asarray(p.W_U)
     sv_E = np.linalg.svd(W_E, compute_uv=False)
     sv_U = np.linalg.svd(W_U, compute_uv=False)
     sv_EU = np.linalg.svd(W_E @ W_U, compute_uv=False)
     qk = np.concatenate([np.asarray(p.W_Q).reshape(len(traj), -1), np.asarray(p.W_K).reshape(len(traj), -1)], axis=1)
     qk_change = np.linalg.norm(qk - qk[:1], axis=1) / max(np.linalg.norm(qk[0]), np.finfo(float).tiny)
-    scores, alpha = _type_attention_all(p, jnp.asarray(pi), cfg.score_scale)
-    scores, alpha = np.asarray(scores), np.asarray(alpha)
-    key_mass = focus = attention = position_attention = None
-    if cfg.positional == "none":
-        attention = alpha
-        key_mass = np.einsum("a,nkab->nkb", pi, alpha)
-        kl = np.sum(alpha * (np.log(np.maximum(alpha, 1e-300)) - np.log(pi)), axis=-1)  # (n, K, V)
-        focus = np.einsum("a,nka->nk", pi, kl).mean(axis=1)
-    else:
-        position_attention = _position_attention(traj)
+    stats = {k: np.asarray(v) for k, v in attention_statistics(p, traj.loss_function()).items()}
     times = np.asarray(traj.times)
     loss = np.asarray(traj.loss)
-    return Metrics(times=times, pi=pi, sv_E=sv_E, sv_U=sv_U, sv_EU=sv_EU, stable_rank_E=stable_rank(sv_E),
-                   stable_rank_U=stable_rank(sv_U), open_directions=open_directions(sv_E),
-                   max_score=np.abs(scores).reshape(len(traj), -1).max(axis=1), qk_change=qk_change,
-                   key_mass=key_mass, focus=focus, attention=attention, position_attention=position_attention,
-                   loss=loss, grad_norm=np.asarray(traj.grad_norm), dloss_dlogt=log_time_slope(times, loss))
+    return Metrics(times=times, pi=stats["uniform_mass"][0], sv_E=sv_E, sv_U=sv_U, sv_EU=sv_EU,
+                   stable_rank_E=stable_rank(sv_E), stable_rank_U=stable_rank(sv_U),
+                   open_directions=open_directions(sv_E), max_score=np.asarray(_max_scores(p, cfg.score_scale)),
+                   qk_change=qk_change, key_mass=stats["key_mass"], focus=stats["focus"].mean(axis=1),
+                   attention=stats["attention"], position_attention=stats.get("position_attention"), loss=loss,
+                   grad_norm=np.asarray(traj.grad_norm), dloss_dlogt=log_time_slope(times, loss),
+                   labels=tuple(traj.spec.labels), focus_per_head=stats["focus"],
+                   loss_method=traj.record.loss.method)

@@ -1,209 +1,378 @@
-"""Marking the stages of learning on a trajectory: condensation, focus, dilution, plateaus, escapes.
+"""Marking the stages of learning: escapes, plateaus, direction openings, condensation, focus, dilution.
 
-Every detector reads the per-time signals of `Metrics` on the saved grid, so event times are saved
-times (use a denser save grid for finer times). Thresholds are arguments with defaults chosen on
-the focus–dilution setting and explained below; they are relative to the run's own scales wherever
-a natural scale exists.
+Each detector reads a signal of `Metrics` and decides from the signal itself, its own peak height,
+its own range or float64 round-off, never from one run's numbers (docs/analysis.md):
+
+- **escape**: a drop of the loss is a peak of its descent rate $r = -dL/d\\ln t$. Two drops are
+  distinct when the rate falls by a third between them (`DISTINCT`: the descent visibly slows). A
+  drop spans the times where its rate exceeds a tenth of its peak (`EXTENT`); its levels are read at
+  the flattest points before and after it; its time is when the loss is half-way between them; its
+  strength is the loss it releases. A drop still under way at the end of the run, or releasing no
+  more than round-off (for stochastic runs: the loss's own fluctuations), is not an escape.
+- **plateau**: the stretches between drops; the slowest point of each stands for its saddle.
+- **opening**: a singular direction of `W_E` grows: a peak of $d\\ln\\sigma_k/d\\ln t$ across which
+  $\\sigma_k$ grows by at least a factor $e$, from below to above 1% of the leading direction's energy
+  (`OPEN_ENERGY`), ending at least $e$ times above the largest initial singular value (so that the
+  reshuffling of an isotropic small initialisation is not an opening); timed when $\\ln\\sigma_k$ is
+  half-way. Each escape lists the directions that open during it, and a cycle is the number of
+  directions opened so far.
+- **condensation**: the first escape that opens a direction, with the stable ranks of `W_E`, `W_U`
+  when it ends, and whether attention moved less than 1% as much as the embedding (`FROZEN`).
+- **focus onset / peak / dilution**, when the focus index $F$ is visible on its natural scale
+  ($\\ge 1\\%$ of $\\ln V$): peaks confirmed by a fall of at least 3% on both sides (`FOCUS_FALL`:
+  above the solver's error, visible on a panel); the onset when $F$ first reaches a tenth of its
+  first peak; a dilution at the half-fall from a peak to the lowest point before the next one. A key
+  token's attention mass can spike while $F$ does not (finite-$T$ losses): a gain over uniform
+  attention of at least 5% of the attention (`VISIBLE_MASS`) that falls to half or less on both
+  sides (`MASS_SPIKE`) is a focus peak too, with its dilution. A final rise of $F$ that levels off is
+  reported as the focus it settles at, timed half-way up that rise.
+- **weak**: an escape releasing less than 1% of the run's total loss drop, a focus peak or dilution
+  whose fall is under 10%, or a dilution that does not reduce the focused tokens' mass: below what a
+  figure of the run shows clearly.
+
+Times come from root finding on the re-solved flow between saved points (`_refine.py`), with an
+uncertainty, so they do not depend on the save grid.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
 from .._trajectory import Trajectory
-from ._metrics import Metrics, compute_metrics
+from ._events import Event, sort_events
+from ._metrics import Metrics, compute_metrics, log_time_slope
+from ._refine import Refiner
+from ._signals import ROUNDOFF, crossing, fluctuation_scale, log_time_rate, peaks
+from ._verdict import final_verdict
 
-EVENT_KINDS = ("plateau", "condensation", "focus_onset", "focus_peak", "dilution", "escape")
+DISTINCT = 2 / 3
+MASS_SPIKE = 0.5
+EXTENT = 0.1
+VISIBLE_DROP = 0.01
+OPEN_GROWTH = 1.0  # in ln(sigma): a factor e
+OPEN_ENERGY = 0.1  # sigma_k / sigma_1 after the opening: 1% of the leading direction's energy
+VISIBLE_FOCUS = 0.01  # of ln V
+VISIBLE_MASS = 0.05  # of the attention: a key token's gain over uniform attention, as FOCUS_FALL
+ONSET = 0.1
+FOCUS_FALL = 0.97
+WEAK_FALL = 0.10
+FROZEN = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
-class Event:
-    """A stage event: its `kind`, `time`, `cycle` (number of open embedding directions, at least 1)
-    and `details` (kind-specific numbers, all plain Python values)."""
+class Episode:
+    """A rise of an integrated signal X (a peak of its rate): its span [start, end], its peak, the
+    flattest points before and after it (`before`, `after`: where the rate is smallest between it and
+    its neighbouring rises or the ends of the run), and its change `X[after] - X[before]`. Levels are
+    read at the flattest points, so they barely depend on the save grid."""
 
-    kind: str
-    time: float
-    cycle: int
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    peak: int
+    start: int
+    end: int
+    confirmed: bool
+    change: float
+    before: int = 0
+    after: int = 0
+
+    def level(self, X: np.ndarray, fraction: float = 0.5) -> float:
+        return float(X[self.before] + fraction * (X[self.after] - X[self.before]))
+
+    def level_uncertainty(self, X: np.ndarray, fraction: float = 0.5) -> float:
+        """How much `level` moves when the flattest points move by one saved point."""
+        return float((1 - fraction) * _spread(X, self.before) + fraction * _spread(X, self.after))
 
 
-def _cycle(m: Metrics, i: int) -> int:
-    # Cycle k is the stretch of time during which k embedding directions are open.
-    return int(max(1, m.open_directions[i]))
+def _spread(X: np.ndarray, i: int) -> float:
+    """How much X changes from saved point `i` to a neighbour: the grid's uncertainty of a level read there."""
+    return float(max(abs(X[j] - X[i]) for j in (max(i - 1, 0), min(i + 1, len(X) - 1))))
 
 
-def find_plateaus(m: Metrics, plateau_slope: float = 0.03, min_decades: float = 0.2) -> list[tuple[int, int]]:
-    """Index ranges `(start, end)` (inclusive) where the loss is flat in log time.
-
-    Flat means $|dL/d\\log_{10} t|$ below `plateau_slope` times the run's total loss drop (per
-    decade): 3% catches the saddles of the demo, whose escapes drop the loss by 10-80% of the total
-    within half a decade. Runs shorter than `min_decades` are noise between two drops, not saddles.
-    """
-    drop = max(m.loss[0] - m.loss.min(), np.finfo(float).tiny)
-    pos = np.flatnonzero(m.times > 0)
-    flat = np.zeros(len(m.times), dtype=bool)
-    flat[pos] = np.abs(m.dloss_dlogt[pos]) < plateau_slope * drop
-    if len(pos) and pos[0] > 0 and flat[pos[0]]:
-        flat[: pos[0]] = True  # t = 0 belongs to a plateau that starts at the first positive time
-    out, i = [], 0
-    while i < len(flat):
-        if not flat[i]:
-            i += 1
-            continue
-        j = i
-        while j + 1 < len(flat) and flat[j + 1]:
-            j += 1
-        t_lo = m.times[max(i, pos[0] if len(pos) else i)]
-        if t_lo > 0 and np.log10(m.times[j] / t_lo) >= min_decades:
-            out.append((i, j))
-        i = j + 1
+def episodes(times: np.ndarray, X: np.ndarray) -> list[Episode]:
+    """The rises of `X` in log time: peaks of $dX/d\\ln t$ separated by a fall to `DISTINCT` of the peak,
+    each spanning the points where the rate exceeds `EXTENT` of its peak, and never past the lowest
+    rate between it and a neighbouring rise."""
+    rate = log_time_rate(times, X)
+    found = peaks(rate, DISTINCT, floor=0.0)
+    out = []
+    for j, p in enumerate(found):
+        lo = p.left_base if j == 0 else found[j - 1].index + int(np.argmin(rate[found[j - 1].index:p.index + 1]))
+        hi = p.right_base if j == len(found) - 1 else p.index + int(np.argmin(rate[p.index:found[j + 1].index + 1]))
+        level = EXTENT * rate[p.index]
+        a = p.index
+        while a > lo and rate[a - 1] > level:
+            a -= 1
+        b = p.index
+        while b < hi and rate[b + 1] > level:
+            b += 1
+        a, b = max(a - 1, lo), min(b + 1, hi)
+        before = lo + int(np.argmin(np.abs(rate[lo:p.index + 1])))
+        after = p.index + int(np.argmin(np.abs(rate[p.index:hi + 1])))
+        out.append(Episode(p.index, a, b, p.confirmed and b > a, float(X[after] - X[before]), before, after))
     return out
 
 
-def detect_stages(traj: Trajectory | Metrics, *, stable_rank_tol: float = 0.05, norm_growth: float = 10.0,
-                  frozen_qk: float = 0.1, focus_onset: float = 0.01, dilution_fraction: float = 0.3,
-                  gain_fraction: float = 0.2, plateau_slope: float = 0.03, min_decades: float = 0.2) -> list[Event]:
-    """Detect the stages of learning along `traj` (or on precomputed `Metrics`).
+class _Detector:
+    def __init__(self, m: Metrics, traj: Trajectory | None):
+        self.m, self.traj = m, traj
+        self.refiner = Refiner(traj, compute_metrics)
+        self.t = m.times
+        stochastic = traj is not None and traj.record.training is not None and traj.record.training.batch_size
+        L = m.loss
+        self.loss_noise = max(ROUNDOFF * float(np.max(np.abs(L))), 10 * fluctuation_scale(L) if stochastic else 0.0)
+        self.total_drop = float(L[0] - L.min())
+        self.openings: list[dict] = []
 
-    **Thresholds** (defaults in brackets):
+    def cycle(self, time: float) -> int:
+        return max(1, sum(o["time"] < time for o in self.openings))
 
-    - `stable_rank_tol` [0.05]: condensation needs stable ranks of `W_E` and `W_U` below 1 + this
-      (rank one up to 5% of the leading direction's energy)...
-    - `norm_growth` [10]: ...after both norms grew this many times (so a rank-one-looking small
-      initialisation does not count)...
-    - `frozen_qk` [0.1]: ...and attention counts as frozen if `W_Q`, `W_K` moved less than 10% of
-      their initial norm by then (reported either way).
-    - `focus_onset` [0.01 nats]: the focus index first exceeds this (1% of a nat: attention has
-      measurably left the frequency-weighted uniform average).
-    - `dilution_fraction` [0.3]: dilution is the focus index falling this fraction below its running
-      peak: a 30% fall is far above the wiggles of a focus that is still building.
-    - `gain_fraction` [0.2]: at a focus peak, a key token "gained" mass if its gain $m_b - \\pi_b$ is at
-      least 20% of the largest gain.
-    - `plateau_slope`, `min_decades`: see `find_plateaus`.
+    # --- escapes and plateaus -------------------------------------------------------------------
+    def drops(self) -> tuple[list[tuple[Episode, float, float]], Episode | None]:
+        out, under_way = [], None
+        for e in episodes(self.t, -self.m.loss):
+            if e.change <= self.loss_noise:
+                continue
+            if not e.confirmed:
+                under_way = e if e.end == len(self.t) - 1 else under_way
+                continue
+            L = self.m.loss
+            level = e.level(L)
+            i = crossing(self.t, L, level, e.before, e.after)
+            time, unc = self.refiner.crossing(self.t, L, i, level, lambda m: m.loss, e.level_uncertainty(L))
+            out.append((e, time, unc))
+        return out, under_way
 
-    **Returns:** events sorted by time (plateaus at their start).
-    """
-    m = traj if isinstance(traj, Metrics) else compute_metrics(traj)
-    events: list[Event] = []
-    n = len(m.times)
+    def find_openings(self) -> None:
+        sv = np.maximum(self.m.sv_E, np.finfo(float).tiny)
+        for k in range(sv.shape[1]):
+            X = np.log(sv[:, k])
+            for e in episodes(self.t, X):
+                closed_before = sv[e.start, k] < OPEN_ENERGY * max(sv[e.start, 0], sv[e.end, 0])
+                # open: a share of the leading direction's energy, and beyond anything the initialisation made
+                open_after = sv[e.end, k] >= max(OPEN_ENERGY * sv[e.end, 0], np.e * sv[0].max())
+                if not (e.confirmed and e.change >= OPEN_GROWTH and closed_before and open_after):
+                    continue
+                level = e.level(X)
+                i = crossing(self.t, X, level, e.before, e.after)
+                time, unc = self.refiner.crossing(self.t, X, i, level, lambda m, k=k: np.log(m.sv_E[:, k]),
+                                                  e.level_uncertainty(X))
+                self.openings.append({"direction": k + 1, "time": time, "uncertainty": unc,
+                                      "from": float(sv[e.before, k]), "to": float(sv[e.after, k]),
+                                      "start": e.start, "end": e.end})
+        self.openings.sort(key=lambda o: o["time"])
 
-    # --- condensation -----------------------------------------------------------------------
-    norm_E, norm_U = np.linalg.norm(m.sv_E, axis=1), np.linalg.norm(m.sv_U, axis=1)
-    cond = ((m.stable_rank_E < 1 + stable_rank_tol) & (m.stable_rank_U < 1 + stable_rank_tol)
-            & (norm_E > norm_growth * norm_E[0]) & (norm_U > norm_growth * norm_U[0]))
-    if cond.any():
-        i = int(np.argmax(cond))
-        events.append(Event("condensation", float(m.times[i]), _cycle(m, i), {
+    def escapes_and_plateaus(self) -> list[Event]:
+        t, L = self.t, self.m.loss
+        drops, under_way = self.drops()
+        events, used = [], set()
+        bounds = [0] + [x for e, _, _ in drops for x in (e.start, e.end)] + [len(t) - 1]
+        rate = -log_time_rate(t, L)
+        for p in range(len(drops) + 1):
+            a, b = bounds[2 * p], bounds[2 * p + 1]
+            final = p == len(drops)
+            if b <= a and not final:
+                continue
+            b = max(a, b)
+            inner = [i for i in range(a, b + 1) if t[i] > 0] or [a]
+            slowest = min(inner, key=lambda i: abs(rate[i]))
+            events.append(Event("plateau", float(t[a]), self.cycle(float(t[a])), {
+                "start": float(t[a]), "end": float(t[b]), "loss": float(L[slowest]), "start_index": a, "end_index": b,
+                "slowest_index": slowest, "final": final, "run_ends_in_drop": final and under_way is not None,
+                "next_escape": None if final else drops[p][1]}))
+        owner = {}  # each opening belongs to the drop its growth overlaps most (in log time)
+        for o in self.openings:
+            overlaps = [_overlap(t, o["start"], o["end"], e.start, e.end) for e, _, _ in drops]
+            if overlaps and max(overlaps) > 0:
+                owner[id(o)] = int(np.argmax(overlaps))
+        for j, (e, time, unc) in enumerate(drops):
+            opened = [o for o in self.openings if owner.get(id(o)) == j]
+            used.update(id(o) for o in opened)
+            nxt = drops[j + 1][0].start if j + 1 < len(drops) else len(t) - 1
+            events.append(Event("escape", time, self.cycle(time), {
+                "from_plateau": j, "loss_before": float(L[e.before]), "loss_after": float(L[e.after]),
+                "released": e.change, "fraction_of_total_drop": e.change / max(self.total_drop, 1e-300),
+                "opened": [{k: o[k] for k in ("direction", "time", "from", "to")} for o in opened],
+                "rank_increment": len(opened), "new_singular_values": [o["to"] for o in opened],
+                "start": float(t[e.start]), "end": float(t[e.end]), "settled_at": float(t[nxt])},
+                uncertainty=unc, strength=e.change, weak=e.change < VISIBLE_DROP * self.total_drop))
+        for o in self.openings:
+            if id(o) not in used:
+                events.append(Event("opening", o["time"], self.cycle(o["time"]), {
+                    "direction": o["direction"], "from": o["from"], "to": o["to"]}, uncertainty=o["uncertainty"],
+                    strength=float(np.log(o["to"] / o["from"]))))
+        return events
+
+    def condensation(self, escapes: list[Event]) -> list[Event]:
+        """The first escape that opens a direction; attention counts as frozen there when it has moved
+        less than 1% as much as the embedding (relative changes, interpolated at the escape's time)."""
+        first = next((e for e in escapes if e.details["rank_increment"] > 0), None)
+        if first is None:
+            return []
+        m = self.m
+        norm_E = np.linalg.norm(m.sv_E, axis=1)
+        E_change = np.abs(norm_E - norm_E[0]) / max(norm_E[0], 1e-300)
+        qk, e_rel = (_at_time(self.t, x, first.time) for x in (m.qk_change, E_change))
+        i = m.at(first.details["end"])
+        return [Event("condensation", first.time, first.cycle, {
             "stable_rank_E": float(m.stable_rank_E[i]), "stable_rank_U": float(m.stable_rank_U[i]),
-            "norm_growth_E": float(norm_E[i] / norm_E[0]), "norm_growth_U": float(norm_U[i] / norm_U[0]),
-            "qk_change": float(m.qk_change[i]), "attention_frozen": bool(m.qk_change[i] < frozen_qk),
-            "max_score": float(m.max_score[i])}))
+            "embedding_change": e_rel, "qk_change": qk, "attention_frozen": bool(qk < FROZEN * e_rel),
+            "max_score": float(m.max_score[i]), "directions_opened": first.details["rank_increment"]},
+            uncertainty=first.uncertainty, strength=1.0 / float(m.stable_rank_E[i]),
+            weak=bool(m.stable_rank_E[i] > 1.5))]
 
-    # --- focus and dilution -----------------------------------------------------------------
-    if m.focus is not None:
+    # --- focus ------------------------------------------------------------------------------------
+    def focus(self) -> list[Event]:
+        m, t = self.m, self.t
+        if m.focus is None:
+            return []
         F = m.focus
-        above = np.flatnonzero(F > focus_onset)
-        if above.size:
-            i = int(above[0])
-            events.append(Event("focus_onset", float(m.times[i]), _cycle(m, i),
-                                {"focus_index": float(F[i]), "max_score": float(m.max_score[i])}))
-            start = i
-            while start < n:
-                # Track the running peak until F falls `dilution_fraction` below it.
-                peak, j = start, start
-                diluted = None
-                while j < n:
-                    if F[j] > F[peak]:
-                        peak = j
-                    if F[j] < (1 - dilution_fraction) * F[peak]:
-                        diluted = j
-                        break
-                    j += 1
-                if diluted is None:
-                    # Final segment: report the peak only if focus rose again after a dilution, at the
-                    # first time F is within 1% of its final maximum (F converges, it does not peak).
-                    seg = F[start:]
-                    if start > i and seg.max() - seg.min() > focus_onset:
-                        peak = start + int(np.argmax(seg >= seg.max() - 0.01 * abs(seg.max())))
-                        events.append(_focus_peak(m, peak, gain_fraction, final=True))
-                    break
-                events.append(_focus_peak(m, peak, gain_fraction, final=False))
-                focused = events[-1].details["gained_tokens"]
-                mass = m.key_mass[:, :, focused].sum(axis=-1).mean(axis=1)
-                events.append(Event("dilution", float(m.times[diluted]), _cycle(m, diluted), {
-                    "focus_index": float(F[diluted]), "peak_focus_index": float(F[peak]),
-                    "fall_fraction": float(1 - F[diluted] / F[peak]), "focused_tokens": focused,
-                    "focused_mass_at_peak": float(mass[peak]), "focused_mass": float(mass[diluted])}))
-                # The next focus builds from the bottom of the dilution.
-                k = diluted
-                while k + 1 < n and F[k + 1] <= F[k]:
-                    k += 1
-                start = k + 1 if k + 1 < n else n
+        V = len(m.pi)
+        if F.max() < VISIBLE_FOCUS * np.log(V):
+            return []
+        found = peaks(F, FOCUS_FALL, floor=VISIBLE_FOCUS * np.log(V))
+        confirmed = [p for p in found if p.confirmed]
+        events = []
+        top = confirmed[0].index if confirmed else int(np.argmax(F))
+        level = ONSET * F[top]
+        i = int(np.argmax(F > level))
+        if i > 0:
+            time, unc = self.refiner.crossing(t, F, i, level, lambda mm: mm.focus, ONSET * _spread(F, top))
+            events.append(Event("focus_onset", time, self.cycle(time), {
+                "focus_index": float(level), "max_score": float(m.max_score[i])}, uncertainty=unc))
+        for n, p in enumerate(confirmed):
+            # the fall after a peak ends at the lowest point before the next peak (or its own base)
+            nxt = confirmed[n + 1].index if n + 1 < len(confirmed) else None
+            low = p.right_base if nxt is None else p.index + int(np.argmin(F[p.index:nxt + 1]))
+            time, unc = self.refiner.maximum(t, F, p.index, lambda mm: mm.focus)
+            peak_event = self._peak(p.index, time, unc, final=False, low=low)
+            events.append(peak_event)
+            fall = 1.0 - F[low] / F[p.index]
+            half = 0.5 * (F[p.index] + F[low])
+            j = crossing(t, F, half, p.index, low)
+            dtime, dunc = self.refiner.crossing(t, F, j, half, lambda mm: mm.focus,
+                                                0.5 * (_spread(F, p.index) + _spread(F, low)))
+            focused = peak_event.details["gained_tokens"]
+            mass = m.key_mass[:, :, focused].sum(axis=-1).mean(axis=1)
+            gain = mass[p.index] - float(m.pi[focused].sum())
+            mass_fall = (mass[p.index] - mass[low]) / max(abs(gain), 1e-300)
+            events.append(Event("dilution", dtime, self.cycle(dtime), {
+                "focus_index": float(F[low]), "peak_focus_index": float(F[p.index]), "fall_fraction": float(fall),
+                "focused_tokens": focused, "focused_mass_at_peak": float(mass[p.index]),
+                "focused_mass": float(mass[low]), "focused_gain_lost": float(mass_fall)},
+                uncertainty=dunc, strength=float(fall), weak=bool(fall < WEAK_FALL or mass_fall < 0.05)))
+        events += self._mass_peaks(confirmed)
+        rises = [e for e in episodes(t, F) if e.confirmed and e.change >= VISIBLE_FOCUS * np.log(V)]
+        if rises and not any(p.index > rises[-1].peak for p in confirmed):
+            # the focus rises one last time and levels off by the end of the run: report where it
+            # settles, timed half-way up that last rise (as escapes are timed half-way down theirs)
+            last, rate = rises[-1], log_time_slope(t, F)
+            k = crossing(t, F, last.level(F), last.before, last.after)
+            if k is not None and abs(rate[-1]) < EXTENT * rate[last.peak]:
+                time, unc = self.refiner.crossing(t, F, k, last.level(F), lambda mm: mm.focus,
+                                                  last.level_uncertainty(F))
+                events.append(self._peak(len(t) - 1, time, unc, final=True, low=len(t) - 1))
+        return events
 
-    # --- plateaus and escapes ---------------------------------------------------------------
-    plateaus = find_plateaus(m, plateau_slope, min_decades)
-    for p, (a, b) in enumerate(plateaus):
-        events.append(Event("plateau", float(m.times[a]), _cycle(m, b), {
-            "start": float(m.times[a]), "end": float(m.times[b]), "loss": float(m.loss[b]), "start_index": a,
-            "end_index": b, "final": b == n - 1}))
-        if b == n - 1:
-            continue
-        nxt = plateaus[p + 1][0] if p + 1 < len(plateaus) else n - 1
-        # Directions open while the state sits on the plateau, against those open once it settles.
-        before, after = int(m.open_directions[a]), int(m.open_directions[nxt])
-        details = {"from_plateau": p, "loss_before": float(m.loss[b]), "loss_after": float(m.loss[nxt]),
-                   "open_before": before, "open_after": after, "rank_increment": after - before,
-                   "new_singular_values": [float(s) for s in m.sv_E[nxt, before:after]],
-                   "settled_at": float(m.times[nxt])}
-        events.append(Event("escape", float(m.times[b]), _cycle(m, b), details))
-    order = {k: r for r, k in enumerate(EVENT_KINDS)}
-    return sorted(events, key=lambda e: (e.time, order[e.kind]))
+    def _mass_peaks(self, focus_peaks) -> list[Event]:
+        """Focus seen in a key token's attention mass rather than in the focus index (under finite-T
+        losses attention can concentrate on a frequent token while F, a divergence from uniform, keeps
+        rising): a confirmed peak of the token's gain over uniform attention, at least `VISIBLE_MASS`,
+        that no focus-index peak already covers; its dilution is the half-fall of that gain."""
+        m, t = self.m, self.t
+        mass = m.key_mass.mean(axis=1)
+        out = []
+        for b in range(mass.shape[1]):
+            gain = mass[:, b] - m.pi[b]
+            for p in peaks(gain, MASS_SPIKE, floor=VISIBLE_MASS):
+                covered = any(fp.left_base <= p.index <= fp.right_base for fp in focus_peaks)
+                if not p.confirmed or covered:
+                    continue
+                def signal(mm, b=b):
+                    return mm.key_mass.mean(axis=1)[:, b] - mm.pi[b]
+
+                time, unc = self.refiner.maximum(t, gain, p.index, signal)
+                low = p.right_base
+                fall = 1.0 - gain[low] / gain[p.index]
+                out.append(Event("focus_peak", time, self.cycle(time), {
+                    "focus_index": float(m.focus[p.index]), "gained_tokens": [b], "frequency_ranks": [self._rank(b)],
+                    "gains": [float(gain[p.index])], "frequency_ordered": self._rank(b) == 1,
+                    "key_mass": [float(x) for x in mass[p.index]], "final": False,
+                    "labels": [m.token_labels()[b]], "seen_in": f"the attention mass of token {m.token_labels()[b]}"},
+                    uncertainty=unc, strength=float(gain[p.index]), weak=bool(fall < WEAK_FALL)))
+                half = 0.5 * (gain[p.index] + gain[low])
+                j = crossing(t, gain, half, p.index, low)
+                dtime, dunc = self.refiner.crossing(t, gain, j, half, signal, 0.5 * (_spread(gain, p.index)
+                                                                                    + _spread(gain, low)))
+                out.append(Event("dilution", dtime, self.cycle(dtime), {
+                    "focus_index": float(m.focus[low]), "peak_focus_index": float(m.focus[p.index]),
+                    "fall_fraction": float(fall), "focused_tokens": [b],
+                    "focused_mass_at_peak": float(mass[p.index, b]), "focused_mass": float(mass[low, b]),
+                    "focused_gain_lost": float(fall),
+                    "seen_in": f"the attention mass of token {m.token_labels()[b]}"},
+                    uncertainty=dunc, strength=float(fall), weak=bool(fall < WEAK_FALL)))
+        return out
+
+    def _rank(self, b: int) -> int:
+        return int(np.argsort(np.argsort(-self.m.pi, kind="stable"))[b]) + 1
+
+    def _peak(self, i: int, time: float, unc: float, final: bool, low: int) -> Event:
+        m = self.m
+        mass = m.key_mass[i].mean(axis=0)
+        gain = mass - m.pi
+        top = gain.max()
+        gained = [int(b) for b in np.argsort(-gain) if gain[b] > 0.01 and gain[b] >= 0.2 * top]
+        rank = {int(b): r + 1 for r, b in enumerate(np.argsort(-m.pi, kind="stable"))}
+        ranks = [rank[b] for b in gained]
+        F = m.focus
+        fall = 0.0 if final else 1.0 - F[low] / F[i]  # down to its own base, before F rises past it again
+        return Event("focus_peak", time, self.cycle(time), {
+            "focus_index": float(F[i]), "gained_tokens": gained, "frequency_ranks": ranks,
+            "gains": [float(gain[b]) for b in gained],
+            "frequency_ordered": bool(ranks) and sorted(ranks) == list(range(1, len(ranks) + 1)),
+            "key_mass": [float(x) for x in mass], "final": final, "labels": [m.token_labels()[b] for b in gained]},
+            uncertainty=unc, strength=float(F[i]), weak=bool(not final and fall < WEAK_FALL))
 
 
-def _focus_peak(m: Metrics, i: int, gain_fraction: float, final: bool) -> Event:
-    mass = m.key_mass[i].mean(axis=0)  # average over heads
-    gain = mass - m.pi
-    top = gain.max()
-    gained = [int(b) for b in np.argsort(-gain) if gain[b] > 0 and gain[b] >= gain_fraction * top]
-    rank = {int(b): r + 1 for r, b in enumerate(np.argsort(-m.pi, kind="stable"))}
-    ranks = [rank[b] for b in gained]
-    return Event("focus_peak", float(m.times[i]), _cycle(m, i), {
-        "focus_index": float(m.focus[i]), "gained_tokens": gained, "frequency_ranks": ranks,
-        "gains": [float(gain[b]) for b in gained], "frequency_ordered": ranks == sorted(ranks),
-        "key_mass": [float(x) for x in mass], "final": final})
+def _at_time(t: np.ndarray, x: np.ndarray, time: float) -> float:
+    """`x` at `time`, interpolated linearly in log time between saved points."""
+    pos = t > 0
+    if not pos.any() or time <= t[pos][0]:
+        return float(x[np.argmin(np.abs(t - time))])
+    return float(np.interp(np.log(time), np.log(t[pos]), x[pos]))
 
 
-def _describe(e: Event) -> str:
-    d = e.details
-    if e.kind == "plateau":
-        return f"t in [{d['start']:.3g}, {d['end']:.3g}], loss {d['loss']:.5f}" + (" (final)" if d["final"] else "")
-    if e.kind == "condensation":
-        frozen = "frozen" if d["attention_frozen"] else "NOT frozen"
-        return (f"stable ranks E {d['stable_rank_E']:.3f}, U {d['stable_rank_U']:.3f}; attention {frozen} "
-                f"(|dW_QK|/|W_QK(0)| = {d['qk_change']:.2g})")
-    if e.kind == "focus_onset":
-        return f"focus index {d['focus_index']:.3g}, max |score| {d['max_score']:.3g}"
-    if e.kind == "focus_peak":
-        toks = ", ".join(f"{b} (rank {r}, +{g:.3f})" for b, r, g in zip(d["gained_tokens"], d["frequency_ranks"],
-                                                                       d["gains"], strict=True))
-        order = "frequency-ordered" if d["frequency_ordered"] else "not frequency-ordered"
-        return f"F = {d['focus_index']:.3f}; gained: {toks}; {order}" + (" (converged)" if d["final"] else "")
-    if e.kind == "dilution":
-        return (f"F {d['peak_focus_index']:.3f} -> {d['focus_index']:.3f} (-{100 * d['fall_fraction']:.0f}%); "
-                f"mass of tokens {d['focused_tokens']}: {d['focused_mass_at_peak']:.3f} -> {d['focused_mass']:.3f}")
-    if e.kind == "escape":
-        sv = ", ".join(f"{s:.3g}" for s in d["new_singular_values"])
-        inc = (f"rank +{d['rank_increment']} (new singular value {sv})" if d["rank_increment"] > 0 
-               else "no new direction")
-        return f"loss {d['loss_before']:.5f} -> {d['loss_after']:.5f}; {inc}"
-    return str(d)
+def _overlap(t: np.ndarray, a0: int, b0: int, a1: int, b1: int) -> float:
+    """Length in log time of the overlap of two index spans."""
+    lo, hi = max(a0, a1), min(b0, b1)
+    if hi <= lo:
+        return 0.0
+    tt = np.log(np.maximum(t, t[t > 0].min() if np.any(t > 0) else 1.0))
+    return float(tt[hi] - tt[lo])
 
 
-def stage_table(events: list[Event]) -> str:
-    """A Markdown table of the events, one row each, in time order."""
-    rows = ["| time | cycle | event | details |", "|---:|---:|---|---|"]
-    rows += [f"| {e.time:.4g} | {e.cycle} | {e.kind} | {_describe(e)} |" for e in events]
-    return "\n".join(rows)
+def detect_stages(traj: Trajectory | Metrics, *, refine: bool = True, metrics: Metrics | None = None) -> list[Event]:
+    """The stages of learning along `traj` (or on precomputed `Metrics`, then timed on the save grid
+    and without a final verdict).
+
+    **Arguments:** `traj`; `refine`: time events by root finding on the re-solved flow between saved
+    points (flows only; module docstring); `metrics`: the trajectory's `compute_metrics`, if already
+    computed. **Returns:** events sorted by time (plateaus at their start; the final plateau carries
+    the verdict on how the run ends).
+    """
+    m = traj if isinstance(traj, Metrics) else metrics if metrics is not None else compute_metrics(traj)
+    source = None if isinstance(traj, Metrics) or not refine else traj
+    d = _Detector(m, source)
+    d.find_openings()
+    events = d.escapes_and_plateaus()
+    if isinstance(traj, Trajectory) and traj.record.kind != "discrete":
+        final = next(e for e in events if e.kind == "plateau" and e.details["final"])
+        final.details.update(final_verdict(traj))
+    escapes = [e for e in events if e.kind == "escape"]
+    events += d.condensation(escapes) + d.focus()
+    return sort_events(events)
+
+
+def find_plateaus(m: Metrics) -> list[tuple[int, int]]:
+    """The plateaus of `m` as index ranges `(start, end)` (inclusive): the stretches between escapes."""
+    return [(e.details["start_index"], e.details["end_index"]) for e in detect_stages(m) if e.kind == "plateau"]

@@ -1,27 +1,30 @@
-"""Publication figures of a trajectory: overview on a shared log-time axis, attention heatmaps at
-each event, and the Hessian spectrum at each plateau. Each function returns the matplotlib Figure;
-`save_figure` writes PNG and PDF side by side."""
+"""Publication figures of a trajectory: overview on a shared log-time axis, attention heatmaps at the
+events, and the Hessian spectrum at each plateau.
+
+Each function returns a matplotlib `Figure` built without pyplot (no global figure registry, no
+backend chosen on import: importing gflow leaves matplotlib as the user set it); `save_figure`
+writes PNG and PDF side by side. Legends sit outside the data; weak events are drawn dotted.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # figures are written to files; no display is needed or assumed
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..analysis._linearize import PlateauEscape  # noqa: E402
-from ..analysis._metrics import Metrics  # noqa: E402
-from ..analysis._stages import Event  # noqa: E402
+from ..analysis import EVENT_COLORS, Event, Metrics, PlateauEscape
 
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5, "xtick.labelsize": 8,
          "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 150,
          "savefig.dpi": 200, "savefig.bbox": "tight"}
-EVENT_COLORS = {"condensation": "tab:green", "focus_onset": "tab:orange", "focus_peak": "tab:red",
-                "dilution": "tab:purple", "escape": "tab:blue"}
+VIRIDIS = matplotlib.colormaps["viridis"]
+OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False, "borderaxespad": 0.0}
+"""Legend placement: to the right of the axes, never over the data."""
+MAX_PANELS, PANELS_PER_ROW = 8, 4
 
 
 def save_figure(fig, path_stem: str | os.PathLike) -> list[str]:
@@ -34,109 +37,179 @@ def save_figure(fig, path_stem: str | os.PathLike) -> list[str]:
     return paths
 
 
+def new_figure(rows: int = 1, cols: int = 1, **kw):
+    """A constrained-layout `Figure` and its axes, made without pyplot."""
+    fig = Figure(figsize=kw.pop("figsize"), layout="constrained")
+    return fig, fig.subplots(rows, cols, **kw)
+
+
 def _log_times(m: Metrics) -> tuple[np.ndarray, np.ndarray]:
     keep = m.times > 0
     return np.flatnonzero(keep), m.times[keep]
 
 
-def _mark_events(ax, events: list[Event], label: bool = False):
-    seen = set()
+def _mark_events(ax, events: list[Event]):
     for e in events:
         if e.kind in EVENT_COLORS and e.time > 0:
-            ax.axvline(e.time, color=EVENT_COLORS[e.kind], lw=0.8, ls="--", alpha=0.8,
-                       label=e.kind.replace("_", " ") if label and e.kind not in seen else None)
-            seen.add(e.kind)
+            ax.axvline(e.time, color=EVENT_COLORS[e.kind], lw=0.9 if not e.weak else 0.7,
+                       ls=":" if e.weak else "--", alpha=0.85)
 
 
-def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float, unigram_entropy: float,
+def _event_legend(ax, events: list[Event]):
+    kinds = [k for k in EVENT_COLORS if any(e.kind == k for e in events)]
+    handles = [Line2D([], [], color=EVENT_COLORS[k], ls="--", lw=0.9, label=k.replace("_", " ")) for k in kinds]
+    if any(e.weak for e in events):
+        handles.append(Line2D([], [], color="0.4", ls=":", lw=0.7, label="(dotted: weak)"))
+    return handles
+
+
+def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | None = None,
+                    unigram_entropy: float | None = None, reference_levels: dict[str, float] | None = None,
                     title: str | None = None):
     """Loss with reference lines and plateau bands; singular values of W_E and W_U; focus index and
-    key masses $m_b$; all on one log-time axis with the detected events marked."""
+    key masses $m_b$; all on one log-time axis with the detected events marked.
+
+    The reference lines are `reference_levels` (label -> loss; the data source's
+    `reference_levels()`: the first is the best possible loss), or the `entropy_rate` and
+    `unigram_entropy` given."""
     idx, t = _log_times(m)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(4, 1, figsize=(6.4, 8.0), sharex=True, constrained_layout=True)
+    if reference_levels is None:
+        reference_levels = {name: v for name, v in (("entropy rate", entropy_rate),
+                                                    ("unigram entropy", unigram_entropy)) if v is not None}
+    with matplotlib.rc_context(STYLE):
+        fig, axes = new_figure(4, 1, figsize=(7.4, 8.0), sharex=True)
         ax = axes[0]
         for e in events:
-            if e.kind == "plateau":
-                ax.axvspan(max(e.details["start"], t[0]), e.details["end"], color="0.9", lw=0)
-        ax.plot(t, m.loss[idx], color="k", lw=1.4, label="loss")
-        ax.axhline(unigram_entropy, color="tab:gray", ls=":", lw=1, label=f"unigram entropy {unigram_entropy:.3f}")
-        ax.axhline(entropy_rate, color="tab:gray", ls="-.", lw=1, label=f"entropy rate {entropy_rate:.3f}")
+            if e.kind == "plateau" and len(t) and e.details["end"] > max(e.details["start"], t[0]):
+                ax.axvspan(max(e.details["start"], t[0]), e.details["end"], color="0.92", lw=0)
+        handles = [ax.plot(t, m.loss[idx], color="k", lw=1.4, label="loss")[0]]
+        for (name, level), ls in zip(reference_levels.items(), ("-.", ":", "--", (0, (1, 3))), strict=False):
+            handles.append(ax.axhline(level, color="tab:gray", ls=ls, lw=1, label=f"{name} {level:.3f}"))
         ax.set_ylabel("loss (nats)")
-        _mark_events(ax, events, label=True)
-        ax.legend(loc="upper right", ncol=2, frameon=False)
+        _mark_events(ax, events)
+        ax.legend(handles=handles + _event_legend(ax, events), **OUTSIDE)
         ax.set_title(title or "gradient flow: stages of learning (grey bands: plateaus)")
 
         ax = axes[1]
         for k in range(m.sv_E.shape[1]):
-            ax.plot(t, m.sv_E[idx, k], color=plt.cm.viridis(k / max(1, m.sv_E.shape[1] - 1)), lw=1.2,
-                    label=f"$\\sigma_{k + 1}(W_E)$")
+            ax.plot(t, m.sv_E[idx, k], color=VIRIDIS(k / max(1, m.sv_E.shape[1] - 1)), lw=1.2,
+                    label=f"$\\sigma_{k + 1}$")
         for k in range(m.sv_U.shape[1]):
-            ax.plot(t, m.sv_U[idx, k], color=plt.cm.viridis(k / max(1, m.sv_U.shape[1] - 1)), lw=1, ls="--")
+            ax.plot(t, m.sv_U[idx, k], color=VIRIDIS(k / max(1, m.sv_U.shape[1] - 1)), lw=1, ls="--")
         ax.set_yscale("log")
         ax.set_ylabel("singular values\n(solid $W_E$, dashed $W_U$)")
         _mark_events(ax, events)
-        ax.legend(loc="lower right", ncol=2, frameon=False)
+        ax.legend(**OUTSIDE)
 
         ax = axes[2]
+        V = len(m.pi)
         if m.focus is not None:
-            ax.plot(t, m.focus[idx], color="tab:red", lw=1.4)
+            if m.focus_per_head is not None and m.focus_per_head.shape[1] > 1:
+                for k in range(m.focus_per_head.shape[1]):
+                    ax.plot(t, m.focus_per_head[idx, k], lw=0.9, alpha=0.6, label=f"head {k + 1}")
+            ax.plot(t, m.focus[idx], color="tab:red", lw=1.4, label="mean" if m.focus_per_head is not None
+                    and m.focus_per_head.shape[1] > 1 else None)
+            # A focus index of round-off size must not fill the panel: at least 1% of ln V tall.
+            shown = m.focus if m.focus_per_head is None else np.concatenate([m.focus[:, None], m.focus_per_head], 1)
+            top = max(float(np.max(shown[idx], initial=0.0)) * 1.08, 0.01 * math.log(V))
+            ax.set_ylim(min(0.0, float(np.min(shown[idx], initial=0.0))), top)
             ax.set_ylabel("focus index $F$")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(**OUTSIDE)
         else:
             ax.plot(t, m.max_score[idx], color="tab:red", lw=1.4)
             ax.set_ylabel("max |score|")
         _mark_events(ax, events)
 
         ax = axes[3]
+        labels = m.token_labels()
         if m.key_mass is not None:
             mass = m.key_mass.mean(axis=1)
             for b in range(mass.shape[1]):
-                ax.plot(t, mass[idx, b], lw=1.2, label=f"$m_{{{b}}}$ ($\\pi_{{{b}}}$ = {m.pi[b]:.3g})")
+                ax.plot(t, mass[idx, b], lw=1.2, label=f"{labels[b]} ($\\pi$ = {m.pi[b]:.3g})")
             ax.set_ylabel("attention mass $m_b$")
-            ax.legend(loc="center left", frameon=False)
+            ax.legend(title="key token b", **OUTSIDE)
         else:
             ax.plot(t, m.qk_change[idx], lw=1.2)
             ax.set_ylabel("rel. change of $W_Q, W_K$")
         _mark_events(ax, events)
-        ax.set_xscale("log")
+        if len(t):
+            ax.set_xscale("log")
+        else:  # interrupted before the first save after t = 0
+            axes[0].text(0.5, 0.5, "nothing saved after t = 0", transform=axes[0].transAxes, ha="center")
         ax.set_xlabel("flow time $t$")
     return fig
 
 
+def _panels(events: list[Event], m: Metrics) -> list[tuple[str, float]]:
+    """The attention maps worth showing: one per distinct event time (weak events and plateaus left
+    out), at most `MAX_PANELS`: the attention events first (condensation, focus, dilution), then
+    escapes, earliest first; the last saved state when there is no event."""
+    merged: list[tuple[str, float, bool]] = []  # (title, time, is an attention event)
+    for e in events:
+        if e.kind == "plateau" or e.weak or e.kind not in EVENT_COLORS:
+            continue
+        name, attention = e.kind.replace("_", " "), e.kind != "escape"
+        if merged and abs(math.log(max(e.time, 1e-300) / max(merged[-1][1], 1e-300))) < 1e-6:
+            merged[-1] = (merged[-1][0] + " + " + name, merged[-1][1], merged[-1][2] or attention)
+        else:
+            merged.append((name, e.time, attention))
+    first = [x for x in merged if x[2]][:MAX_PANELS]
+    rest = [x for x in merged if not x[2]][: MAX_PANELS - len(first)]
+    chosen = sorted(first + rest, key=lambda x: x[1])
+    if not chosen:
+        return [(f"last saved state (no event)\n$t$ = {m.times[-1]:.3g}", float(m.times[-1]))]
+    return [(f"{name}\n$t$ = {t:.3g}", t) for name, t, _ in chosen]
+
+
 def attention_figure(m: Metrics, events: list[Event]):
-    """Type-level attention $\\alpha(a, b)$ (head-averaged) at each detected event."""
-    shown = [e for e in events if e.kind != "plateau"]
-    if m.attention is None:
-        maps = m.position_attention.mean(axis=1)
-        xlabel, ylabel = "key position", "query position"
-    else:
-        maps = m.attention.mean(axis=1)
-        xlabel, ylabel = "key token $b$", "query token $a$"
-    n = max(1, len(shown))
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, n, figsize=(1.9 * n + 0.8, 2.3), constrained_layout=True, squeeze=False)
-        for ax, e in zip(axes[0], shown, strict=False):
-            im = ax.imshow(maps[m.at(e.time)], vmin=0, vmax=1, cmap="magma")
-            ax.set_title(f"{e.kind.replace('_', ' ')}\n$t$ = {e.time:.3g}")
-            ax.set_xlabel(xlabel)
-            ax.set_xticks(range(maps.shape[-1]))
-            ax.set_yticks(range(maps.shape[-2]))
-        axes[0][0].set_ylabel(ylabel)
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention")
+    """Attention $\\alpha(a, b)$ (head-averaged, under the run's loss) at the events, in rows of at most
+    four panels (readable at column width); at the last saved time when there is no event."""
+    shown = _panels(events, m)
+    maps = m.attention.mean(axis=1) if m.attention is not None else m.position_attention.mean(axis=1)
+    by_token = m.attention is not None
+    n = len(shown)
+    cols = min(n, PANELS_PER_ROW)
+    rows = math.ceil(n / cols)
+    labels = m.token_labels()
+    with matplotlib.rc_context(STYLE):
+        fig, axes = new_figure(rows, cols, figsize=(1.75 * cols + 0.9, 1.95 * rows + 0.2), squeeze=False)
+        for ax in axes.ravel()[n:]:
+            ax.set_visible(False)
+        for ax, (title, t) in zip(axes.ravel(), shown, strict=False):
+            im = ax.imshow(maps[m.at(t)], vmin=0, vmax=1, cmap="magma")
+            ax.set_title(title, fontsize=7.5)
+            ticks = range(maps.shape[-1])
+            if by_token:
+                ax.set_xticks(ticks, labels, rotation=90 if max(map(len, labels)) > 2 else 0)
+                ax.set_yticks(ticks, labels)
+            else:
+                ax.set_xticks(ticks)
+                ax.set_yticks(ticks)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("query token $a$" if by_token else "query position")
+        for ax in axes[-1]:
+            ax.set_xlabel("key token $b$" if by_token else "key position")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention")
     return fig
 
 
 def hessian_figure(rows: list[PlateauEscape]):
-    """Sorted Hessian eigenvalues at each plateau (symlog axis: negative directions are the saddle's)."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.2, 3.0), constrained_layout=True)
+    """Sorted Hessian eigenvalues at each plateau (symlog axis: negative directions are the saddle's);
+    the legend says where each spectrum was taken."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = new_figure(figsize=(6.4, 3.0))
         for r in rows:
+            end = ", where the run ends" if r.final else ""
             ax.plot(np.arange(len(r.spectrum)), r.spectrum, marker=".", ms=3, lw=0.8,
-                    label=f"plateau {r.plateau} (t = {r.entry:.3g}; index {r.saddle_index})")
+                    label=f"plateau {r.plateau}: Hessian at t = {r.at:.3g}{end} (index {r.saddle_index})")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_yscale("symlog", linthresh=1e-4)
         ax.set_xlabel("eigenvalue index (ascending)")
         ax.set_ylabel("Hessian eigenvalue")
         ax.set_title("Hessian spectrum at each plateau")
-        ax.legend(frameon=False)
+        if rows:
+            ax.legend(**OUTSIDE)
+        else:
+            ax.text(0.5, 0.5, "no plateau before the end of the run", transform=ax.transAxes, ha="center")
     return fig

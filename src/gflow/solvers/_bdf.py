@@ -16,8 +16,8 @@ with the kept one. A step costs one to four gradients.
 
 diffrax's step-size controllers choose a step from one error estimate of a fixed order; a
 variable-order method chooses step and order together. The solver therefore makes both decisions
-and reports them to `SolverChosenSteps`, a controller that carries them out: the "error" the solver
-returns is the pair (accept, next step size).
+and reports them as a `StepDecision` to `SolverChosenSteps`, the controller that carries them out
+(`_chosen_steps.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._hessian_basis import hessian_eigenbasis
+from ._base import AbstractGradientFlowSolver
+from ._chosen_steps import SolverChosenSteps, StepDecision, rms
+from ._hessian import hessian_eigenbasis, unstable_error_norm, unstable_step_limit
 
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
@@ -45,10 +47,6 @@ _GAMMA = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, MAX_ORDER + 1))])
 _ALPHA = (1.0 - _KAPPA) * _GAMMA
 _ERROR_CONST = _KAPPA * _GAMMA + 1.0 / np.arange(1, MAX_ORDER + 2)
 _ROWS = MAX_ORDER + 3  # D holds differences of orders 0..MAX_ORDER + 2
-
-
-def _rms(x: Float[Array, " n"]) -> Float[Array, ""]:
-    return jnp.sqrt(jnp.mean(x**2))
 
 
 def _difference_rescaling(order: Int[Array, ""], factor: Float[Array, ""]) -> Float[Array, "6 6"]:
@@ -105,12 +103,12 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
         return self._at(t0) if t1 is None else self._at(t1) - self._at(t0)
 
 
-class GradientFlowBDF(diffrax.AbstractSolver):
+class GradientFlowBDF(AbstractGradientFlowSolver):
     """Variable-order NDF/BDF steps (orders 1-5) with a kept symmetric eigendecomposition of the Hessian.
 
-    Use it with `SolverChosenSteps(rtol, atol)` as the step-size controller (`gflow.simulate` does);
-    `rtol`, `atol` here must be the same. The solver assumes an autonomous vector field with a
-    symmetric Jacobian (a gradient flow).
+    Run it under `SolverChosenSteps(rtol, atol)`, its `step_size_controller()` (`gflow.simulate`
+    does); its "error" is a `StepDecision`, which any other controller refuses with a clear error.
+    The solver assumes an autonomous vector field with a symmetric Jacobian (a gradient flow).
     """
 
     rtol: Float[Array, ""] | float
@@ -121,6 +119,12 @@ class GradientFlowBDF(diffrax.AbstractSolver):
 
     def order(self, terms) -> int:
         return MAX_ORDER
+
+    def step_size_controller(self) -> SolverChosenSteps:
+        return SolverChosenSteps(rtol=self.rtol, atol=self.atol)
+
+    def counters(self, solver_state: _State) -> dict:
+        return {"num_hessian_evaluations": solver_state.hessians, "num_gradient_evaluations": solver_state.gradients}
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -140,7 +144,7 @@ class GradientFlowBDF(diffrax.AbstractSolver):
         def body(carry):
             k, y, d, norm_old, _, _ = carry
             dy = basis @ (((c * terms.vf(t_new, y, args) - psi - d) @ basis) * inverse)
-            norm = _rms(dy / scale)
+            norm = rms(dy / scale)
             rate = norm / norm_old
             first = k == 0
             remaining = (NEWTON_MAXITER - k).astype(norm.dtype)
@@ -198,19 +202,26 @@ class GradientFlowBDF(diffrax.AbstractSolver):
         exponent = 1.0 + order.astype(h.dtype)  # the error of order k is O(h^(k+1))
         scale = self.atol + self.rtol * jnp.abs(y_new)
         error_const = jnp.asarray(_ERROR_CONST)
-        error_norm = _rms(error_const[order] * d / scale)
-        accept = converged & (error_norm <= 1)
-        reject_factor = jnp.where(converged, jnp.maximum(MIN_FACTOR, safety * error_norm ** (-1.0 / exponent)), 0.5)
 
-        # Accepted: update the differences (scipy: D[k+2] = d - D[k+1]; D[k+1] = d; D[i] += D[i+1], i <= k).
+        # The differences after the step (scipy: D[k+2] = d - D[k+1]; D[k+1] = d; D[i] += D[i+1], i <= k).
         new = differences.at[order + 2].set(d - differences[order + 1]).at[order + 1].set(d)
         tail_sums = jnp.cumsum(jnp.where((rows <= order + 1)[:, None], new, 0.0)[::-1], axis=0)[::-1]
         new = jnp.where((rows <= order)[:, None], tail_sums, new)
+
+        new_in_basis, new_max = y_new @ basis, jnp.max(jnp.abs(y_new))
+
+        def error_of(v):  # the usual scaled error, and the error along unstable directions (see _hessian.py)
+            unstable = unstable_error_norm(v @ basis, curvature, new_in_basis, new_max, t1, self.rtol)
+            return jnp.maximum(rms(v / scale), unstable)
+
+        error_norm = error_of(error_const[order] * d)
+        accept = converged & (error_norm <= 1)
+        reject_factor = jnp.where(converged, jnp.maximum(MIN_FACTOR, safety * error_norm ** (-1.0 / exponent)), 0.5)
         equal_steps = equal_steps + 1
 
         # After order + 1 equal steps, choose the order (k - 1, k, k + 1) that allows the largest step.
         def norm_at(k_err, row):
-            return _rms(error_const[k_err] * new[row] / scale)
+            return error_of(error_const[k_err] * new[row])
 
         error_m = jnp.where(order > 1, norm_at(jnp.maximum(order - 1, 0), order), jnp.inf)
         error_p = jnp.where(order < MAX_ORDER, norm_at(jnp.minimum(order + 1, MAX_ORDER), order + 2), jnp.inf)
@@ -222,43 +233,9 @@ class GradientFlowBDF(diffrax.AbstractSolver):
         equal_steps = jnp.where(choose, 0, equal_steps)
 
         y1 = jnp.where(accept, y_new, y0)
-        next_h = h * jnp.where(accept, accept_factor, reject_factor)
+        next_h = jnp.minimum(h * jnp.where(accept, accept_factor, reject_factor), unstable_step_limit(curvature))
         state = _State(new, h, next_order, equal_steps, basis, curvature, hessians,
                        s.gradients + iterations_total)
         dense_info = dict(differences=new[: MAX_ORDER + 1], order=order, h=h)
-        # The "error" handed to SolverChosenSteps: (1.0 to accept / 0.0 to reject, next step size).
-        return y1, (accept.astype(h.dtype), next_h), dense_info, state, diffrax.RESULTS.successful
-
-
-class SolverChosenSteps(diffrax.AbstractStepSizeController):
-    """Carries out the accept/reject decision and next step size that `GradientFlowBDF` reports.
-
-    The first step is scipy's `select_initial_step` for order 1 (Hairer, Nørsett & Wanner, *Solving
-    ODEs I*, II.4). A step size below 10 ulps of $t$ ends the solve with diffrax's `dt_min_reached`.
-    """
-
-    rtol: Float[Array, ""] | float
-    atol: Float[Array, ""] | float
-
-    def wrap(self, direction):
-        return self
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        if dt0 is not None:
-            return t0 + dt0, None
-        scale = self.atol + jnp.abs(y0) * self.rtol
-        f0 = func(terms, t0, y0, args)
-        d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
-        h0 = jnp.minimum(jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1), t1 - t0)
-        d2 = _rms((func(terms, t0 + h0, y0 + h0 * f0, args) - f0) / scale) / h0
-        h1 = jnp.where((d1 <= 1e-15) & (d2 <= 1e-15), jnp.maximum(1e-6, h0 * 1e-3),
-                       (0.01 / jnp.maximum(d1, d2)) ** 0.5)
-        return t0 + jnp.minimum(jnp.minimum(100 * h0, h1), t1 - t0), None
-
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        accept, next_h = y_error
-        accept = accept > 0.5
-        start = jnp.where(accept, t1, t0)
-        too_small = next_h < 10 * jnp.abs(jnp.nextafter(start, jnp.inf) - start)
-        result = diffrax.RESULTS.where(too_small, diffrax.RESULTS.dt_min_reached, diffrax.RESULTS.successful)
-        return accept, start, start + next_h, False, None, result
+        decision = StepDecision(accept=accept.astype(h.dtype), next_step=next_h)
+        return y1, decision, dense_info, state, diffrax.RESULTS.successful

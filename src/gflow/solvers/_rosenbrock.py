@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._hessian_basis import hessian_eigenbasis
+from ._base import AbstractGradientFlowSolver, pid_controller
+from ._hessian import hessian_eigenbasis, unstable_error_norm, unstable_step_limit
 
 # ROS34PW2 (Rang & Angermann 2005, table 4.1): stage coefficients alpha_ij, gamma_ij (i > j), the
 # diagonal gamma, the weights b of the order-3 solution and b_hat of the embedded order-2 one.
@@ -64,7 +65,7 @@ class _State(eqx.Module):
     hessians: Int[Array, ""]  # statistic: Hessians computed (and diagonalised) so far
 
 
-class GradientFlowRosenbrock(diffrax.AbstractAdaptiveSolver):
+class GradientFlowRosenbrock(AbstractGradientFlowSolver, diffrax.AbstractAdaptiveSolver):
     """ROS34PW2 Rosenbrock-W steps with a kept symmetric eigendecomposition of the Hessian.
 
     **Arguments:**
@@ -92,6 +93,16 @@ class GradientFlowRosenbrock(diffrax.AbstractAdaptiveSolver):
 
     def order(self, terms) -> int:
         return 3
+
+    def step_size_controller(self) -> diffrax.PIDController:
+        return pid_controller(self.rtol, self.atol)
+
+    def counters(self, solver_state: _State) -> dict:
+        return {"num_hessian_evaluations": solver_state.hessians}
+
+    def work_estimate(self, attempted_steps: int) -> dict[str, int]:
+        # Four gradients a step (a retaken step, rare, takes four more: not counted).
+        return {"stages_per_step": 4, "num_gradient_evaluations_estimate": 4 * int(attempted_steps)}
 
     def error_order(self, terms) -> int:
         return 3
@@ -128,6 +139,17 @@ class GradientFlowRosenbrock(diffrax.AbstractAdaptiveSolver):
         ratio = jnp.sqrt(jnp.mean((error / scale) ** 2))
         return jnp.where(jnp.isfinite(ratio), ratio, jnp.inf)
 
+    def _with_unstable_error(self, t0, t1, y0, y1, error, basis, curvature):
+        """The error estimate, enlarged where needed so that the PID controller's norm of it is at least
+        its norm along the unstable directions (`unstable_error_norm`), and above 1 for a step longer
+        than `unstable_step_limit`: the controller then shortens the step, as `GradientFlowBDF` does
+        itself."""
+        usual = self._error_norm(y0, y1, error)
+        too_long = ((t1 - t0) / unstable_step_limit(curvature)) ** 3  # order 3: the controller's exponent
+        unstable = unstable_error_norm(error @ basis, curvature, y1 @ basis, jnp.max(jnp.abs(y1)), t1, self.rtol)
+        wanted = jnp.maximum(jnp.maximum(usual, unstable), too_long)
+        return error * jnp.where(usual > 0, wanted / jnp.where(usual > 0, usual, 1.0), 1.0)
+
     def step(self, terms, t0, t1, y0, args, solver_state: _State, made_jump):
         h = t1 - t0
         s = solver_state
@@ -144,5 +166,6 @@ class GradientFlowRosenbrock(diffrax.AbstractAdaptiveSolver):
         stale_failure = (age > 0) & (self._error_norm(y0, y1, error) > self.retry_above)
         basis, curvature, age, hessians, y1, error, f1 = jax.lax.cond(
             stale_failure, retry, lambda: (basis, curvature, age, hessians, y1, error, f1))
+        error = self._with_unstable_error(t0, t1, y0, y1, error, basis, curvature)
         dense_info = dict(y0=y0, y1=y1, k0=h * f0, k1=h * f1)
         return y1, error, dense_info, _State(f1, basis, curvature, age + 1, hessians), diffrax.RESULTS.successful

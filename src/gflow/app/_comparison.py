@@ -7,34 +7,36 @@ import time
 
 import jax
 
-from ._compare import compare, event_shift_table
-from ._flow import simulate
-from ._model import init_params
+from .._flow import simulate
+from .._train import make_optimizer, train
+from ..analysis import compare, event_shift_table
+from ..plot import comparison_figure, save_figure
 from ._settings import ExperimentSettings
-from ._train import _make_optimizer, train
-from .plot import comparison_figure, save_figure
 
-# (optimizer, lr, batch size) of the discrete runs; their number of steps covers the flow's time.
 DEFAULT_RUNS = (("gd", 0.05, None), ("gd", 0.5, None), ("gd", 2.0, None), ("sgd", 0.5, 64), ("sgd", 0.5, 8),
                 ("adam", 0.01, None))
+"""(optimizer, lr, batch size) of the discrete runs; their number of steps covers the flow's time."""
 
 
 def run_comparison(settings: ExperimentSettings, out_dir: str, *, t_end: float = 3000.0, runs=DEFAULT_RUNS,
                    progress: bool | None = None, echo=print):
-    """Flow and discrete runs from the same initial point; figure, shift table and summary in `out_dir`."""
+    """Flow and discrete runs from the same initial point; figure, shift table and summary in `out_dir`.
+
+    The flow takes every `[flow]` setting (solver, tolerances, step budget, loss and its options) but
+    `t_end`, which is the smaller of `t_end` and `[flow].t_end`; the discrete runs use the same loss.
+    """
     os.makedirs(out_dir, exist_ok=True)
     spec, config, run = settings.build()
     t_end = min(t_end, run["t_end"])
-    p0 = init_params(jax.random.key(run["seed"]), config, spec, scale=run["scale"], gamma=run["gamma"])
+    p0 = settings.initial_params(spec, config)
     tic = time.perf_counter()
-    flow = simulate(p0, spec, (0.0, t_end), config=config, loss=run["loss"], rtol=run["rtol"], atol=run["atol"],
-                    n_save=run["n_save"], solver=run["solver"], progress=progress)
+    flow = simulate(p0, spec, (0.0, t_end), config=config, **settings.simulate_arguments(), progress=progress)
     trajs, comps, lines = [], [], []
     for i, (opt, lr, batch) in enumerate(runs):
-        steps = max(1, int(round(t_end / _make_optimizer(opt, lr)[2])))  # flow time per step
-        traj = train(p0, spec, config, optimizer=opt, lr=lr, steps=steps, batch_size=batch, loss=run["loss"],
+        steps = max(1, int(round(t_end / make_optimizer(opt, lr)[2])))  # flow time per step
+        traj = train(p0, spec, config, optimizer=opt, lr=lr, steps=steps, batch_size=batch,
                      key=None if batch is None else jax.random.key(100 + i), n_save=run["n_save"] // 2,
-                     progress=progress)
+                     progress=progress, loss=flow.record.loss)
         c = compare(flow, traj)
         trajs.append(traj)
         comps.append(c)

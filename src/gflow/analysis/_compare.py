@@ -1,7 +1,8 @@
 """Discrete training against the continuous flow: distance, loss gap, event shifts, sharpness.
 
-The flow is re-solved with the discrete run's saved times as its save grid, so both are compared at
-exactly the same flow times (no interpolation error enters the distance).
+The flow is re-solved from its own record (same data, loss, solver and tolerances) with the discrete
+run's saved times as its save grid, so both are compared at exactly the same flow times (no
+interpolation error enters the distance).
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ._flow import simulate
-from ._layout import ParamLayout
-from ._loss import loss_function
-from ._trajectory import Trajectory
-from .analysis import detect_stages
-from .analysis._linearize import hessian_vector_product, lanczos_extremes
+from .._flow import run_record
+from .._trajectory import Trajectory
+from ._events import Event
+from ._hessian import hessian_vector_product, lanczos_extremes
+from ._stages import detect_stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Comparison:
       discrete times and their ratio.
     - `sharpness_times`, `sharpness_flow`, `sharpness_discrete`: largest Hessian eigenvalue along
       both (Lanczos on Hessian-vector products); `eos_line` = 2/lr for plain GD/SGD, else `None`.
+    - `flow_events`, `discrete_events`: the stage events of both runs (what `event_shifts` matches,
+      and what the comparison figure draws).
     """
 
     times: np.ndarray
@@ -42,6 +45,8 @@ class Comparison:
     sharpness_discrete: np.ndarray
     eos_line: float | None
     label: str
+    flow_events: list[Event] = dataclasses.field(default_factory=list)
+    discrete_events: list[Event] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         i = int(np.argmax(self.distance))
@@ -67,12 +72,11 @@ def event_shift_table(shifts: list[dict]) -> str:
 
 
 def sharpness(traj: Trajectory, indices, steps: int = 30) -> np.ndarray:
-    """Largest Hessian eigenvalue of the trajectory's loss at the given saved indices (Lanczos)."""
-    layout = ParamLayout.of(traj.config, traj.spec)
-    fn = loss_function(traj.spec, traj.config, traj.settings.get("loss", "auto"))
+    """Largest Hessian eigenvalue of the trajectory's own loss at the given saved indices (Lanczos)."""
+    layout, fn, ys = traj.layout, traj.loss_function(), traj.flat_params()
     out = []
     for i in indices:
-        y = layout.flatten(traj.params_at(int(i)))
+        y = jnp.asarray(ys[int(i)])
         vals, _ = lanczos_extremes(lambda v, y=y: hessian_vector_product(fn, layout, y, v), layout.size, steps,
                                    jax.random.key(0))
         out.append(vals[-1])
@@ -81,35 +85,38 @@ def sharpness(traj: Trajectory, indices, steps: int = 30) -> np.ndarray:
 
 def compare(flow: Trajectory, discrete: Trajectory, *, n_sharpness: int = 12, label: str | None = None,
             progress: bool | None = False) -> Comparison:
-    """Compare `discrete` (from `gflow.train`) with `flow` (from `gflow.simulate`, same chain and config)."""
-    if flow.config != discrete.config or flow.spec.T != discrete.spec.T or not np.array_equal(
-            np.asarray(flow.spec.P), np.asarray(discrete.spec.P)):
-        raise ValueError("`flow` and `discrete` must share the chain and the config.")
-    layout = ParamLayout.of(flow.config, flow.spec)
-    if not np.array_equal(layout.flatten(flow.params_at(0)), layout.flatten(discrete.params_at(0))):
+    """Compare `discrete` (from `gflow.train`) with `flow` (from `gflow.simulate`): same data, model,
+    loss and initial parameters."""
+    for name, traj, kinds in (("flow", flow, ("flow", "ensemble")), ("discrete", discrete, ("discrete",))):
+        if not isinstance(traj, Trajectory) or traj.record.kind not in kinds:
+            got = traj.record.kind if isinstance(traj, Trajectory) else type(traj).__name__
+            raise ValueError(f"`{name}` must be a trajectory from gflow.{'simulate' if name == 'flow' else 'train'}; "
+                             f"got a {got} run.")
+    if not flow.record.same_problem(discrete.record):
+        raise ValueError("`flow` and `discrete` must share the data source, the config and the loss (method, samples, "
+                         f"dataset); got losses {flow.record.loss.method!r} and {discrete.record.loss.method!r}.")
+    if not np.array_equal(flow.flat_params()[0], discrete.flat_params()[0]):
         raise ValueError("`flow` and `discrete` must start from the same parameters.")
     t_end = float(flow.times[-1])
     keep = discrete.times <= t_end * (1 + 1e-12)
     times = np.asarray(discrete.times[keep])
-    s = flow.settings
-    ref = simulate(flow.params_at(0), flow.spec, (0.0, float(times[-1])), config=flow.config, loss=s["loss"],
-                   solver=s["solver"], rtol=s["rtol"], atol=s["atol"], save_times=times, max_steps=s["max_steps"],
-                   progress=progress)
+    ref = run_record(flow.record.with_save_times(times), flow.params_at(0), progress=progress)
     n = min(len(ref), int(keep.sum()))
-    yf = np.asarray(jax.vmap(layout.flatten)(ref.params))[:n]
-    yd = np.asarray(jax.vmap(layout.flatten)(discrete.params))[:n]
+    yf, yd = ref.flat_params()[:n], discrete.flat_params()[:n]
     distance = np.linalg.norm(yd - yf, axis=1) / np.maximum(np.linalg.norm(yf, axis=1), np.finfo(float).tiny)
-    ev_f, ev_d = _events_by_kind(detect_stages(flow)), _events_by_kind(detect_stages(discrete))
+    flow_events, discrete_events = detect_stages(flow), detect_stages(discrete)
+    ev_f, ev_d = _events_by_kind(flow_events), _events_by_kind(discrete_events)
     shifts = [{"kind": k, "occurrence": i, "flow_time": ev_f[(k, i)], "discrete_time": ev_d[(k, i)],
                "ratio": ev_d[(k, i)] / ev_f[(k, i)] if ev_f[(k, i)] > 0 else float("nan")}
               for (k, i) in ev_f if (k, i) in ev_d and k != "plateau"]
     idx = np.unique(np.linspace(1, n - 1, min(n_sharpness, n - 1)).astype(int))
     s_flow, s_disc = sharpness(ref, idx), sharpness(discrete, idx)
-    opt = discrete.settings.get("optimizer")
-    eos = 2.0 / discrete.settings["lr"] if opt in ("gd", "sgd") else None
+    training = discrete.record.training
+    eos = 2.0 / training.lr if training.optimizer in ("gd", "sgd") else None
     return Comparison(times=times[:n], distance=distance, loss_gap=np.asarray(discrete.loss[:n] - ref.loss[:n]),
                       flow_loss=np.asarray(ref.loss[:n]), discrete_loss=np.asarray(discrete.loss[:n]),
                       event_shifts=shifts, sharpness_times=times[idx], sharpness_flow=s_flow,
-                      sharpness_discrete=s_disc, eos_line=eos,
-                      label=label or f"{opt} lr={discrete.settings['lr']:g}"
-                      + (f" B={discrete.settings['batch_size']}" if discrete.settings.get("batch_size") else ""))
+                      sharpness_discrete=s_disc, eos_line=eos, flow_events=flow_events,
+                      discrete_events=discrete_events,
+                      label=label or f"{training.optimizer} lr={training.lr:g}"
+                      + (f" B={training.batch_size}" if training.batch_size else ""))

@@ -1,14 +1,14 @@
-"""What each population-loss method needs from the chain, computed once per spec.
+"""What each loss method precomputes from the data, once per source.
 
 None of this depends on the parameters, so it is built in numpy before any tracing and handed to
 the jitted loss as a pytree of arrays. There are two kinds:
 
 - `SequenceData`: explicit token sequences with probabilities and next-token targets. Used by
-  `"enumerate"` (all $V^T$ sequences, exact targets $P(x_t, \\cdot)$) and `"sampled"` (a fixed
-  sample, one-hot targets: an empirical risk).
+  `"enumerate"` (every context, exact targets: the source's `sequence_law`), `"sampled"` (a fixed
+  sample, one-hot targets: an empirical risk) and `"dataset"` (the user's own sequences).
 - `TypeData`: states (query token, key-type weights) with probabilities and targets. Used by
   `"counts"` (exact: the law of the query token and the context's count vector) and `"meanfield"`
-  (the $T \\to \\infty$ limit, key weights $\\pi$).
+  (the $T \\to \\infty$ limit, key weights $\\pi$). Both need a first-order chain.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._markov import MarkovSpec
+from ..data import AbstractDataSource, MarkovSpec
 
 MAX_ENUMERATED_SEQUENCES = 2**16
-"""`"enumerate"` refuses chains with more than this many length-T sequences ($V^T$): the forward pass
-holds a (sequences x T x T) score tensor, about 0.5 GB in float64 at this size with T = 16."""
+"""`"enumerate"` refuses sources with more than this many contexts: the forward pass holds a
+(contexts x T x T) score tensor, about 0.5 GB in float64 at this size with T = 16."""
 
 MAX_COUNT_STATES = 400_000
 """`"counts"` refuses when its number of (query token, count vector) states, summed over the scored
@@ -51,53 +51,54 @@ class TypeData(eqx.Module):
     targets: Float[Array, "S V"]
 
 
-def _position_weights(spec: MarkovSpec) -> np.ndarray:
-    rho = np.zeros(spec.T)
-    if spec.positions == "last":
-        rho[-1] = 1.0
-    else:
-        rho[:] = 1.0 / spec.T
-    return rho
+def enumerate_data(source: AbstractDataSource) -> SequenceData:
+    """Every context with its probability; targets are the exact next-token laws."""
+    tokens, prob, targets = source.sequence_law(MAX_ENUMERATED_SEQUENCES)
+    return SequenceData(tokens=jnp.asarray(tokens), weights=jnp.asarray(prob), targets=jnp.asarray(targets),
+                        position_weights=jnp.asarray(source.position_weights()))
 
 
-def enumerate_data(spec: MarkovSpec) -> SequenceData:
-    """All $V^T$ sequences $x_1..x_T$ with their probabilities; targets are the exact next-token
-    laws $P(x_t, \\cdot)$, so the expectation over $x_{T+1}$ is taken in closed form."""
-    V, T = spec.V, spec.T
-    n = V**T
-    if n > MAX_ENUMERATED_SEQUENCES:
-        raise ValueError(
-            f"method='enumerate' would sum over V**T = {V}**{T} = {n:.3g} sequences, above the budget of "
-            f"{MAX_ENUMERATED_SEQUENCES} (gflow._loss_data.MAX_ENUMERATED_SEQUENCES). Use method='counts' "
-            "(exact, polynomial in T, no positional encoding), 'meanfield' (T -> infinity) or 'sampled'."
-        )
-    P, init = np.asarray(spec.P), np.asarray(spec.init)
-    tokens = np.stack(np.unravel_index(np.arange(n), (V,) * T), axis=1).astype(np.int32)  # (n, T)
-    with np.errstate(divide="ignore"):  # log 0 = -inf marks impossible sequences (probability 0)
-        log_init, log_P = np.log(init), np.log(P)
-    logp = log_init[tokens[:, 0]]
-    for t in range(1, T):
-        logp = logp + log_P[tokens[:, t - 1], tokens[:, t]]
-    prob = np.exp(logp)
-    return SequenceData(tokens=jnp.asarray(tokens), weights=jnp.asarray(prob),
-                        targets=jnp.asarray(P[tokens]), position_weights=jnp.asarray(_position_weights(spec)))
+def dataset_data(source: AbstractDataSource, sequences: Int[Array | np.ndarray, "N T_plus_1"]) -> SequenceData:
+    """The empirical risk on fixed sequences $x_1..x_{T+1}$ (each weighted 1/N; one-hot targets)."""
+    sequences = jnp.asarray(sequences)
+    n = sequences.shape[0]
+    targets = jax.nn.one_hot(sequences[:, 1:], source.V, dtype=jnp.float64)
+    return SequenceData(tokens=sequences[:, :-1], weights=jnp.full((n,), 1.0 / n), targets=targets,
+                        position_weights=jnp.asarray(source.position_weights()))
 
 
-def sampled_data(spec: MarkovSpec, n_samples: int, key: PRNGKeyArray) -> SequenceData:
-    """A fixed sample of `n_samples` sequences $x_1..x_{T+1}$; targets are the observed next tokens."""
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"`n_samples` must be an integer >= 1 for method='sampled'; got {n_samples!r}.")
-    seqs = spec.sample(key, int(n_samples))
-    targets = jax.nn.one_hot(seqs[:, 1:], spec.V, dtype=jnp.float64)
-    return SequenceData(tokens=seqs[:, :-1], weights=jnp.full((n_samples,), 1.0 / n_samples),
-                        targets=targets, position_weights=jnp.asarray(_position_weights(spec)))
+def sampled_data(source: AbstractDataSource, n_samples: int, key: PRNGKeyArray) -> SequenceData:
+    """A fixed sample of `n_samples` sequences drawn with `key`: the empirical risk on it."""
+    return dataset_data(source, source.sample(key, n_samples))
 
 
 def count_state_bound(V: int, T: int, positions: str) -> int:
     """Upper bound on the number of (query token, count vector) states the counts method visits:
     at position t the query token has count >= 1 and the other t-1 tokens are spread over V types."""
-    ts = [T] if positions == "last" else range(1, T + 1)
-    return sum(V * math.comb(t - 1 + V - 1, V - 1) for t in ts)
+    if positions == "last":
+        return V * math.comb(T - 1 + V - 1, V - 1)
+    return V * math.comb(T + V - 1, V)  # the sum over t = 1..T of the above (hockey-stick identity)
+
+
+MAX_LOSS_BYTES = 2 * 2**30
+"""Memory budget of one evaluation of a sequence-level loss (forward and backward), used by
+`"auto"` to size its sampled fallback. 2 GiB: a tenth of a small workstation."""
+
+
+def sequence_loss_bytes(n_sequences: int, T: int, V: int, config) -> int:
+    """Estimated peak bytes of a forward and backward pass over `n_sequences` contexts of length T:
+    the (heads x T x T) attention scores and weights and the (T x V) logits and targets, each kept
+    for the backward pass (about four float64 copies)."""
+    per_sequence = T * (config.n_heads * T + 2 * V + config.d_model)
+    return 4 * 8 * n_sequences * per_sequence
+
+
+def count_text(n: int) -> str:
+    """An integer of any size as a short decimal: `4.3e+120` (floats overflow past 1e308)."""
+    if n < 10**6:
+        return str(n)
+    exponent = math.log10(n)  # exact enough for any size; math.log10 takes big integers
+    return f"{10 ** (exponent % 1):.2f}e+{int(exponent)}"
 
 
 def _merge_equal_states(keys: np.ndarray, prob: np.ndarray):
@@ -120,16 +121,8 @@ def counts_data(spec: MarkovSpec) -> TypeData:
     $(x_t, n_t)$ is itself a Markov chain: $(a, n) \\to (b, n + e_b)$ with probability $P_{ab}$.
     """
     V, T = spec.V, spec.T
-    bound = count_state_bound(V, T, spec.positions)
-    if bound > MAX_COUNT_STATES:
-        raise ValueError(
-            f"method='counts' would visit up to {bound} (token, count) states for V = {V}, T = {T}, "
-            f"positions={spec.positions!r}, above the budget of {MAX_COUNT_STATES} "
-            "(gflow._loss_data.MAX_COUNT_STATES). Use a shorter T, method='meanfield' (the T -> infinity limit) "
-            "or method='sampled'."
-        )
     P, init = np.asarray(spec.P), np.asarray(spec.init)
-    rho = _position_weights(spec)
+    rho = spec.position_weights()
     tok = np.arange(V)
     counts = np.eye(V, dtype=np.int64)
     prob = init.copy()

@@ -1,0 +1,169 @@
+"""The record of how a trajectory was computed: data, model, loss, solver or optimiser, save grid.
+
+Every `Trajectory` (flow, ensemble member, discrete run) carries one `RunRecord`, and every
+trajectory file stores it. Analysis, comparison, resume and reports rebuild what they need from it
+(`record.loss_function()`, `record.layout`), so nobody re-derives a run from a settings dict and
+nothing (a sampled loss's key, a solver's step budget) can be dropped on the way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._checks import key_data
+from ._layout import ParamLayout
+from ._model import TransformerConfig
+from .data import AbstractDataSource, source_from_json
+from .losses import DEFAULT_SAMPLES, LossFunction, LossSpec
+
+RUN_KINDS = ("flow", "ensemble", "discrete")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSpec:
+    """How a flow was integrated: the solver's name, tolerances, step budget per chunk, chunk size.
+
+    `instance` keeps a solver object the user passed (with its own hyper-parameters) for as long as
+    the record lives in memory; files store the name, from which `resume` rebuilds the solver.
+    """
+
+    name: str
+    rtol: float
+    atol: float
+    max_steps: int
+    chunk_size: int
+    instance: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "rtol": self.rtol, "atol": self.atol, "max_steps": self.max_steps,
+                "chunk_size": self.chunk_size}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSpec:
+    """How a discrete run was made: optimiser, learning rate, steps, minibatches, flow time per step."""
+
+    optimizer: str
+    lr: float
+    steps: int
+    batch_size: int | None
+    time_per_step: float
+    dataset_size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunRecord:
+    """Everything that determines a trajectory.
+
+    - `kind`: `"flow"`, `"ensemble"` (one member of a `simulate_many` batch) or `"discrete"`.
+    - `source`, `config`, `loss`: the data, the model, and the loss (`LossSpec`, complete).
+    - `t_span`, `save_times`: the time interval and every planned save time (flow time for discrete
+      runs: `time_per_step` times the saved step).
+    - `solver` (flows and ensembles) or `training` (discrete runs).
+    - `ensemble_size`, `devices`: for ensemble members.
+    """
+
+    kind: str
+    source: AbstractDataSource
+    config: TransformerConfig
+    loss: LossSpec
+    t_span: tuple[float, float]
+    save_times: np.ndarray
+    solver: SolverSpec | None = None
+    training: TrainingSpec | None = None
+    ensemble_size: int | None = None
+    devices: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in RUN_KINDS:
+            raise ValueError(f"`kind` must be one of {RUN_KINDS}; got {self.kind!r}.")
+        if (self.training is None) == (self.kind == "discrete"):
+            raise ValueError("a discrete run's record needs `training`, and a flow's record must not have it.")
+
+    @property
+    def layout(self) -> ParamLayout:
+        """The flat-vector layout of the parameters."""
+        return ParamLayout.of(self.config, self.source)
+
+    def loss_function(self) -> LossFunction:
+        """The loss this run was computed on, exactly (samples, key or dataset included)."""
+        return self.loss.build(self.source, self.config)
+
+    def with_save_times(self, save_times: np.ndarray) -> RunRecord:
+        times = np.asarray(save_times, dtype=np.float64)
+        return dataclasses.replace(self, save_times=times, t_span=(float(times[0]), float(times[-1])))
+
+    def same_problem(self, other: RunRecord) -> bool:
+        """Same data, model and loss (what two runs need to be compared)."""
+        return (self.source.cache_key() == other.source.cache_key() and self.config == other.config
+                and self.loss == other.loss)
+
+    # ------------------------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The record as the flat settings dict of trajectory format 1 (`Trajectory.settings`)."""
+        loss = {"loss": self.loss.method}
+        if self.training is not None:
+            t = self.training
+            return {"kind": "discrete", "optimizer": t.optimizer, "lr": t.lr, "steps": t.steps,
+                    "batch_size": t.batch_size, **loss, "time_per_step": t.time_per_step,
+                    "dataset_size": t.dataset_size}
+        s = self.solver
+        out = {**loss, "n_samples": self.loss.n_samples, "key": None if self.loss.key is None else list(self.loss.key),
+               "solver": s.name, "rtol": s.rtol, "atol": s.atol, "max_steps": s.max_steps,
+               "t_span": list(self.t_span), "save_grid": self.save_times.tolist(), "chunk_size": s.chunk_size}
+        if self.kind == "ensemble":
+            out.update(ensemble_size=self.ensemble_size, devices=self.devices)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (a `"dataset"` loss's sequences are stored beside it as an array)."""
+        return {"kind": self.kind, "source": self.source.to_json(), "config": self.config.to_dict(),
+                "loss": self.loss.to_json(), "t_span": list(self.t_span), "save_times": self.save_times.tolist(),
+                "solver": None if self.solver is None else self.solver.to_json(),
+                "training": None if self.training is None else self.training.to_json(),
+                "ensemble_size": self.ensemble_size, "devices": self.devices}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], dataset: np.ndarray | None = None) -> RunRecord:
+        return cls(kind=data["kind"], source=source_from_json(data["source"]),
+                   config=TransformerConfig(**data["config"]), loss=LossSpec.from_json(data["loss"], dataset),
+                   t_span=tuple(float(t) for t in data["t_span"]),
+                   save_times=np.asarray(data["save_times"], dtype=np.float64),
+                   solver=None if data.get("solver") is None else SolverSpec(**data["solver"]),
+                   training=None if data.get("training") is None else TrainingSpec(**data["training"]),
+                   ensemble_size=data.get("ensemble_size"), devices=data.get("devices"))
+
+    @classmethod
+    def from_format1(cls, settings: dict[str, Any], spec: dict[str, Any], config: dict[str, Any],
+                     times: np.ndarray) -> RunRecord:
+        """The record of a file written by trajectory format 1 (a flat settings dict)."""
+        source, config = source_from_json(spec), TransformerConfig(**config)
+        method = settings.get("loss", "auto")
+        loss = LossSpec(method)
+        if method == "sampled":  # format 1 wrote None for the defaults it then used
+            key = settings.get("key")
+            loss = LossSpec(method, n_samples=settings.get("n_samples") or DEFAULT_SAMPLES,
+                            key=tuple(int(k) for k in np.ravel(key)) if key is not None else _seed0_key())
+        if settings.get("kind") == "discrete":
+            training = TrainingSpec(optimizer=settings["optimizer"], lr=settings["lr"], steps=settings["steps"],
+                                    batch_size=settings.get("batch_size"), time_per_step=settings["time_per_step"],
+                                    dataset_size=settings.get("dataset_size"))
+            return cls("discrete", source, config, loss, (float(times[0]), float(times[-1])),
+                       np.asarray(times, dtype=np.float64), training=training)
+        solver = SolverSpec(name=settings["solver"], rtol=settings["rtol"], atol=settings["atol"],
+                            max_steps=settings["max_steps"], chunk_size=settings["chunk_size"])
+        kind = "ensemble" if "ensemble_size" in settings else "flow"
+        return cls(kind, source, config, loss, tuple(float(t) for t in settings["t_span"]),
+                   np.asarray(settings["save_grid"], dtype=np.float64), solver=solver,
+                   ensemble_size=settings.get("ensemble_size"), devices=settings.get("devices"))
+
+
+def _seed0_key() -> tuple[int, ...]:
+    return key_data(jax.random.key(0))

@@ -1,0 +1,66 @@
+"""The stage table: one Markdown row per event, with its time, uncertainty, strength and meaning."""
+
+from __future__ import annotations
+
+import math
+
+from ._events import Event
+
+
+def format_time(time: float, uncertainty: float) -> str:
+    """`time ± uncertainty` with as many digits as the uncertainty supports (at least 3, at most 7)."""
+    if time == 0:
+        return "0"
+    if uncertainty <= 0 or not math.isfinite(uncertainty):
+        return f"{time:.4g}"
+    digits = max(3, min(7, int(math.floor(math.log10(abs(time)))) - int(math.floor(math.log10(uncertainty))) + 1))
+    return f"{time:.{digits}g} ± {uncertainty:.1g}"
+
+
+def _describe(e: Event) -> str:
+    d = e.details
+    if e.kind == "plateau":
+        end = " (final; the loss is starting to fall at the end)" if d.get("run_ends_in_drop") else (
+            " (final)" if d["final"] else "")
+        verdict = f"; {d['verdict']}" if d.get("verdict") else ""
+        return f"t in [{d['start']:.3g}, {d['end']:.3g}], loss {d['loss']:.5f}{end}{verdict}"
+    if e.kind == "condensation":
+        frozen = "frozen" if d["attention_frozen"] else "NOT frozen"
+        return (f"stable ranks E {d['stable_rank_E']:.3f}, U {d['stable_rank_U']:.3f}; attention {frozen} "
+                f"(relative change {d['qk_change']:.2g} against {d['embedding_change']:.3g} for W_E)")
+    if e.kind == "focus_onset":
+        return f"focus index {d['focus_index']:.3g}, max |score| {d['max_score']:.3g}"
+    if e.kind == "focus_peak":
+        names = d.get("labels") or [str(b) for b in d["gained_tokens"]]
+        toks = ", ".join(f"{name} (rank {r}, +{g:.3f})" for name, r, g in zip(names, d["frequency_ranks"], d["gains"],
+                                                                                strict=True))
+        if not toks:
+            toks = "no key token gains over 1% of the attention (the focus is on query-dependent keys)"
+        order = "the most frequent tokens" if d["frequency_ordered"] else "not the most frequent tokens"
+        where = f" (seen in {d['seen_in']})" if d.get("seen_in") else ""
+        return f"F = {d['focus_index']:.3f}; gained: {toks}; {order}{where}" + (" (settles)" if d["final"] else "")
+    if e.kind == "dilution":
+        what = (f"gain of {d['seen_in']} -{100 * d['fall_fraction']:.0f}%" if d.get("seen_in") else
+                f"F {d['peak_focus_index']:.3f} -> {d['focus_index']:.3f} (-{100 * d['fall_fraction']:.0f}%)")
+        return (f"{what}; mass of tokens {d['focused_tokens']}: {d['focused_mass_at_peak']:.3f} -> "
+                f"{d['focused_mass']:.3f}")
+    if e.kind == "escape":
+        opened = ", ".join(f"direction {o['direction']} ({o['from']:.2g} -> {o['to']:.3g})" for o in d["opened"])
+        what = f"opens {opened}" if opened else "no new direction"
+        return (f"loss {d['loss_before']:.5f} -> {d['loss_after']:.5f} ({100 * d['fraction_of_total_drop']:.0f}% of "
+                f"the total drop); {what}")
+    if e.kind == "opening":
+        return f"direction {d['direction']} opens without a loss drop ({d['from']:.2g} -> {d['to']:.3g})"
+    return str(d)
+
+
+def stage_table(events: list[Event]) -> str:
+    """A Markdown table of the events, one row each, in time order; weak events are marked."""
+    if all(e.kind == "plateau" for e in events):
+        verdicts = [e.details["verdict"] for e in events if e.details.get("verdict")]
+        return ("No stage event: the loss never drops, no direction opens and attention does not focus (the run "
+                "stays on its initial plateau)" + (f"; {verdicts[-1]}." if verdicts else "."))
+    rows = ["| time | cycle | event | details |", "|---:|---:|---|---|"]
+    rows += [f"| {format_time(e.time, e.uncertainty)} | {e.cycle} | {e.kind}{' (weak)' if e.weak else ''} | "
+             f"{_describe(e)} |" for e in events]
+    return "\n".join(rows)

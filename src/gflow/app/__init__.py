@@ -1,0 +1,16 @@
+"""The application layer: experiment settings (TOML), the two report runners, and the `gflow` command.
+
+- `ExperimentSettings`: the demo's settings, or a TOML file's, checked when read.
+- `run_experiment`: simulate, mark the stages, linearise at plateaus, draw, write a report.
+- `run_comparison`: GD, SGD and Adam against the flow; figure and event-shift tables.
+- `main`: the `gflow` command line.
+"""
+
+from ._cli import main as main
+from ._comparison import DEFAULT_RUNS as DEFAULT_RUNS
+from ._comparison import run_comparison as run_comparison
+from ._experiment import ExperimentResult as ExperimentResult
+from ._experiment import run_experiment as run_experiment
+from ._settings import CHAIN_KINDS as CHAIN_KINDS
+from ._settings import DEMO as DEMO
+from ._settings import ExperimentSettings as ExperimentSettings

@@ -1,0 +1,131 @@
+"""The `gflow` command: `gflow demo`, `gflow run CONFIG.toml`, `gflow resume DIR`, `gflow compare`.
+
+Exit status: 0 when the flow finished, 1 when it stopped early (max_steps, non-finite state, solver
+failure; the partial results are written), 2 for bad input (nothing is computed), 130 when
+interrupted by Ctrl-C (the checkpoint is written; `gflow resume DIR` finishes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+from .._trajectory import RunStatus
+from ._comparison import run_comparison
+from ._experiment import resume_experiment, run_experiment, unfinished_run
+from ._settings import ExperimentSettings
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gflow")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gflow", description="Exact gradient flow of a one-layer Transformer on "
+                                "Markov data: simulate, mark the stages of learning, draw and report.")
+    p.add_argument("--version", action="version", version=f"gflow {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="the focus-dilution setting (sticky chain, d_model = 8, t to 1e5)")
+    demo.add_argument("--out", default="gflow-demo", help="output folder (default: ./gflow-demo)")
+    run = sub.add_parser("run", help="an experiment described by a TOML file (see docs/cli.md)")
+    run.add_argument("config", help="path of the TOML file")
+    run.add_argument("--out", default=None, help="output folder (default: [output].dir of the file)")
+    for s in (demo, run):
+        again = s.add_mutually_exclusive_group()
+        again.add_argument("--resume", action="store_true", help="if the folder holds an interrupted run of these "
+                           "settings, finish it")
+        again.add_argument("--restart", action="store_true", help="start afresh even if the folder holds an "
+                           "interrupted run")
+    res = sub.add_parser("resume", help="finish an interrupted `gflow run`/`gflow demo` in its output folder")
+    res.add_argument("dir", help="the output folder of the interrupted run")
+    cmp = sub.add_parser("compare", help="GD, SGD and Adam against the flow, on the settings of a TOML file")
+    cmp.add_argument("config", nargs="?", default=None, help="TOML file (default: the demo settings)")
+    cmp.add_argument("--out", default="gflow-compare", help="output folder (default: ./gflow-compare)")
+    cmp.add_argument("--t-end", type=float, default=3000.0, help="flow time to compare over (default 3000)")
+    for s in (demo, run, res, cmp):
+        s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"gflow: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _exit_status(traj) -> int:
+    if traj.ok:
+        return EXIT_OK
+    return EXIT_INTERRUPTED if traj.status == RunStatus.INTERRUPTED else EXIT_FAILED
+
+
+def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str | None:
+    """What to do with an interrupted run already in `out_dir`: "resume", "restart", or an error message."""
+    found = unfinished_run(out_dir)
+    if found is None or args.restart:
+        return "restart"
+    same = found[0].to_dict() == settings.to_dict()
+    where = f"{out_dir!r} holds an interrupted run ({found[1].status.value} at t = {found[1].times[-1]:.6g})"
+    if not same:
+        return (f"{where} of other settings; choose another --out, or pass --restart to overwrite it.")
+    if args.resume:
+        return "resume"
+    if sys.stdin.isatty():
+        answer = input(f"gflow: {where} of these settings. Resume it? [Y/n] ").strip().lower()
+        return "restart" if answer in ("n", "no") else "resume"
+    return f"{where} of these settings; pass --resume to finish it (or `gflow resume {out_dir}`), or --restart."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    progress = False if args.no_progress else None
+    try:
+        if args.command == "resume":
+            tic = time.perf_counter()
+            result = resume_experiment(args.dir, progress=progress)
+            return _finish(result, tic)
+        if args.command == "demo" or (args.command == "compare" and args.config is None):
+            settings = ExperimentSettings.demo()
+        else:
+            settings = ExperimentSettings.from_toml(args.config)
+        if args.command == "compare":
+            if not (math.isfinite(args.t_end) and args.t_end > 0):
+                return _error(f"--t-end must be a finite number > 0; got {args.t_end!r}.")
+            run_comparison(settings, args.out, t_end=args.t_end, progress=progress)
+            return EXIT_OK
+        out_dir = os.fspath(args.out or settings.output["dir"])
+        decision = _settle_unfinished(settings, out_dir, args)
+    except ValueError as e:
+        return _error(str(e))
+    tic = time.perf_counter()
+    if decision == "resume":
+        result = resume_experiment(out_dir, progress=progress)
+    elif decision == "restart":
+        try:
+            result = run_experiment(settings, out_dir, progress=progress)
+        except ValueError as e:
+            return _error(str(e))
+    else:
+        return _error(decision)
+    return _finish(result, tic)
+
+
+def _finish(result, tic: float) -> int:
+    print(f"total {time.perf_counter() - tic:.1f} s (flow {result.timings['flow_s']:.1f} s incl. compilation, "
+          f"analysis {result.timings['analysis_s']:.1f} s, figures {result.timings['figures_s']:.1f} s)")
+    if result.trajectory.status == RunStatus.INTERRUPTED:
+        print(f"gflow: the run was interrupted; finish it with: gflow resume {result.out_dir}", file=sys.stderr)
+    return _exit_status(result.trajectory)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""One experiment end to end: simulate, mark the stages, linearise at plateaus, draw, report.
+
+This is what `gflow demo`, `gflow run CONFIG.toml` and examples/focus_dilution.py do. The output
+folder holds `trajectory.npz`, the figures (PNG and PDF) and `report.md` embedding them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from .._checks import check_writable_folder
+from .._flow import resume, simulate
+from .._trajectory import RunStatus, Trajectory, load
+from ..analysis import (
+    Event,
+    PlateauEscape,
+    compute_metrics,
+    detect_stages,
+    linearization_table,
+    plateau_linearization,
+    stage_table,
+)
+from ..plot import attention_figure, hessian_figure, overview_figure, save_figure
+from ._settings import ExperimentSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentResult:
+    trajectory: Trajectory
+    events: list[Event]
+    plateaus: list[PlateauEscape]
+    out_dir: str
+    timings: dict[str, float]
+
+
+SETTINGS_FILE = "settings.json"
+TRAJECTORY_FILE = "trajectory.npz"
+
+
+def run_experiment(settings: ExperimentSettings, out_dir: str | None = None, *, progress: bool | None = None,
+                   echo=print) -> ExperimentResult:
+    """Run `settings` and write everything to `out_dir` (default: `[output].dir`): the settings
+    (`settings.json`), the trajectory (also the checkpoint while it runs), figures and `report.md`.
+    The folder is checked for writing before anything is computed."""
+    out_dir = check_writable_folder("out_dir", out_dir or settings.output["dir"])
+    with open(os.path.join(out_dir, SETTINGS_FILE), "w") as fh:
+        json.dump(settings.to_dict(), fh, indent=1)
+    spec, config, run = settings.build()
+    tic = time.perf_counter()
+    params0 = settings.initial_params(spec, config)
+    traj = simulate(params0, spec, (0.0, run["t_end"]), config=config, **settings.simulate_arguments(),
+                    progress=progress, checkpoint=os.path.join(out_dir, TRAJECTORY_FILE))
+    return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo)
+
+
+def unfinished_run(out_dir: str) -> tuple[ExperimentSettings, Trajectory] | None:
+    """The settings and checkpoint of an interrupted (or still running) experiment in `out_dir`, if any."""
+    settings_path, path = os.path.join(out_dir, SETTINGS_FILE), os.path.join(out_dir, TRAJECTORY_FILE)
+    if not (os.path.isfile(settings_path) and os.path.isfile(path)):
+        return None
+    traj = load(path)
+    if traj.ok or traj.status not in (RunStatus.INTERRUPTED, RunStatus.RUNNING):
+        return None
+    with open(settings_path) as fh:
+        settings = ExperimentSettings.from_dict(json.load(fh), source=settings_path)
+    return settings, traj
+
+
+def resume_experiment(out_dir: str, *, progress: bool | None = None, echo=print) -> ExperimentResult:
+    """Finish the interrupted experiment in `out_dir` (written by `run_experiment`, `gflow run` or
+    `gflow demo`) and write the same report and figures as an uninterrupted run."""
+    out_dir = os.fspath(out_dir)
+    if not os.path.isfile(os.path.join(out_dir, SETTINGS_FILE)):
+        raise ValueError(f"{out_dir!r} holds no {SETTINGS_FILE}: it is not a folder written by `gflow run` or "
+                         "`gflow demo` (a Python checkpoint resumes with gflow.resume(path)).")
+    with open(os.path.join(out_dir, SETTINGS_FILE)) as fh:
+        settings = ExperimentSettings.from_dict(json.load(fh), source=os.path.join(out_dir, SETTINGS_FILE))
+    check_writable_folder("out_dir", out_dir)
+    tic = time.perf_counter()
+    traj = resume(os.path.join(out_dir, TRAJECTORY_FILE), progress=progress)
+    return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo)
+
+
+def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir: str, t_flow: float,
+                        echo) -> ExperimentResult:
+    spec = traj.spec
+    levels = ", ".join(f"{name} {v:.5f}" for name, v in spec.reference_levels().items())
+    status = f"{traj.status.value}" + ("" if traj.status == RunStatus.INTERRUPTED else f" ({traj.message})")
+    echo(f"flow: {status}; {traj.stats['num_accepted_steps']} accepted and "
+         f"{traj.stats['num_rejected_steps']} rejected steps; loss {traj.loss[0]:.5f} -> {traj.loss[-1]:.5f} "
+         f"({levels})")
+    tic = time.perf_counter()
+    metrics = compute_metrics(traj)
+    events = detect_stages(traj, metrics=metrics)
+    plateaus = plateau_linearization(traj, events)
+    t_analysis = time.perf_counter() - tic
+    stages_md, lin_md = stage_table(events), linearization_table(plateaus)
+    echo("\nStages of learning\n" + stages_md + "\n\nLinearisation at each plateau\n" + lin_md)
+    tic = time.perf_counter()
+    figures = {
+        "overview": overview_figure(metrics, events, reference_levels=spec.reference_levels()),
+        "attention": attention_figure(metrics, events),
+        "hessian": hessian_figure(plateaus),
+    }
+    for name, fig in figures.items():
+        save_figure(fig, os.path.join(out_dir, name))
+    t_fig = time.perf_counter() - tic
+    timings = {"flow_s": t_flow, "analysis_s": t_analysis, "figures_s": t_fig}
+    _write_report(out_dir, settings, traj, stages_md, lin_md, timings)
+    echo(f"\nwrote {out_dir}/report.md, {TRAJECTORY_FILE} and figures (overview, attention, hessian; PNG and PDF)")
+    return ExperimentResult(traj, events, plateaus, out_dir, timings)
+
+
+def _write_report(out_dir, settings, traj, stages_md, lin_md, timings):
+    s, solver = traj.stats, traj.record.solver
+    levels = ", ".join(f"{name} {v:.6f}" for name, v in traj.spec.reference_levels().items())
+    lines = [
+        "# gflow report", "",
+        f"Chain: `{settings.chain}`  ", f"Model: `{settings.model}`  ", f"Init: `{settings.init}`  ",
+        f"Flow: `{settings.flow}`", "",
+        f"Status: **{traj.status}** ({traj.message}). Solver {solver.name}, rtol {solver.rtol:g},"
+        f" atol {solver.atol:g}: {s['num_accepted_steps']} accepted, {s['num_rejected_steps']} rejected "
+        f"steps, {s['wall_time_s']:.1f} s of integration (flow stage {timings['flow_s']:.1f} s with compilation).",
+        "", f"Loss {traj.loss[0]:.6f} → {traj.loss[-1]:.6f}; {levels}.", "",
+        "![overview](overview.png)", "", "## Stages of learning", "", stages_md, "",
+        "Cycle k is the stretch of time during which k embedding directions are open.", "",
+        "![attention at each event](attention.png)", "", "## Linearisation at each plateau", "", lin_md, "",
+        "Predicted escape: plateau entry + log(|unstable component at escape| / |at entry|) / |lambda_min|, "
+        "with the Hessian taken at the plateau's log-midpoint (docs/analysis.md says what this assumes).", "",
+        "![Hessian spectra](hessian.png)", "",
+    ]
+    with open(os.path.join(out_dir, "report.md"), "w") as fh:
+        fh.write("\n".join(lines))

@@ -1,0 +1,108 @@
+"""The data-source seam: what the losses, training, analysis and figures need from the data.
+
+A data source is an `equinox.Module` (a pytree: its probability arrays are leaves, its sizes are
+static), so one compiled loss serves every source of the same shapes. Everything downstream talks
+to it through the methods below; nothing else about the data is assumed. The methods that only
+some sources can offer (the first-order transition matrix the `counts` and `meanfield` losses need)
+are not part of the seam: the loss methods' table says which sources each method supports.
+
+A new source (an order-k or sparse-lag teacher, a text corpus) is one module that subclasses
+`AbstractDataSource`, plus one row in `SOURCE_KINDS` (`gflow/data/__init__.py`) so that trajectory
+files can name it.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any, ClassVar
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+POSITIONS = ("last", "all")
+"""Which next-token predictions a sample scores: only the last (`x_{T+1}` from `x_1..x_T`), or the
+average over every prefix (`x_{t+1}` from `x_1..x_t`, t = 1..T)."""
+
+
+def position_weights(T: int, positions: str) -> Float[np.ndarray, " T"]:
+    """The weight of each scored position t = 1..T in the loss (they sum to one)."""
+    rho = np.zeros(T)
+    if positions == "last":
+        rho[-1] = 1.0
+    else:
+        rho[:] = 1.0 / T
+    return rho
+
+
+class AbstractDataSource(eqx.Module):
+    """What gflow needs from the data. Subclasses set `kind` and implement the abstract methods.
+
+    **The seam:**
+
+    - `V`, `T` (also `context_length`), `positions`, `labels`: vocabulary size, context length,
+      scored positions (`POSITIONS`), and one printable label per token (figures and tables show them).
+    - `position_weights()`: the weight of each scored position.
+    - `sample(key, n)`: `n` independent sequences $x_1..x_{T+1}$; traceable for a static `n`, so
+      online SGD can draw inside its compiled loop.
+    - `n_sequences()` and `sequence_law(budget)`: the exact law of the contexts $x_1..x_T$ with
+      the exact next-token law at every position (what an exact enumerated loss needs).
+    - `token_frequencies()`: how often each token occurs as a key (attention metrics weight by it).
+    - `reference_levels()`: named loss levels for the figures, best first; the first is the best
+      loss any predictor can reach on the scored positions.
+    - `to_json()` / `from_json()`: a stable serialisation; `cache_key()` derives from it.
+    """
+
+    kind: ClassVar[str]
+    T: eqx.AbstractVar[int]
+    positions: eqx.AbstractVar[str]
+    labels: eqx.AbstractVar[tuple[str, ...]]
+
+    @property
+    @abc.abstractmethod
+    def V(self) -> int: ...
+
+    @property
+    def context_length(self) -> int:
+        """$T$: a sample is $x_1..x_{T+1}$."""
+        return self.T
+
+    @abc.abstractmethod
+    def sample(self, key: PRNGKeyArray, n: int) -> Int[Array, "n T_plus_1"]: ...
+
+    @abc.abstractmethod
+    def n_sequences(self) -> int:
+        """How many contexts $x_1..x_T$ the exact law has (may be astronomically large)."""
+
+    @abc.abstractmethod
+    def sequence_law(self, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(tokens (N, T), probabilities (N,), targets (N, T, V))`: every context with its
+        probability and the exact law of the next token at each position. `ValueError` if N > `budget`."""
+
+    @abc.abstractmethod
+    def token_frequencies(self) -> Float[np.ndarray, " V"]: ...
+
+    @abc.abstractmethod
+    def reference_levels(self) -> dict[str, float]: ...
+
+    @abc.abstractmethod
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict with `"kind"` and every field (`from_json` inverts it exactly)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_json(cls, data: dict[str, Any]) -> AbstractDataSource: ...
+
+    # ------------------------------------------------------------------------------------------
+    # derived: the same for every source
+    def position_weights(self) -> Float[np.ndarray, " T"]:
+        return position_weights(self.T, self.positions)
+
+    def best_loss(self) -> float:
+        """The lowest loss any predictor can reach on the scored positions."""
+        return next(iter(self.reference_levels().values()))
+
+    def cache_key(self) -> str:
+        """Equal for two sources exactly when their serialisations are equal."""
+        return json.dumps(self.to_json(), sort_keys=True)

@@ -1,0 +1,30 @@
+"""Solvers for gradient flows, and the policy that picks and configures one.
+
+- `GradientFlowBDF` (the default up to `DENSE_HESSIAN_LIMIT` parameters): variable-order BDF/NDF
+  steps with a kept eigendecomposition of the Hessian, choosing its own steps (`StepDecision`,
+  carried out by `SolverChosenSteps`).
+- `GradientFlowRosenbrock`: ROS34PW2 Rosenbrock-W steps with a kept eigendecomposition.
+- `AbstractGradientFlowSolver`: what a gradient-flow solver tells gflow's driver.
+- `SOLVERS`, `default_solver`, `make_solver`: names, the default policy, and tolerances plus
+  controller filled in at one place. Any adaptive diffrax solver can be named as well.
+"""
+
+from ._base import PID_GAINS as PID_GAINS
+from ._base import AbstractGradientFlowSolver as AbstractGradientFlowSolver
+from ._base import pid_controller as pid_controller
+from ._bdf import BDFInterpolation as BDFInterpolation
+from ._bdf import GradientFlowBDF as GradientFlowBDF
+from ._chosen_steps import SolverChosenSteps as SolverChosenSteps
+from ._chosen_steps import StepDecision as StepDecision
+from ._hessian import hessian_eigenbasis as hessian_eigenbasis
+from ._policy import DEFAULT_SOLVER as DEFAULT_SOLVER
+from ._policy import DENSE_HESSIAN_LIMIT as DENSE_HESSIAN_LIMIT
+from ._policy import ENSEMBLE_DEFAULT_SOLVER as ENSEMBLE_DEFAULT_SOLVER
+from ._policy import SOLVERS as SOLVERS
+from ._policy import SolverSetup as SolverSetup
+from ._policy import check_solver_name as check_solver_name
+from ._policy import default_solver as default_solver
+from ._policy import make_solver as make_solver
+from ._policy import solver_counters as solver_counters
+from ._policy import solver_name as solver_name
+from ._rosenbrock import GradientFlowRosenbrock as GradientFlowRosenbrock

@@ -1,0 +1,143 @@
+"""Choosing the ODE solver, filling in its tolerances and pairing it with its step-size controller.
+
+A solver is named by a string (a row of `SOLVERS`, or any adaptive diffrax solver's class name) or
+passed as an instance. Names are what trajectory files record, so that `resume` can rebuild the
+same solver.
+
+The default for single solves is gflow's `GradientFlowBDF` (scipy's variable-order BDF/NDF method
+inside diffrax, with Newton solves in one kept eigendecomposition of the Hessian; `_bdf.py`). Ensembles
+(`simulate_many`) default to `Kvaerno4` instead: under `vmap` the "keep or recompute the Hessian"
+branch becomes a select that computes both sides, so every member would pay an `eigh` at every step.
+
+Named diffrax implicit solvers (`Kvaerno4`, ...) stop their simplified-Newton stage solves at
+`NEWTON_FACTOR` (100) times the step tolerances: the Newton iterations of a stage only need to be
+accurate well below the local error the controller accepts, and demanding more makes them fail and
+the controller reject the step (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import diffrax
+import jax.numpy as jnp
+
+from ._base import AbstractGradientFlowSolver, pid_controller
+from ._bdf import GradientFlowBDF
+from ._rosenbrock import GradientFlowRosenbrock
+
+SOLVERS: dict[str, type[AbstractGradientFlowSolver]] = {
+    GradientFlowBDF.__name__: GradientFlowBDF,
+    GradientFlowRosenbrock.__name__: GradientFlowRosenbrock,
+}
+"""gflow's own gradient-flow solvers by name (diffrax's adaptive solvers can be named too)."""
+
+DEFAULT_SOLVER = GradientFlowBDF.__name__
+ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
+# Above this many parameters a dense Hessian (n^2 floats, n Hessian-vector products) and its
+# eigendecomposition or LU (n^3) cost more than the explicit steps they save, and soon more memory
+# than a workstation has (9216 parameters: 680 MB and minutes per Hessian): the default is then
+# the explicit Tsit5.
+DENSE_HESSIAN_LIMIT = 2048
+LARGE_MODEL_SOLVER = "Tsit5"
+NEWTON_FACTOR = 100.0
+
+
+def default_solver(n_params: int, ensemble: bool = False) -> str:
+    """The solver used when none is named, by model size and by whether the solve is vmapped."""
+    if n_params > DENSE_HESSIAN_LIMIT:
+        return LARGE_MODEL_SOLVER
+    return ENSEMBLE_DEFAULT_SOLVER if ensemble else DEFAULT_SOLVER
+
+
+def solver_name(solver, default: str) -> str:
+    """The name a trajectory records for `solver` (`default` when it is `None`)."""
+    if solver is None:
+        return default
+    if isinstance(solver, str):
+        return solver
+    return type(solver).__name__
+
+
+def check_solver_name(name: str) -> str:
+    """`name` if it names a solver gflow can build, else `ValueError` listing some that it can."""
+    cls = (SOLVERS.get(name) or getattr(diffrax, name, None)) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and (issubclass(cls, AbstractGradientFlowSolver)
+                                       or issubclass(cls, diffrax.AbstractAdaptiveSolver))):
+        raise ValueError(
+            f"`solver` {name!r} is not an adaptive solver; use one of {sorted(SOLVERS)}, or a diffrax adaptive "
+            "solver such as 'Kvaerno4', 'Kvaerno5', 'Tsit5', 'Dopri8', or pass a solver instance."
+        )
+    return name
+
+
+def _from_name(name: str, rtol, atol):
+    check_solver_name(name)
+    if name in SOLVERS:
+        return SOLVERS[name](rtol=rtol, atol=atol)
+    cls = getattr(diffrax, name)
+    if issubclass(cls, diffrax.AbstractImplicitSolver):
+        return cls(root_finder=diffrax.VeryChord(rtol=NEWTON_FACTOR * rtol, atol=NEWTON_FACTOR * atol))
+    return cls()
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSetup:
+    """A solver with its tolerances filled in and the step-size controller it runs under."""
+
+    solver: Any
+    controller: diffrax.AbstractStepSizeController
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether the driver should read work counts from the solver's final state."""
+        return isinstance(self.solver, AbstractGradientFlowSolver)
+
+    def work_estimate(self, attempted_steps: int) -> dict[str, int]:
+        """Work estimated from the step count (diffrax reports no evaluation counts).
+
+        diffrax's implicit (ESDIRK) methods assemble one Jacobian (here the Hessian, by forward-over-
+        reverse differentiation) per attempted step: that count is exact. Gradient evaluations are
+        estimated as (stages - 1 if first-same-as-last, else stages) per attempted step; for implicit
+        methods each stage also costs Newton iterations, which diffrax does not report, so no
+        gradient count is given.
+        """
+        if isinstance(self.solver, AbstractGradientFlowSolver):
+            return self.solver.work_estimate(attempted_steps)
+        tableau = getattr(self.solver, "tableau", None)
+        if tableau is None:
+            return {}
+        stages = int(tableau.num_stages)
+        out = {"stages_per_step": stages}
+        if isinstance(self.solver, diffrax.AbstractImplicitSolver):
+            out["num_hessian_evaluations"] = int(attempted_steps)
+        else:
+            out["num_gradient_evaluations_estimate"] = int(attempted_steps) * (stages - int(bool(tableau.fsal)))
+        return out
+
+
+def solver_counters(solver, solver_state) -> dict:
+    """Work counted in the final solver state (traceable): only gflow's solvers count."""
+    if isinstance(solver, AbstractGradientFlowSolver):
+        return solver.counters(solver_state)
+    return {}
+
+
+def make_solver(solver, rtol: float, atol: float) -> SolverSetup:
+    """The solver instance, with `rtol`, `atol` filled in, and its step-size controller.
+
+    Tolerances are arrays: a jitted solve then takes them as inputs, not as compile-time constants,
+    so a new tolerance does not recompile. A gflow solver passed as an instance gets these
+    tolerances (its own are replaced), so solver and controller cannot disagree.
+    """
+    rtol = jnp.asarray(rtol, dtype=jnp.float64)
+    atol = jnp.asarray(atol, dtype=jnp.float64)
+    if isinstance(solver, str):
+        solver = _from_name(solver, rtol, atol)
+    elif not isinstance(solver, (diffrax.AbstractAdaptiveSolver, AbstractGradientFlowSolver)):
+        raise ValueError(f"`solver` must be a name or an adaptive solver instance; got {type(solver)!r}.")
+    if isinstance(solver, AbstractGradientFlowSolver):
+        solver = solver.with_tolerances(rtol, atol)
+        return SolverSetup(solver, solver.step_size_controller())
+    return SolverSetup(solver, pid_controller(rtol, atol))
