@@ -127,8 +127,19 @@ def test_interrupt_then_gflow_resume_gives_the_uninterrupted_report(tmp_path, ca
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL.replace("n_save = 41", "n_save = 81\nchunk_size = 1"))
     out, ref = tmp_path / "out", tmp_path / "ref"
-    proc = subprocess.Popen([sys.executable, "-m", "gflow.app._cli", "run", str(cfg), "--out", str(out),
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The child sleeps 0.2 s after each checkpoint, so the run cannot finish between the first
+    # checkpoint and the signal, however loaded the machine (80 chunks: 16 s left at least).
+    child = ("import sys, time\n"
+             "from gflow._trajectory import Trajectory\n"
+             "save = Trajectory.save\n"
+             "def slow_save(self, path):\n"
+             "    save(self, path)\n"
+             "    time.sleep(0.2)\n"
+             "Trajectory.save = slow_save\n"
+             "from gflow.app import main\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", child, "run", str(cfg), "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (out / "trajectory.npz").exists():  # the first chunk is done: the run is under way
