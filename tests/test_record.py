@@ -39,6 +39,9 @@ def test_a_sampled_flow_is_analysed_and_compared_on_its_own_loss(small_setting):
     comparison = gflow.compare(flow, gd, n_sharpness=2)
     # The re-solved reference flow ends where the flow itself ended (same loss, same solver).
     assert comparison.flow_loss[-1] == pytest.approx(flow.loss[-1], rel=1e-6)
+    # Events detected once can be handed in; they are the ones the comparison matches.
+    given = gflow.compare(flow, gd, n_sharpness=2, flow_events=comparison.flow_events)
+    assert given.flow_events is comparison.flow_events and given.event_shifts == comparison.event_shifts
     with pytest.raises(ValueError, match="share the data source, the config and the loss"):
         gflow.compare(flow, gflow.train(p0, spec, config, optimizer="gd", lr=0.5, steps=40, loss="counts", n_save=6))
 

@@ -84,9 +84,11 @@ def sharpness(traj: Trajectory, indices, steps: int = 30) -> np.ndarray:
 
 
 def compare(flow: Trajectory, discrete: Trajectory, *, n_sharpness: int = 12, label: str | None = None,
-            progress: bool | None = False) -> Comparison:
+            progress: bool | None = False, flow_events: list[Event] | None = None) -> Comparison:
     """Compare `discrete` (from `gflow.train`) with `flow` (from `gflow.simulate`): same data, model,
-    loss and initial parameters."""
+    loss and initial parameters. `flow_events`: the flow's `detect_stages`, when already computed
+    (detecting them refines every event by re-solving the flow, which costs as much again as the flow
+    on expensive losses); by default they are detected here."""
     for name, traj, kinds in (("flow", flow, ("flow", "ensemble")), ("discrete", discrete, ("discrete",))):
         if not isinstance(traj, Trajectory) or traj.record.kind not in kinds:
             got = traj.record.kind if isinstance(traj, Trajectory) else type(traj).__name__
@@ -104,7 +106,8 @@ def compare(flow: Trajectory, discrete: Trajectory, *, n_sharpness: int = 12, la
     n = min(len(ref), int(keep.sum()))
     yf, yd = ref.flat_params()[:n], discrete.flat_params()[:n]
     distance = np.linalg.norm(yd - yf, axis=1) / np.maximum(np.linalg.norm(yf, axis=1), np.finfo(float).tiny)
-    flow_events, discrete_events = detect_stages(flow), detect_stages(discrete)
+    flow_events = detect_stages(flow) if flow_events is None else flow_events
+    discrete_events = detect_stages(discrete)
     ev_f, ev_d = _events_by_kind(flow_events), _events_by_kind(discrete_events)
     shifts = [{"kind": k, "occurrence": i, "flow_time": ev_f[(k, i)], "discrete_time": ev_d[(k, i)],
                "ratio": ev_d[(k, i)] / ev_f[(k, i)] if ev_f[(k, i)] > 0 else float("nan")}

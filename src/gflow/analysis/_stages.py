@@ -258,7 +258,8 @@ class _Detector:
             mass_fall = (mass[p.index] - mass[low]) / max(abs(gain), 1e-300)
             events.append(Event("dilution", dtime, self.cycle(dtime), {
                 "focus_index": float(F[low]), "peak_focus_index": float(F[p.index]), "fall_fraction": float(fall),
-                "focused_tokens": focused, "focused_mass_at_peak": float(mass[p.index]),
+                "focused_tokens": focused, "focused_labels": [m.token_labels()[b] for b in focused],
+                "focused_mass_at_peak": float(mass[p.index]),
                 "focused_mass": float(mass[low]), "focused_gain_lost": float(mass_fall)},
                 uncertainty=dunc, strength=float(fall), weak=bool(fall < WEAK_FALL or mass_fall < 0.05)))
         events += self._mass_peaks(confirmed)
@@ -306,7 +307,7 @@ class _Detector:
                                                                                     + _spread(gain, low)))
                 out.append(Event("dilution", dtime, self.cycle(dtime), {
                     "focus_index": float(m.focus[low]), "peak_focus_index": float(m.focus[p.index]),
-                    "fall_fraction": float(fall), "focused_tokens": [b],
+                    "fall_fraction": float(fall), "focused_tokens": [b], "focused_labels": [m.token_labels()[b]],
                     "focused_mass_at_peak": float(mass[p.index, b]), "focused_mass": float(mass[low, b]),
                     "focused_gain_lost": float(fall),
                     "seen_in": f"the attention mass of token {m.token_labels()[b]}"},

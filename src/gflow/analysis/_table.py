@@ -42,7 +42,8 @@ def _describe(e: Event) -> str:
     if e.kind == "dilution":
         what = (f"gain of {d['seen_in']} -{100 * d['fall_fraction']:.0f}%" if d.get("seen_in") else
                 f"F {d['peak_focus_index']:.3f} -> {d['focus_index']:.3f} (-{100 * d['fall_fraction']:.0f}%)")
-        return (f"{what}; mass of tokens {d['focused_tokens']}: {d['focused_mass_at_peak']:.3f} -> "
+        tokens = ", ".join(d.get("focused_labels") or [str(b) for b in d["focused_tokens"]])
+        return (f"{what}; mass of {{{tokens}}}: {d['focused_mass_at_peak']:.3f} -> "
                 f"{d['focused_mass']:.3f}")
     if e.kind == "escape":
         opened = ", ".join(f"direction {o['direction']} ({o['from']:.2g} -> {o['to']:.3g})" for o in d["opened"])

@@ -35,7 +35,7 @@ from ..solvers import check_solver_name
 
 CHAIN_KINDS: dict[str, Callable[..., MarkovSpec]] = {
     "sticky": MarkovSpec.sticky, "binary": MarkovSpec.binary, "dirichlet": MarkovSpec.dirichlet,
-    "matrix": MarkovSpec.from_matrix,
+    "matrix": MarkovSpec.from_matrix, "text": MarkovSpec.from_text,
 }
 """`[chain].kind` -> the constructor it calls (a new kind is one row)."""
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import matplotlib
 import numpy as np
-from matplotlib.lines import Line2D
 
-from ..analysis import EVENT_COLORS
-from ._figures import OUTSIDE, STYLE, new_figure
+from ._figures import OUTSIDE, STYLE, draw_event_rows, new_figure
 
 DASHES = ("-", (0, (5, 2)), (0, (2, 1.5)), (0, (6, 2, 1, 2)), (0, (1, 1)), (0, (8, 3)), (0, (3, 1, 1, 1, 1, 1)))
 
@@ -35,16 +33,7 @@ def comparison_figure(flow, runs: list, comparisons: list):
 
         ax = axes[1]
         rows = [("flow", comparisons[0].flow_events)] + [(c.label, c.discrete_events) for c in comparisons]
-        for y, (_label, events) in enumerate(rows):
-            for e in events:
-                if e.kind in EVENT_COLORS and e.time > 0:
-                    ax.plot(e.time, y, marker="|", ms=12, mew=2 if not e.weak else 1, color=EVENT_COLORS[e.kind])
-        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=6.5)
-        ax.set_ylim(-0.7, len(rows) - 0.3)
-        ax.invert_yaxis()
-        handles = [Line2D([], [], color=c, marker="|", ls="", ms=8, mew=2, label=k.replace("_", " "))
-                   for k, c in EVENT_COLORS.items()]
-        ax.legend(handles=handles, title="events", **OUTSIDE)
+        draw_event_rows(ax, rows)
 
         ax = axes[2]
         for c, style in zip(comparisons, styles, strict=True):

@@ -48,7 +48,7 @@ def _log_times(m: Metrics) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(keep), m.times[keep]
 
 
-def _mark_events(ax, events: list[Event]):
+def mark_events(ax, events: list[Event]):
     for e in events:
         if e.kind in EVENT_COLORS and e.time > 0:
             ax.axvline(e.time, color=EVENT_COLORS[e.kind], lw=0.9 if not e.weak else 0.7,
@@ -61,6 +61,22 @@ def _event_legend(ax, events: list[Event]):
     if any(e.weak for e in events):
         handles.append(Line2D([], [], color="0.4", ls=":", lw=0.7, label="(dotted: weak)"))
     return handles
+
+
+def draw_event_rows(ax, rows: list[tuple[str, list[Event]]]):
+    """One row of event ticks per run (`(label, events)`, top to bottom) on a log-time axis, coloured
+    by kind, weak events thin; the legend of kinds outside the axes."""
+    for y, (_label, events) in enumerate(rows):
+        for e in events:
+            if e.kind in EVENT_COLORS and e.time > 0:
+                ax.plot(e.time, y, marker="|", ms=12, mew=2 if not e.weak else 1, color=EVENT_COLORS[e.kind])
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=6.5)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.invert_yaxis()
+    shown = [k for k in EVENT_COLORS if any(e.kind == k for _, events in rows for e in events)]
+    handles = [Line2D([], [], color=EVENT_COLORS[k], marker="|", ls="", ms=8, mew=2, label=k.replace("_", " "))
+               for k in shown]
+    ax.legend(handles=handles, title="events (thin: weak)", **OUTSIDE)
 
 
 def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | None = None,
@@ -86,7 +102,7 @@ def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | No
         for (name, level), ls in zip(reference_levels.items(), ("-.", ":", "--", (0, (1, 3))), strict=False):
             handles.append(ax.axhline(level, color="tab:gray", ls=ls, lw=1, label=f"{name} {level:.3f}"))
         ax.set_ylabel("loss (nats)")
-        _mark_events(ax, events)
+        mark_events(ax, events)
         ax.legend(handles=handles + _event_legend(ax, events), **OUTSIDE)
         ax.set_title(title or "gradient flow: stages of learning (grey bands: plateaus)")
 
@@ -98,7 +114,7 @@ def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | No
             ax.plot(t, m.sv_U[idx, k], color=VIRIDIS(k / max(1, m.sv_U.shape[1] - 1)), lw=1, ls="--")
         ax.set_yscale("log")
         ax.set_ylabel("singular values\n(solid $W_E$, dashed $W_U$)")
-        _mark_events(ax, events)
+        mark_events(ax, events)
         ax.legend(**OUTSIDE)
 
         ax = axes[2]
@@ -119,7 +135,7 @@ def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | No
         else:
             ax.plot(t, m.max_score[idx], color="tab:red", lw=1.4)
             ax.set_ylabel("max |score|")
-        _mark_events(ax, events)
+        mark_events(ax, events)
 
         ax = axes[3]
         labels = m.token_labels()
@@ -132,7 +148,7 @@ def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | No
         else:
             ax.plot(t, m.qk_change[idx], lw=1.2)
             ax.set_ylabel("rel. change of $W_Q, W_K$")
-        _mark_events(ax, events)
+        mark_events(ax, events)
         if len(t):
             ax.set_xscale("log")
         else:  # interrupted before the first save after t = 0
