@@ -178,11 +178,15 @@ def test_text_chains_in_settings_files(tmp_path):
     assert gflow.load(tmp_path / "out" / "trajectory.npz").spec.labels == spec.labels
     # Two runs side by side in the timelines figure: one row of events each, the progress of each loss.
     from gflow.analysis import compute_metrics, detect_stages
-    from gflow.plot import loss_progress, timelines_figure
+    from gflow.plot import loss_remaining, timelines_figure
     m = compute_metrics(gflow.load(tmp_path / "out" / "trajectory.npz"))
-    progress = loss_progress(m)
-    assert progress[0] == 0.0 and progress.max() == 1.0
+    remaining = loss_remaining(m)
+    assert remaining[0] == 1.0 and remaining.min() == 0.0
+    below = loss_remaining(m, lowest=m.loss.min() - 1.0)
+    np.testing.assert_allclose(below.min(), 1.0 / (m.loss[0] - m.loss.min() + 1.0))
     fig = timelines_figure([("text", m, detect_stages(m)), ("again", m, detect_stages(m))])
     assert [t.get_text() for t in fig.axes[2].get_yticklabels()] == ["text", "again"]
     with pytest.raises(ValueError, match="runs"):
         timelines_figure([])
+    with pytest.raises(ValueError, match="one level"):
+        timelines_figure([("text", m, [])], lowest=[None, None])

@@ -25,6 +25,9 @@ VIRIDIS = matplotlib.colormaps["viridis"]
 OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False, "borderaxespad": 0.0}
 """Legend placement: to the right of the axes, never over the data."""
 MAX_PANELS, PANELS_PER_ROW = 8, 4
+COLOURED_KEYS = 10
+"""Key tokens drawn in colour (those that ever receive the most attention mass); the rest are grey:
+ten colours stay distinguishable, sixteen do not."""
 
 
 def save_figure(fig, path_stem: str | os.PathLike) -> list[str]:
@@ -141,8 +144,14 @@ def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | No
         labels = m.token_labels()
         if m.key_mass is not None:
             mass = m.key_mass.mean(axis=1)
-            for b in range(mass.shape[1]):
-                ax.plot(t, mass[idx, b], lw=1.2, label=f"{labels[b]} ($\\pi$ = {m.pi[b]:.3g})")
+            coloured = set(np.argsort(-mass[idx].max(axis=0, initial=0.0))[:COLOURED_KEYS].tolist())
+            palette = matplotlib.colormaps["tab10"]
+            rest = [b for b in range(mass.shape[1]) if b not in coloured]
+            for n, b in enumerate(sorted(coloured)):
+                ax.plot(t, mass[idx, b], lw=1.2, color=palette(n), label=f"{labels[b]} ($\\pi$ = {m.pi[b]:.3g})")
+            for n, b in enumerate(rest):
+                ax.plot(t, mass[idx, b], lw=0.7, color="0.7",
+                        label=f"{len(rest)} other keys (grey)" if n == 0 else None)
             ax.set_ylabel("attention mass $m_b$")
             ax.legend(title="key token b", **OUTSIDE)
         else:
