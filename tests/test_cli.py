@@ -129,7 +129,11 @@ def test_interrupt_then_gflow_resume_gives_the_uninterrupted_report(tmp_path, ca
     out, ref = tmp_path / "out", tmp_path / "ref"
     # The child sleeps 0.2 s after each checkpoint, so the run cannot finish between the first
     # checkpoint and the signal, however loaded the machine (80 chunks: 16 s left at least).
-    child = ("import sys, time\n"
+    # A process started in the background by a non-interactive shell (as CI may start the suite)
+    # inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler: the child
+    # restores Python's own handler, as an interactive `gflow run` has it.
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
              "from gflow._trajectory import Trajectory\n"
              "save = Trajectory.save\n"
              "def slow_save(self, path):\n"
