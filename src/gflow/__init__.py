@@ -43,6 +43,7 @@ from .analysis import compare as compare
 from .app import ExperimentSettings as ExperimentSettings
 from .data import AbstractDataSource as AbstractDataSource
 from .data import MarkovSpec as MarkovSpec
+from .data import SparseLagSpec as SparseLagSpec
 from .losses import LossFunction as LossFunction
 from .losses import LossSpec as LossSpec
 from .losses import loss_function as loss_function

@@ -15,12 +15,14 @@ from ._markov import stationary_distribution as stationary_distribution
 from ._source import POSITIONS as POSITIONS
 from ._source import AbstractDataSource as AbstractDataSource
 from ._source import position_weights as position_weights
+from ._sparse_lag import SparseLagSpec as SparseLagSpec
 from ._text import OTHER as OTHER
 from ._text import TokenizedText as TokenizedText
 from ._text import tokenize as tokenize
 
 SOURCE_KINDS: dict[str, type[AbstractDataSource]] = {
     MarkovSpec.kind: MarkovSpec,
+    SparseLagSpec.kind: SparseLagSpec,
 }
 
 

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._checks import as_prng_key, check_int, is_integer, is_real
+from .._checks import as_prng_key, is_integer, is_real
 from ._corpora import default_corpus
-from ._source import POSITIONS, AbstractDataSource
+from ._source import AbstractDataSource, check_context_length, check_labels, check_positions
 from ._text import tokenize
 
 ROW_SUM_TOL = 1e-9
@@ -74,22 +74,6 @@ def _as_distribution(p, V: int, name: str) -> np.ndarray:
     return p
 
 
-def _check_T(T) -> int:
-    try:
-        return check_int("T", T, 1)
-    except ValueError:
-        raise ValueError(f"`T` (the context length) must be an integer >= 1; got {T!r}.") from None
-
-
-def _check_positions(positions) -> str:
-    if positions not in POSITIONS:
-        raise ValueError(
-            f"`positions` must be 'last' (score only the prediction of x_(T+1)) or 'all' (average over "
-            f"t = 1..T); got {positions!r}."
-        )
-    return positions
-
-
 def stationary_distribution(P) -> np.ndarray:
     """The unique stationary law $\\pi = \\pi P$ of a transition matrix.
 
@@ -117,19 +101,6 @@ def stationary_distribution(P) -> np.ndarray:
 def _entropy(p: np.ndarray) -> float:
     p = p[p > 0]
     return float(-(p * np.log(p)).sum())
-
-
-def _default_labels(V: int) -> tuple[str, ...]:
-    return tuple(str(a) for a in range(V))
-
-
-def _check_labels(labels, V: int) -> tuple[str, ...]:
-    if labels is None:
-        return _default_labels(V)
-    labels = tuple(labels) if isinstance(labels, (list, tuple)) else labels
-    if not isinstance(labels, tuple) or len(labels) != V or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"`labels` must be {V} strings, one per token (or None for '0'..'{V - 1}'); got {labels!r}.")
-    return labels
 
 
 class MarkovSpec(AbstractDataSource):
@@ -167,10 +138,10 @@ class MarkovSpec(AbstractDataSource):
             P = _as_probability_matrix(P)
             self.P = jnp.asarray(P, dtype=jnp.float64)
             self.init = jnp.asarray(_as_distribution(init, P.shape[0], "init"), dtype=jnp.float64)
-        self.T = _check_T(T)
-        self.positions = _check_positions(positions)
+        self.T = check_context_length(T)
+        self.positions = check_positions(positions)
         self.order = order
-        self.labels = _check_labels(labels, self.P.shape[0])
+        self.labels = check_labels(labels, self.P.shape[0])
 
     def __check_init__(self):
         if self.order != 1:

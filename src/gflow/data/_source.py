@@ -21,6 +21,8 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .._checks import check_int
+
 POSITIONS = ("last", "all")
 """Which next-token predictions a sample scores: only the last (`x_{T+1}` from `x_1..x_T`), or the
 average over every prefix (`x_{t+1}` from `x_1..x_t`, t = 1..T)."""
@@ -34,6 +36,35 @@ def position_weights(T: int, positions: str) -> Float[np.ndarray, " T"]:
     else:
         rho[:] = 1.0 / T
     return rho
+
+
+def check_context_length(T) -> int:
+    try:
+        return check_int("T", T, 1)
+    except ValueError:
+        raise ValueError(f"`T` (the context length) must be an integer >= 1; got {T!r}.") from None
+
+
+def check_positions(positions) -> str:
+    if positions not in POSITIONS:
+        raise ValueError(
+            f"`positions` must be 'last' (score only the prediction of x_(T+1)) or 'all' (average over "
+            f"t = 1..T); got {positions!r}."
+        )
+    return positions
+
+
+def default_labels(V: int) -> tuple[str, ...]:
+    return tuple(str(a) for a in range(V))
+
+
+def check_labels(labels, V: int) -> tuple[str, ...]:
+    if labels is None:
+        return default_labels(V)
+    labels = tuple(labels) if isinstance(labels, (list, tuple)) else labels
+    if not isinstance(labels, tuple) or len(labels) != V or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"`labels` must be {V} strings, one per token (or None for '0'..'{V - 1}'); got {labels!r}.")
+    return labels
 
 
 class AbstractDataSource(eqx.Module):
