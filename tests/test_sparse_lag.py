@@ -18,7 +18,7 @@ CONFIG = gflow.TransformerConfig(d_model=4, n_heads=2, positional="learned", val
 def direct_probs(spec: SparseLagSpec, context) -> np.ndarray:
     """softmax(sum_k A_k sum_{i in I_k} alpha_i e_{x_(t-i)}), term by term; context oldest first."""
     A = np.asarray(spec.A)
-    lags = gflow.data._sparse_lag.block_lags(spec.spans, spec.stride)
+    lags = gflow.data.block_lags(spec.spans, spec.stride)
     logits = np.zeros(spec.V)
     for k, (block, alphas) in enumerate(zip(lags, spec.weights, strict=True)):
         for i, alpha in zip(block, alphas, strict=True):
@@ -75,7 +75,7 @@ def test_the_class_ladder_levels():
 def test_samples_agree_with_the_exact_law():
     spec = SparseLagSpec.random(5, 3, (1, 2), m=1.7, context="stationary", T=4)
     law = spec.initial_window_law()
-    np.testing.assert_allclose(spec._advance(law, spec._window_transitions()), law, atol=1e-14)
+    np.testing.assert_allclose(spec.advance(law, spec.window_transitions()), law, atol=1e-14)
     params = gflow.init_params(4, CONFIG, spec, scale=0.8)
     exact = float(gflow.population_loss(params, spec, CONFIG, "enumerate"))
     data = np.asarray(spec.sample(jax.random.key(9), 20000))

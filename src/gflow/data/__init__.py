@@ -16,6 +16,7 @@ from ._source import POSITIONS as POSITIONS
 from ._source import AbstractDataSource as AbstractDataSource
 from ._source import position_weights as position_weights
 from ._sparse_lag import SparseLagSpec as SparseLagSpec
+from ._sparse_lag import block_lags as block_lags
 from ._text import OTHER as OTHER
 from ._text import TokenizedText as TokenizedText
 from ._text import tokenize as tokenize

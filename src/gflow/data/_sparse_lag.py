@@ -224,7 +224,7 @@ class SparseLagSpec(AbstractDataSource):
                              f"{MAX_WINDOWS}.")
         return np.stack(np.unravel_index(np.arange(self.n_windows()), (self.V,) * self.L), axis=1).astype(np.int32)
 
-    def _window_transitions(self) -> np.ndarray:
+    def window_transitions(self) -> np.ndarray:
         """`(V^L, V)`: the teacher's next-token law after every window (row = window index)."""
         return np.asarray(self.next_token_probs(self._all_windows()))
 
@@ -233,28 +233,29 @@ class SparseLagSpec(AbstractDataSource):
         n = self.n_windows()
         if self.context == "uniform":
             return np.full(n, 1.0 / n)
-        probs = self._window_transitions()
+        probs = self.window_transitions()
         law = np.full(n, 1.0 / n)
         for _ in range(100_000):  # power iteration: the teacher's softmax makes the window chain ergodic
-            new = self._advance(law, probs)
+            new = self.advance(law, probs)
             if np.max(np.abs(new - law)) <= 1e-15:
                 return new
             law = new
         raise ValueError("the stationary window law did not converge in 100,000 steps (a nearly reducible teacher); "
                          "use context='uniform'.")
 
-    def _advance(self, law: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        """The window law one token later: drop the oldest token, append the next."""
+    def advance(self, law: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """The window law one token later (drop the oldest token, append the next), given the teacher's
+        `window_transitions()`."""
         V, L = self.V, self.L
         joint = (law[:, None] * probs).reshape((V,) + (V,) * (L - 1) + (V,))
         return joint.sum(axis=0).reshape(-1)
 
     def window_laws(self) -> list[np.ndarray]:
         """The law of the window $x_{t-L+1}..x_t$ for t = L..T (index 0: the burn-in)."""
-        probs = self._window_transitions()
+        probs = self.window_transitions()
         laws = [self.initial_window_law()]
         for _ in range(self.T - self.L):
-            laws.append(self._advance(laws[-1], probs))
+            laws.append(self.advance(laws[-1], probs))
         return laws
 
     # ----------------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ class SparseLagSpec(AbstractDataSource):
         for t in range(1, L):
             marg = window.sum(axis=tuple(range(t + 1, L))) if t + 1 < L else window
             burn_in += rho[t - 1] * _conditional_entropy(marg)
-        probs = self._window_transitions()
+        probs = self.window_transitions()
         lags = block_lags(self.spans, self.stride)
         laws = self.window_laws()
         levels = []
