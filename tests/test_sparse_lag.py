@@ -126,3 +126,24 @@ def test_bad_arguments_are_named():
         gflow.losses.loss_spec(big, CONFIG, "enumerate")
     with pytest.raises(ValueError, match="context='stationary'.*budget"):
         SparseLagSpec.random(key, 8, (4, 4, 4), context="stationary")
+
+
+def test_lag_block_attention_probe():
+    """Uniform attention (zero queries and keys) pays each block its share of the visible positions;
+    with contiguous blocks and T = L the blocks cover the whole context, so any attention sums to one."""
+    from gflow.analysis import compute_metrics, lag_block_attention
+    spec = SparseLagSpec.random(6, 3, (1, 2), m=2.0, T=4, positions="all")
+    params = gflow.init_params(1, CONFIG, spec, scale=0.7)
+    flat = type(params)(**{**params.__dict__, "W_Q": 0 * params.W_Q, "W_K": 0 * params.W_K})
+    traj = gflow.simulate(flat, spec, (0.0, 1.0), config=CONFIG, loss="enumerate", n_save=3, progress=False)
+    mass = lag_block_attention(compute_metrics(traj), spec)
+    # t = 3, 4 are scored after the burn-in (L = 3), equally: block k gets span_k (1/3 + 1/4) / 2 at t = 0.
+    np.testing.assert_allclose(mass[0], np.array([[1, 2]] * 2) * (1 / 3 + 1 / 4) / 2, rtol=1e-12)
+    last = SparseLagSpec.random(6, 3, (1, 2), m=2.0)
+    traj = gflow.simulate(gflow.init_params(2, CONFIG, last, scale=0.7), last, (0.0, 5.0), config=CONFIG,
+                          loss="enumerate", n_save=4, progress=False)
+    mass = lag_block_attention(compute_metrics(traj), last)
+    np.testing.assert_allclose(mass.sum(axis=-1), 1.0, rtol=1e-12)
+    assert np.abs(mass[-1] - [1 / 3, 2 / 3]).max() > 1e-3  # not the uniform shares: the scores are not zero
+    with pytest.raises(ValueError, match="T = 3.*T = 4"):
+        lag_block_attention(compute_metrics(traj), spec)

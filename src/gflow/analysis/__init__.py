@@ -15,6 +15,7 @@ from ._hessian import dense_hessian as dense_hessian
 from ._hessian import hessian_vector_product as hessian_vector_product
 from ._hessian import lanczos_extremes as lanczos_extremes
 from ._hessian import linearize as linearize
+from ._lag_blocks import lag_block_attention as lag_block_attention
 from ._linearize import PlateauEscape as PlateauEscape
 from ._linearize import linearization_table as linearization_table
 from ._linearize import plateau_linearization as plateau_linearization
