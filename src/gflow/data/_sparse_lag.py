@@ -75,6 +75,12 @@ def _lag_weights(spans: tuple[int, ...], stride: int | None, weights) -> np.ndar
     return W
 
 
+def _prefix_laws(window: np.ndarray) -> list[np.ndarray]:
+    """For t = 1..L-1, the law of $x_1..x_{t+1}$ (axes in order) from the burn-in window's law."""
+    L = window.ndim
+    return [window.sum(axis=tuple(range(t + 1, L))) if t + 1 < L else window for t in range(1, L)]
+
+
 def _conditional_entropy(joint: np.ndarray) -> float:
     """$H(Y \\mid X)$ for a joint law with Y on the last axis (the other axes: X)."""
     context = joint.sum(axis=-1, keepdims=True)
@@ -228,12 +234,13 @@ class SparseLagSpec(AbstractDataSource):
         """`(V^L, V)`: the teacher's next-token law after every window (row = window index)."""
         return np.asarray(self.next_token_probs(self._all_windows()))
 
-    def initial_window_law(self) -> Float[np.ndarray, " W"]:
-        """The law of the burn-in window $x_1..x_L$ over the $V^L$ windows (row-major index)."""
+    def initial_window_law(self, transitions: np.ndarray | None = None) -> Float[np.ndarray, " W"]:
+        """The law of the burn-in window $x_1..x_L$ over the $V^L$ windows (row-major index);
+        `transitions`: `window_transitions()`, if already computed."""
         n = self.n_windows()
         if self.context == "uniform":
             return np.full(n, 1.0 / n)
-        probs = self.window_transitions()
+        probs = self.window_transitions() if transitions is None else transitions
         law = np.full(n, 1.0 / n)
         for _ in range(100_000):  # power iteration: the teacher's softmax makes the window chain ergodic
             new = self.advance(law, probs)
@@ -250,10 +257,11 @@ class SparseLagSpec(AbstractDataSource):
         joint = (law[:, None] * probs).reshape((V,) + (V,) * (L - 1) + (V,))
         return joint.sum(axis=0).reshape(-1)
 
-    def window_laws(self) -> list[np.ndarray]:
-        """The law of the window $x_{t-L+1}..x_t$ for t = L..T (index 0: the burn-in)."""
-        probs = self.window_transitions()
-        laws = [self.initial_window_law()]
+    def window_laws(self, transitions: np.ndarray | None = None) -> list[np.ndarray]:
+        """The law of the window $x_{t-L+1}..x_t$ for t = L..T (index 0: the burn-in);
+        `transitions`: `window_transitions()`, if already computed."""
+        probs = self.window_transitions() if transitions is None else transitions
+        laws = [self.initial_window_law(probs)]
         for _ in range(self.T - self.L):
             laws.append(self.advance(laws[-1], probs))
         return laws
@@ -294,8 +302,7 @@ class SparseLagSpec(AbstractDataSource):
         window = self.initial_window_law().reshape((V,) * L)
         prob = window[tuple(tokens[:, :L].T)]
         targets = np.zeros((n, T, V))
-        for t in range(1, L):  # x_(t+1) given x_1..x_t inside the burn-in window
-            marg = window.sum(axis=tuple(range(t + 1, L))) if t + 1 < L else window
+        for t, marg in enumerate(_prefix_laws(window), start=1):  # x_(t+1) given x_1..x_t in the burn-in
             prefix = marg.sum(axis=-1)
             cond = marg / np.where(prefix > 0, prefix, 1.0)[..., None]
             targets[:, t - 1] = cond[tuple(tokens[:, :t].T)]
@@ -322,14 +329,11 @@ class SparseLagSpec(AbstractDataSource):
         `positions="all"`) every level takes the burn-in law's own conditional entropy."""
         V, L = self.V, self.L
         rho = self.position_weights()
-        window = self.initial_window_law().reshape((V,) * L)
-        burn_in = 0.0
-        for t in range(1, L):
-            marg = window.sum(axis=tuple(range(t + 1, L))) if t + 1 < L else window
-            burn_in += rho[t - 1] * _conditional_entropy(marg)
         probs = self.window_transitions()
+        laws = self.window_laws(probs)
+        burn_in = sum(rho[t - 1] * _conditional_entropy(marg)
+                      for t, marg in enumerate(_prefix_laws(laws[0].reshape((V,) * L)), start=1))
         lags = block_lags(self.spans, self.stride)
-        laws = self.window_laws()
         levels = []
         for k in range(self.K + 1):
             seen = {i for r in lags[:k] for i in r}
