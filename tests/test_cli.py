@@ -47,6 +47,27 @@ def test_gflow_run_writes_report_figures_and_trajectory(tmp_path, capsys):
     assert traj.ok and len(traj) == 41 and traj.times[-1] == 300.0
 
 
+def test_gflow_run_on_a_sparse_lag_task(tmp_path, capsys):
+    """examples/sparse_lags.toml builds the sparse-lag teacher it says; a short run of a smaller one
+    adds the sparse-task events and figures to the report."""
+    import tomllib
+
+    settings = gflow.ExperimentSettings.from_toml(os.path.join(os.path.dirname(__file__), "..", "examples",
+                                                               "sparse_lags.toml"))
+    spec, config, _ = settings.build()
+    assert isinstance(spec, gflow.SparseLagSpec) and spec.V == 6 and spec.spans == (1, 1, 1)
+    assert config.n_heads == 3 and config.value and config.positional == "learned"
+    raw = tomllib.loads(open(os.path.join(os.path.dirname(__file__), "..", "examples", "sparse_lags.toml")).read())
+    raw["chain"].update(V=3, spans=[1, 1])
+    raw["model"].update(n_heads=2, d_model=3)
+    raw["flow"].update(t_end=200.0, n_save=41)
+    out = tmp_path / "out"
+    gflow.app.run_experiment(gflow.ExperimentSettings.from_dict(raw), str(out), progress=False, echo=lambda *a: None)
+    report = (out / "report.md").read_text()
+    assert "## Sparse-task events" in report and "Class levels: 0 blocks" in report
+    assert os.path.getsize(out / "ladder.png") > 0 and os.path.getsize(out / "attention-maps.pdf") > 0
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [("[chian]\nkind = 'sticky'", "unknown section"), ("[chain]\nlamda = 0.5", "unknown key.*lamda"),

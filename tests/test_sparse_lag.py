@@ -147,3 +147,64 @@ def test_lag_block_attention_probe():
     assert np.abs(mass[-1] - [1 / 3, 2 / 3]).max() > 1e-3  # not the uniform shares: the scores are not zero
     with pytest.raises(ValueError, match="T = 3.*T = 4"):
         lag_block_attention(compute_metrics(traj), spec)
+
+
+def test_kl_to_restricted_teachers_closed_form():
+    """With W_U = 0 the model predicts uniformly, so D_k = E[sum p_k log p_k] + log V: checked
+    against a brute-force sum over contexts with the formula's probabilities. The trajectory's first
+    point is the initial model: D_k > 0 there, and D is zero only at the teacher."""
+    from gflow.analysis import restricted_teacher_kl
+    spec = SparseLagSpec.random(7, 3, (1, 1), m=2.0, T=3, positions="all")
+    params = gflow.init_params(3, CONFIG, spec, scale=0.7)
+    mute = type(params)(**{**params.__dict__, "W_U": 0 * params.W_U})
+    traj = gflow.simulate(mute, spec, (0.0, 1.0), config=CONFIG, loss="enumerate", n_save=2, progress=False)
+    D = restricted_teacher_kl(traj, spec)
+    want = np.zeros(spec.K + 1)
+    for x in itertools.product(range(3), repeat=3):
+        p = 1 / 9 * direct_probs(spec, x[:2])[x[2]]  # uniform burn-in x_1 x_2, then the teacher
+        for k in range(spec.K + 1):
+            for t in (2, 3):  # queries after the burn-in (L = 2), weighted equally
+                q = direct_probs(spec.restrict(k), x[t - 2:t])
+                want[k] += p * 0.5 * (np.sum(q * np.log(q)) + np.log(3))
+    np.testing.assert_allclose(D[0], want, rtol=1e-12, atol=1e-15)
+    assert D[0, 0] == pytest.approx(0.0, abs=1e-15) and np.all(D[-1, 1:] > 0)
+
+
+def _synthetic_probes(spec, times, loss, mass):
+    from gflow.analysis import LagProbes, uniform_block_share
+    return LagProbes(times=times, loss=loss, mass=mass, share=uniform_block_share(spec),
+                     kl=np.zeros((len(times), spec.K + 1)), levels=spec.block_levels(), position_attention=None)
+
+
+def test_lag_events_on_known_signals():
+    """Signals built by hand, so the events are known: the loss falls through the midpoints of the
+    levels (block acquisitions in order, timed by interpolation in log time); heads 1 and 2 lean on
+    block 1 from the same time (competition), then head 2 moves to block 2 (specialisation) just before
+    the loss falls to the 2-block level."""
+    from gflow.analysis import LEAN, detect_lag_events
+    spec = SparseLagSpec.random(8, 3, (1, 1), m=2.0)
+    levels = spec.block_levels()
+    times = np.geomspace(1.0, 1e4, 41)
+    s = np.log10(times)
+    loss = levels[0] + (levels[1] - levels[0]) / (1 + np.exp(-8 * (s - 1))) + (levels[2] - levels[1]) / (
+        1 + np.exp(-8 * (s - 3)))
+    share = 0.5
+    mass = np.full((41, 2, 2), share)
+    lean = np.clip(s - 1.5, 0, 1) * 0.4  # both heads leave uniform attention for block 1 after t = 10^1.5
+    mass[:, :, 0] += lean[:, None]
+    mass[:, :, 1] -= lean[:, None]
+    switch = s >= 2.95  # head 2 turns to block 2 at t = 10^3
+    mass[switch, 1] = mass[switch, 1, ::-1]
+    events = detect_lag_events(None, spec, _synthetic_probes(spec, times, loss, mass))
+    kinds = [e.kind for e in events]
+    assert kinds == ["block_acquired", "competition", "specialisation", "block_acquired"], kinds
+    first, compete, special, second = events
+    assert first.details["block"] == 1 and second.details["block"] == 2
+    assert first.time == pytest.approx(10.0, rel=0.02) and second.time == pytest.approx(1e3, rel=0.02)
+    assert compete.details["heads"] == [1, 2] and compete.details["block"] == 1
+    assert compete.time == pytest.approx(10 ** (1.5 + LEAN / 0.4), rel=0.02)  # the excess reaches LEAN
+    assert special.details["heads_to_blocks"] == {1: 1, 2: 2} and special.details["after_competition"]
+    assert 10**2.9 < special.time <= 1e3
+    with pytest.raises(ValueError, match="`spec` must be a SparseLagSpec"):
+        detect_lag_events(None, gflow.MarkovSpec.sticky(pi=[0.5, 0.5], lam=0.5, T=4), _synthetic_probes(
+            spec, times, loss, mass))

@@ -16,6 +16,12 @@ from ._hessian import hessian_vector_product as hessian_vector_product
 from ._hessian import lanczos_extremes as lanczos_extremes
 from ._hessian import linearize as linearize
 from ._lag_blocks import lag_block_attention as lag_block_attention
+from ._lag_events import LEAN as LEAN
+from ._lag_events import LagProbes as LagProbes
+from ._lag_events import detect_lag_events as detect_lag_events
+from ._lag_events import lag_probes as lag_probes
+from ._lag_events import restricted_teacher_kl as restricted_teacher_kl
+from ._lag_events import uniform_block_share as uniform_block_share
 from ._linearize import PlateauEscape as PlateauEscape
 from ._linearize import linearization_table as linearization_table
 from ._linearize import plateau_linearization as plateau_linearization

@@ -49,6 +49,9 @@ EVENT_KINDS: dict[str, EventKind] = {k.name: k for k in (
     EventKind("dilution", "tab:purple", "the focus index falls from its peak: attention mass is redistributed"),
     EventKind("escape", "tab:blue", "the loss drops from one plateau to the next (timed at half the drop)"),
     EventKind("opening", None, "a singular direction of W_E grows from its plateau to its next level"),
+    EventKind("competition", "tab:pink", "sparse tasks: two or more heads lean on the same lag block"),
+    EventKind("block_acquired", "tab:brown", "sparse tasks: the loss falls half-way to the k-block level"),
+    EventKind("specialisation", "tab:cyan", "sparse tasks: the leaning heads cover two or more lag blocks"),
 )}
 """Every event kind, in the order events at equal times are listed."""
 

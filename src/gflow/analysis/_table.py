@@ -52,6 +52,21 @@ def _describe(e: Event) -> str:
                 f"the total drop); {what}")
     if e.kind == "opening":
         return f"direction {d['direction']} opens without a loss drop ({d['from']:.2g} -> {d['to']:.3g})"
+    if e.kind == "block_acquired":
+        bottom = (f"bottoms out at {d['kl_min']:.3g} at t = {d['kl_min_time']:.3g}" if d["kl_bottoms_out"] else
+                  f"still falling at the end ({d['kl_min']:.3g})")
+        return (f"block {d['block']}: levels {d['level_before']:.4f} -> {d['level']:.4f}; nearest teacher: "
+                f"{d['nearest_teacher']} blocks; KL to the {d['block']}-block teacher {bottom}")
+    if e.kind == "competition":
+        masses = ", ".join(f"{x:.2f}" for x in d["mass"])
+        return f"heads {d['heads']} on block {d['block']} (masses {masses}; uniform {d['share']:.2f})"
+    if e.kind == "specialisation":
+        now = ", ".join(f"head {h} -> block {k}" for h, k in d["heads_to_blocks"].items())
+        end = ", ".join(f"head {h} -> block {k}" for h, k in d["final_heads_to_blocks"].items())
+        after = "after competition" if d["after_competition"] else "no competition before"
+        shared = f"; block(s) {d['shared_blocks']} still shared" if d["shared_blocks"] else ""
+        final = (f" (block(s) {d['shared_at_end']} shared)" if d["shared_at_end"] else " (fully specialised)")
+        return f"{now} ({after}{shared}); at the end: {end}{final}"
     return str(d)
 
 

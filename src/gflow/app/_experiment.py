@@ -18,12 +18,16 @@ from ..analysis import (
     Event,
     PlateauEscape,
     compute_metrics,
+    detect_lag_events,
     detect_stages,
+    lag_probes,
     linearization_table,
     plateau_linearization,
     stage_table,
 )
-from ..plot import attention_figure, hessian_figure, overview_figure, save_figure
+from ..data import SparseLagSpec
+from ..losses._data import MAX_ENUMERATED_SEQUENCES
+from ..plot import attention_figure, hessian_figure, lag_attention_maps, lag_figure, overview_figure, save_figure
 from ._settings import ExperimentSettings
 
 
@@ -96,22 +100,40 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
     metrics = compute_metrics(traj)
     events = detect_stages(traj, metrics=metrics)
     plateaus = plateau_linearization(traj, events)
+    task_md, task_figures = _task_analysis(traj)
     t_analysis = time.perf_counter() - tic
     stages_md, lin_md = stage_table(events), linearization_table(plateaus)
-    echo("\nStages of learning\n" + stages_md + "\n\nLinearisation at each plateau\n" + lin_md)
+    echo("\nStages of learning\n" + stages_md + "\n\nLinearisation at each plateau\n" + lin_md + task_md)
     tic = time.perf_counter()
     figures = {
         "overview": overview_figure(metrics, events, reference_levels=spec.reference_levels()),
         "attention": attention_figure(metrics, events),
         "hessian": hessian_figure(plateaus),
-    }
+    } | task_figures
     for name, fig in figures.items():
         save_figure(fig, os.path.join(out_dir, name))
     t_fig = time.perf_counter() - tic
     timings = {"flow_s": t_flow, "analysis_s": t_analysis, "figures_s": t_fig}
-    _write_report(out_dir, settings, traj, stages_md, lin_md, timings)
-    echo(f"\nwrote {out_dir}/report.md, {TRAJECTORY_FILE} and figures (overview, attention, hessian; PNG and PDF)")
+    _write_report(out_dir, settings, traj, stages_md, lin_md + task_md, timings)
+    echo(f"\nwrote {out_dir}/report.md, {TRAJECTORY_FILE} and figures ({', '.join(figures)}; PNG and PDF)")
     return ExperimentResult(traj, events, plateaus, out_dir, timings)
+
+
+def _task_analysis(traj: Trajectory) -> tuple[str, dict]:
+    """What a source's own task adds to the report: for a `SparseLagSpec`, the lag events (blocks
+    acquired, competition, specialisation; docs/tasks.md) and their figures."""
+    spec = traj.spec
+    if not isinstance(spec, SparseLagSpec):
+        return "", {}
+    if spec.n_sequences() > MAX_ENUMERATED_SEQUENCES:
+        return (f"\n\nSparse-task events: not computed (the KL probes sum over all V**T = {spec.n_sequences():.3g} "
+                f"contexts, above the budget of {MAX_ENUMERATED_SEQUENCES})."), {}
+    probes = lag_probes(traj, spec)
+    events = detect_lag_events(traj, spec, probes)
+    levels = ", ".join(f"{k} blocks {x:.5f}" for k, x in enumerate(probes.levels))
+    md = (f"\n\n## Sparse-task events\n\nClass levels: {levels}.\n\n{stage_table(events)}\n\n"
+          "![ladder](ladder.png)\n\n![attention by position at the events](attention-maps.png)")
+    return md, {"ladder": lag_figure(probes, events), "attention-maps": lag_attention_maps(probes, events)}
 
 
 def _write_report(out_dir, settings, traj, stages_md, lin_md, timings):

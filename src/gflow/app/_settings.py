@@ -3,7 +3,7 @@
 The schema is not written by hand: each section is generated from the function it feeds, so a
 keyword added there is a key here, with the same default.
 
-- `[chain]`: `kind` picks a `MarkovSpec` constructor (`CHAIN_KINDS`); its keys are that
+- `[chain]`: `kind` picks a data-source constructor (`CHAIN_KINDS`); its keys are that
   constructor's parameters (`key` is spelled `seed`).
 - `[model]`: the fields of `TransformerConfig`.
 - `[init]`: `init_params`'s `seed` (its `key`), `scale`, `gamma`.
@@ -29,13 +29,13 @@ from typing import Any
 from .._checks import is_real
 from .._flow import simulate
 from .._model import TransformerConfig, init_params
-from ..data import MarkovSpec
+from ..data import AbstractDataSource, MarkovSpec, SparseLagSpec
 from ..losses import METHOD_NAMES, loss_spec
 from ..solvers import check_solver_name
 
-CHAIN_KINDS: dict[str, Callable[..., MarkovSpec]] = {
+CHAIN_KINDS: dict[str, Callable[..., AbstractDataSource]] = {
     "sticky": MarkovSpec.sticky, "binary": MarkovSpec.binary, "dirichlet": MarkovSpec.dirichlet,
-    "matrix": MarkovSpec.from_matrix, "text": MarkovSpec.from_text,
+    "matrix": MarkovSpec.from_matrix, "text": MarkovSpec.from_text, "sparse_lag": SparseLagSpec.random,
 }
 """`[chain].kind` -> the constructor it calls (a new kind is one row)."""
 
@@ -76,7 +76,10 @@ def _toml_types(annotation: Any) -> type | tuple[type, ...]:
     return str if "PRNGKey" in text else list
 
 
-def _keys_of(fn: Callable, section: str) -> dict[str, Key]:
+def _keys_of(fn: Callable, section: str, demo: dict[str, Any] | None = None) -> dict[str, Key]:
+    """The keys of `section` fed to `fn`: its parameters, with the demo's values (`demo`, default
+    `DEMO[section]`) as defaults where it has them."""
+    demo = DEMO.get(section, {}) if demo is None else demo
     out = {}
     for name, p in inspect.signature(fn).parameters.items():
         if name in _NOT_IN_FILES:
@@ -84,7 +87,7 @@ def _keys_of(fn: Callable, section: str) -> dict[str, Key]:
         toml_name = RENAMED.get(section, {}).get(name, name)
         types = int if toml_name != name else _toml_types(p.annotation)
         default = REQUIRED if p.default is inspect.Parameter.empty else p.default
-        out[toml_name] = Key(types, DEMO.get(section, {}).get(toml_name, default), name)
+        out[toml_name] = Key(types, demo.get(toml_name, default), name)
     return out
 
 
@@ -99,7 +102,12 @@ def _schema() -> dict[str, dict[str, Key]]:
 
 def chain_schema(kind: str) -> dict[str, Key]:
     """The keys of `[chain]` for one kind: its constructor's parameters (`seed` for `key`)."""
-    keys = {"kind": Key(str, "sticky", "kind")} | _keys_of(CHAIN_KINDS[kind], "chain")
+    fn = CHAIN_KINDS[kind]
+    params = inspect.signature(fn).parameters
+    # another kind takes the demo's values only where its constructor has no default of its own (T)
+    demo = DEMO["chain"] if kind == DEMO["chain"]["kind"] else {
+        k: v for k, v in DEMO["chain"].items() if k in params and params[k].default is inspect.Parameter.empty}
+    keys = {"kind": Key(str, "sticky", "kind")} | _keys_of(fn, "chain", demo)
     if "seed" in keys:
         keys["seed"] = dataclasses.replace(keys["seed"], default=0)
     return keys
@@ -181,7 +189,7 @@ class ExperimentSettings:
         return cls.from_dict(raw, source=path)
 
     # ------------------------------------------------------------------------------------------
-    def build(self, source: str = "settings") -> tuple[MarkovSpec, TransformerConfig, dict[str, Any]]:
+    def build(self, source: str = "settings") -> tuple[AbstractDataSource, TransformerConfig, dict[str, Any]]:
         """The chain, the config, and a flat dict of the run's values (`seed`, `scale`, `gamma`,
         `t_end` and `simulate`'s keyword arguments). Raises `ValueError` naming `[section].key`."""
         c = dict(self.chain)
@@ -226,7 +234,7 @@ class ExperimentSettings:
         """The settings as nested plain values (unset keys left out): `from_dict` reads it back."""
         return {section: {k: v for k, v in getattr(self, section).items() if v is not None} for section in SCHEMA}
 
-    def initial_params(self, spec: MarkovSpec, config: TransformerConfig):
+    def initial_params(self, spec: AbstractDataSource, config: TransformerConfig):
         """`init_params` with the `[init]` section."""
         i = self.init
         return init_params(i["seed"], config, spec, scale=i["scale"], gamma=i["gamma"])
