@@ -216,7 +216,8 @@ def detect_lag_events(traj: Trajectory | None, spec: AbstractDataSource,
                       probes: LagProbes | None = None) -> list[Event]:
     """The events of a sparse-task run (module docstring): blocks acquired, competition, specialisation,
     in time order. `spec` must be a `SparseLagSpec`; `probes`: `lag_probes(traj, spec)`, if already
-    computed; with `traj=None` (signals from elsewhere) the times are interpolated between saved points instead of re-solved."""
+    computed; with `traj=None` (signals from elsewhere) the times are interpolated between saved
+    points instead of re-solved."""
     _check(traj, spec)
     if probes is None:
         if traj is None:
