@@ -1,11 +1,14 @@
-"""Throughput of `simulate_many` (one vmapped solve) against a loop of `simulate` calls.
+"""Throughput of `simulate_many` against a loop of `simulate` calls, for each way of batching.
 
-    .venv/bin/python benchmarks/ensemble.py [--members 8] [--loop-members 8]
+    .venv/bin/python benchmarks/ensemble.py [--members 8] [--t1 1e4] [--vmap]
 
-Both are timed warm (a first call compiles each); the demo setting to t = 1e4.
+The demo setting (V = 4, d_model = 8, meanfield loss, init scale 1e-3) to `--t1`. Every contender is
+timed warm (its first call, which compiles, is timed separately); ratios are throughputs against the
+loop measured in the same run. `--vmap` adds the vmapped, sharded solve (slow on CPUs).
 """
 
 import argparse
+import os
 import time
 
 import jax
@@ -13,31 +16,38 @@ import jax
 import gflow
 
 
-def main(members: int, loop_members: int):
+def timed(fn):
+    tic = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - tic, out
+
+
+def main(members: int, t1: float, vmap: bool):
     spec = gflow.MarkovSpec.sticky([0.75, 0.19, 0.05, 0.01], 0.5, T=10)
     config = gflow.TransformerConfig(d_model=8)
     ps = [gflow.init_params(jax.random.key(s), config, spec, scale=1e-3) for s in range(members)]
     kw = dict(config=config, loss="meanfield", n_save=61, progress=False)
-    gflow.simulate(ps[0], spec, (0, 1e4), **kw)
-    tic = time.perf_counter()
-    for p in ps[:loop_members]:
-        gflow.simulate(p, spec, (0, 1e4), **kw)
-    loop = (time.perf_counter() - tic) / min(loop_members, members) * members  # per member, scaled
+    first_single, _ = timed(lambda: gflow.simulate(ps[0], spec, (0, t1), **kw))
+    loop, _ = timed(lambda: [gflow.simulate(p, spec, (0, t1), **kw) for p in ps])
     batch = gflow.stack_params(ps)
-    tic = time.perf_counter()
-    gflow.simulate_many(batch, spec, (0, 1e4), **kw)
-    first = time.perf_counter() - tic
-    tic = time.perf_counter()
-    gflow.simulate_many(batch, spec, (0, 1e4), **kw)
-    many = time.perf_counter() - tic
-    print(f"{members} members on {len(jax.devices())} {jax.devices()[0].platform} device(s): loop of simulate "
-          f"{loop:.2f} s (measured on {min(loop_members, members)}), simulate_many "
-          f"{many:.2f} s (first call {first:.1f} s with compilation); throughput ratio {loop / many:.2f}x")
+    rows = [("loop of simulate", first_single, loop)]
+    for name, extra in [("simulate_many, threads", {"batching": "threads"})] + (
+            [("simulate_many, vmap", {"batching": "vmap"})] if vmap else []):
+        first, _ = timed(lambda extra=extra: gflow.simulate_many(batch, spec, (0, t1), **kw, **extra))
+        warm, trajs = timed(lambda extra=extra: gflow.simulate_many(batch, spec, (0, t1), **kw, **extra))
+        assert all(t.ok for t in trajs)
+        rows.append((name, first, warm))
+    print(f"{members} members of the demo flow to t = {t1:g}, {os.cpu_count()} CPU cores, {len(jax.devices())} "
+          f"{jax.devices()[0].platform} device(s)\n")
+    print("| contender | first call (s) | warm (s) | throughput vs loop |\n|---|---:|---:|---:|")
+    for name, first, warm in rows:
+        print(f"| {name} | {first:.2f} | {warm:.2f} | {loop / warm:.2f}x |")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=8)
-    ap.add_argument("--loop-members", type=int, default=8, help="members timed in the loop (scaled to all)")
+    ap.add_argument("--t1", type=float, default=1e4)
+    ap.add_argument("--vmap", action="store_true", help="also time the vmapped solve")
     args = ap.parse_args()
-    main(args.members, args.loop_members)
+    main(args.members, args.t1, args.vmap)

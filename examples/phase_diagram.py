@@ -1,4 +1,4 @@
-"""Sweep initial scale x seed in one vmapped, sharded ensemble (gflow.simulate_many) and draw a phase
+"""Sweep initial scale x seed as one ensemble on every CPU core (gflow.simulate_many) and draw a phase
 diagram: the first escape time and the number of cycles reached against the initial scale.
 
 Near the origin the flow is linear with growth rate |lambda_min| of the Hessian at zero, so the first

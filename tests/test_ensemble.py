@@ -11,15 +11,30 @@ import pytest
 import gflow
 
 
-def test_simulate_many_equals_separate_solves(small_setting):
+def test_threaded_members_are_the_separate_solves(small_setting):
+    """On CPUs members are independent solves on a pool of threads: each is `simulate`'s own run, to
+    the last bit (same solver, same compiled program), whatever the number of threads."""
     spec, config, _ = small_setting
     ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(3)]
     many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
-                               progress=False)
+                               progress=False, workers=2)
+    assert len(many) == 3 and all(t.record.solver.name == "GradientFlowBDF" for t in many)
+    for b, (p, traj) in enumerate(zip(ps, many, strict=True)):
+        one = gflow.simulate(p, spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False)
+        assert traj.ok and traj.stats["ensemble_member"] == b and traj.settings["devices"] == 2
+        np.testing.assert_array_equal(traj.flat_params(), one.flat_params())
+        assert traj.stats["num_accepted_steps"] == one.stats["num_accepted_steps"]
+
+
+def test_vmapped_members_equal_separate_solves(small_setting):
+    spec, config, _ = small_setting
+    ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(3)]
+    many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
+                               progress=False, batching="vmap")
     assert len(many) == 3
     for p, traj in zip(ps, many, strict=True):
         one = gflow.simulate(p, spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False,
-                             solver="Kvaerno4")  # the ensemble default
+                             solver="Kvaerno4")  # the vmapped default
         assert traj.ok and np.array_equal(traj.times, one.times)
         np.testing.assert_allclose(traj.loss, one.loss, rtol=1e-12)
         np.testing.assert_allclose(np.asarray(traj.params.W_E), np.asarray(one.params.W_E), rtol=1e-9, atol=1e-12)
@@ -32,6 +47,10 @@ def test_simulate_many_rejects_unbatched_input(small_setting):
         gflow.simulate_many(jax.tree.map(lambda a: a[0, 0], p0), spec, (0, 1.0), config=config)
     with pytest.raises(ValueError, match="`devices`"):
         gflow.simulate_many(gflow.stack_params([p0]), spec, (0, 1.0), config=config, devices=99)
+    with pytest.raises(ValueError, match="`batching`"):
+        gflow.simulate_many(gflow.stack_params([p0]), spec, (0, 1.0), config=config, batching="pmap")
+    with pytest.raises(ValueError, match="`workers`"):
+        gflow.simulate_many(gflow.stack_params([p0]), spec, (0, 1.0), config=config, workers=0)
 
 
 SHARDED = textwrap.dedent("""
@@ -41,7 +60,7 @@ SHARDED = textwrap.dedent("""
     config = gflow.TransformerConfig(d_model=3)
     ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(5)]  # padded to 8
     many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
-                               progress=False)
+                               progress=False, batching="vmap")
     one = gflow.simulate(ps[4], spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False,
                          solver="Kvaerno4")
     assert all(t.ok for t in many) and many[4].settings["devices"] == 4

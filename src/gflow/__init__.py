@@ -1,16 +1,22 @@
 """gflow: exact gradient flow of a one-layer Transformer on Markov data.
 
 Importing gflow turns on JAX's float64 mode (`jax_enable_x64`): gradient flows are integrated in
-double precision, and the exactness checks (enumerate == counts to 1e-10) need it.
+double precision, and the exactness checks (enumerate == counts to 1e-10) need it. It also turns on
+JAX's persistent compilation cache (`_warm.py`; `GFLOW_COMPILATION_CACHE=off` turns it off).
 
 The layers (docs/architecture.md): `gflow.data` (data sources) -> the model -> `gflow.losses` ->
 `gflow.solvers` and the flow (`simulate`, `simulate_many`, `resume`, `train`) -> `Trajectory` ->
 `gflow.analysis` -> `gflow.plot` -> `gflow.app` (settings, reports, the `gflow` command).
 """
 
-import jax as _jax
+from . import _warm
+
+_warm.prepare_environment()  # before equinox is imported (see _warm.py)
+
+import jax as _jax  # noqa: E402
 
 _jax.config.update("jax_enable_x64", True)
+_warm.enable_compilation_cache()
 
 from importlib.metadata import PackageNotFoundError as _PNF
 from importlib.metadata import version as _version

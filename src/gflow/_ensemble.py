@@ -1,8 +1,16 @@
-"""Ensembles: many initial conditions in one vmapped solve, sharded over the available devices.
+"""Ensembles: many initial conditions, as independent solves on the CPU cores or as one vmapped
+solve sharded over accelerators.
 
 `simulate_many` integrates a batch of initial parameters (seeds, init scales...) on the same data,
-loss and save grid. It runs the same integration core as `simulate` (`_integrate.py`); only the
-function that solves one chunk differs: the batch axis is laid out over every JAX device
+loss and save grid. It runs the same integration core as `simulate` (`_integrate.py`), in one of two
+ways (`batching`):
+
+- `"threads"` (the default on CPUs): each member is its own solve, exactly as `simulate` would do it
+  (same default solver, same compiled program), run by a pool of threads, one per core. XLA runs a
+  compiled solve without holding Python's lock, so the members run in parallel, each at its own
+  pace: a stiff member never holds back an easy one, and nothing is synchronised between them.
+- `"vmap"` (the default on accelerators, and in multi-process jobs): one vmapped solve per chunk,
+  the batch axis laid out over every JAX device
 (`jax.sharding`): all GPUs of a machine, the host devices of `--xla_force_host_platform_device_count`,
 or, in a multi-process job started with `jax.distributed.initialize()`, the devices of every process.
 Inside the vmapped `diffeqsolve` each member keeps its own adaptive step size; the loop runs until
@@ -16,6 +24,10 @@ before `jax.distributed.initialize`); on GPUs JAX uses NCCL.
 """
 
 from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +46,8 @@ from ._integrate import (
     check_finite_start,
     check_flow_arguments,
     integrate,
+    progress_bar,
+    single_chunk_solver,
     solve_many,
 )
 from ._model import TransformerConfig, TransformerParams
@@ -114,21 +128,27 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
                   key=None, dataset=None, solver=None, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
                   save_times=None, n_save: int = DEFAULT_N_SAVE, max_steps: int = DEFAULT_MAX_STEPS,
                   progress: bool | None = None, devices: int | None = None,
-                  chunk_size: int | None = None) -> list[Trajectory]:
+                  chunk_size: int | None = None, batching: str = "auto",
+                  workers: int | None = None) -> list[Trajectory]:
     """Integrate the flow from every member of `params0_batch` (arrays with a leading batch axis).
 
-    **Arguments:** as `simulate`, plus `devices` (how many of `jax.devices()` to shard the batch over;
-    default all, which in a multi-process job means the devices of every process). The batch is
-    padded to a multiple of the device count.
+    **Arguments:** as `simulate`, plus
+    - `batching`: `"threads"` (independent solves, `workers` at a time; the default on CPUs),
+      `"vmap"` (one vmapped solve sharded over devices; the default on accelerators and in
+      multi-process jobs), or `"auto"`.
+    - `workers`: threads for `"threads"` (default: the CPU cores, at most one per member).
+    - `devices`: for `"vmap"`, how many of `jax.devices()` to shard the batch over (default all,
+      which in a multi-process job means the devices of every process). The batch is padded to a
+      multiple of the device count.
 
     **Returns:** one `Trajectory` per member, each with its own status (a member that fails keeps the
     points it reached; the others are unaffected). In a multi-process job every process gets all of
     them.
 
-    On a CPU a loop of `simulate` calls is faster (5x for 8 members of the demo flow,
-    docs/performance.md): single solves use `GradientFlowBDF`, which keeps its Hessian across steps,
-    and `vmap` would turn that choice into a select that pays an `eigh` at every step, so the
-    ensemble runs `Kvaerno4`. The batched solve pays off on accelerators.
+    With `"threads"` each member runs `simulate`'s default solver (`GradientFlowBDF` for small
+    models), so an ensemble is never slower than a loop of `simulate` calls, and uses every core
+    (docs/performance.md). Under `"vmap"` the default is `Kvaerno4`: `GradientFlowBDF`'s "keep or
+    recompute the Hessian" branch would become a select that pays an `eigh` at every step.
     """
     _check_batched(params0_batch, markov_spec, config)
     n_batch = jax.tree.leaves(params0_batch)[0].shape[0]
@@ -138,13 +158,88 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
     n_dev = len(jax.devices()) if devices is None else devices
     if not (isinstance(n_dev, int) and 1 <= n_dev <= len(jax.devices())):
         raise ValueError(f"`devices` must be between 1 and {len(jax.devices())} (jax.devices()); got {devices!r}.")
+    batching = _check_batching(batching)
+    threads = batching == "threads"
+    n_workers = _check_workers(workers, n_batch) if threads else None
     spec = loss_spec(markov_spec, config, loss, n_samples=n_samples, key=key, dataset=dataset)
     record = flow_record(markov_spec, config, spec, t_span=args.t_span, grid=args.grid, solver=solver,
                          rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, chunk_size=args.chunk_size,
-                         kind="ensemble", ensemble_size=n_batch, devices=n_dev)
+                         kind="ensemble", ensemble_size=n_batch, vmapped=not threads,
+                         devices=n_workers if threads else n_dev)
     setup = solver_setup(record)
     field = GradientField(loss=record.loss_function(), layout=record.layout)
     y0 = np.asarray(jax.vmap(record.layout.flatten)(params0_batch))
     check_finite_start(y0, "params0_batch")
+    if threads:
+        return _threaded(record, setup, field, y0, n_workers, progress)
     return integrate(record, setup, field, _sharded_chunk_solver(field, setup, args.max_steps, n_dev), y0,
                      progress=progress, member_stats=lambda b: {"ensemble_member": b})
+
+
+BATCHING = ("auto", "threads", "vmap")
+
+
+def _check_batching(batching) -> str:
+    if batching not in BATCHING:
+        raise ValueError(f"`batching` must be one of {BATCHING}; got {batching!r}.")
+    if batching != "auto":
+        return batching
+    on_cpu = all(d.platform == "cpu" for d in jax.devices())
+    return "threads" if on_cpu and jax.process_count() == 1 else "vmap"
+
+
+def _check_workers(workers, n_batch: int) -> int:
+    if workers is None:
+        return max(1, min(os.cpu_count() or 1, n_batch))
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"`workers` must be an integer >= 1 (threads solving members at once); got {workers!r}.")
+    return int(min(workers, n_batch))
+
+
+def _threaded(record, setup, field: GradientField, y0: np.ndarray, n_workers: int,
+              progress: bool | None) -> list[Trajectory]:
+    """Each member its own solve, `n_workers` at a time. The first chunk solved compiles the program;
+    the others wait for it (`first`), so it is compiled once, not once per thread."""
+    solve = single_chunk_solver(field, setup, record.solver.max_steps)
+    first, compiled = threading.Lock(), threading.Event()
+    stop = threading.Event()
+
+    def chunk_solver(y, t0, t1, ts):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        if not compiled.is_set():
+            with first:
+                if not compiled.is_set():
+                    out = solve(y, t0, t1, ts)
+                    compiled.set()
+                    return out
+        return solve(y, t0, t1, ts)
+
+    def run(b: int) -> Trajectory:
+        (traj,) = integrate(record, setup, field, chunk_solver, y0[b:b + 1], progress=False,
+                            member_stats=lambda _: {"ensemble_member": b})
+        return traj
+
+    bar = progress_bar(progress, len(y0), 0, desc="gflow ensemble")
+    out: list[Trajectory | None] = [None] * len(y0)
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="gflow-member") as pool:
+        futures = {pool.submit(run, b): b for b in range(len(y0))}
+        try:
+            for future in _as_completed(futures):
+                out[futures[future]] = future.result()
+                if bar is not None:
+                    bar.update(1)
+        except KeyboardInterrupt:  # members stop at their next chunk and keep what they computed
+            stop.set()
+            for future, b in futures.items():
+                out[b] = future.result()
+        finally:
+            if bar is not None:
+                bar.close()
+    return out
+
+
+def _as_completed(futures):
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)

@@ -46,10 +46,11 @@ def check_problem(params0: TransformerParams, source, config) -> TransformerConf
 
 
 def flow_record(source, config, loss, *, t_span, grid, solver, rtol, atol, max_steps, chunk_size,
-                kind: str = "flow", **extra) -> RunRecord:
-    """The record of a flow (or ensemble) from checked arguments; `solver` as the user gave it."""
+                kind: str = "flow", vmapped: bool = False, **extra) -> RunRecord:
+    """The record of a flow (or ensemble) from checked arguments; `solver` as the user gave it
+    (`vmapped`: the members are solved in one vmapped program, which changes the default solver)."""
     size = ParamLayout.of(config, source).size
-    name = solver_name(solver, default_solver(size, ensemble=kind == "ensemble"))
+    name = solver_name(solver, default_solver(size, ensemble=vmapped))
     spec = SolverSpec(name=name, rtol=rtol, atol=atol, max_steps=max_steps, chunk_size=chunk_size,
                       instance=None if isinstance(solver, str) else solver)
     return RunRecord(kind, source, config, loss, t_span, grid, solver=spec, **extra)

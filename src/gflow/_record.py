@@ -67,7 +67,8 @@ class RunRecord:
     - `t_span`, `save_times`: the time interval and every planned save time (flow time for discrete
       runs: `time_per_step` times the saved step).
     - `solver` (flows and ensembles) or `training` (discrete runs).
-    - `ensemble_size`, `devices`: for ensemble members.
+    - `ensemble_size`, `devices`: for ensemble members (`devices`: the devices a vmapped batch was
+      sharded over, or the threads that solved the members one by one).
     """
 
     kind: str
