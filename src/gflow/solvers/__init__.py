@@ -17,6 +17,7 @@ from ._bdf import GradientFlowBDF as GradientFlowBDF
 from ._chosen_steps import SolverChosenSteps as SolverChosenSteps
 from ._chosen_steps import StepDecision as StepDecision
 from ._hessian import hessian_eigenbasis as hessian_eigenbasis
+from ._krylov import GradientFlowKrylovBDF as GradientFlowKrylovBDF
 from ._policy import DEFAULT_SOLVER as DEFAULT_SOLVER
 from ._policy import DENSE_HESSIAN_LIMIT as DENSE_HESSIAN_LIMIT
 from ._policy import ENSEMBLE_DEFAULT_SOLVER as ENSEMBLE_DEFAULT_SOLVER

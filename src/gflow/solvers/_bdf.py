@@ -75,10 +75,11 @@ class _State(eqx.Module):
     h: Float[Array, ""]  # the step D is scaled for (the last accepted one)
     order: Int[Array, ""]
     equal_steps: Int[Array, ""]  # accepted steps since the last change of h or order
-    basis: Float[Array, "n n"]  # Q and lambda: eigendecomposition of a Hessian taken earlier
-    curvature: Float[Array, " n"]
+    basis: Float[Array, "n r"]  # Q and lambda: eigenpairs of a Hessian taken earlier (r = n when dense)
+    curvature: Float[Array, " r"]
     hessians: Int[Array, ""]  # statistics, for gflow's Trajectory.stats
     gradients: Int[Array, ""]
+    products: Int[Array, ""]  # Hessian-vector products (matrix-free solvers)
 
 
 class BDFInterpolation(diffrax.AbstractLocalInterpolation):
@@ -126,6 +127,19 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
     def counters(self, solver_state: _State) -> dict:
         return {"num_hessian_evaluations": solver_state.hessians, "num_gradient_evaluations": solver_state.gradients}
 
+    # The two places where the linear algebra lives; a matrix-free subclass replaces both (_krylov.py).
+    def kept_eigenpairs(self, terms, t, y, args) -> tuple[Float[Array, "n r"], Float[Array, " r"], Int[Array, ""]]:
+        """The Hessian's eigenpairs kept across steps, and the Hessian-vector products they cost
+        (a dense Hessian: all n eigenpairs; its products are not counted)."""
+        basis, curvature = hessian_eigenbasis(terms, t, y, args)
+        return basis, curvature, jnp.zeros((), jnp.int32)
+
+    def solve_newton_system(self, terms, t, y, args, c, basis, curvature, rhs) -> tuple[Float[Array, " n"],
+                                                                                         Int[Array, ""]]:
+        """$(I + cH)^{-1}$ rhs with the kept eigenpairs (exact when they are all of H's), and the
+        Hessian-vector products it took."""
+        return basis @ ((rhs @ basis) * (1.0 / (1.0 + c * curvature))), jnp.zeros((), jnp.int32)
+
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
@@ -134,16 +148,17 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         h = jnp.asarray(t1 - t0, y0.dtype)
         differences = differences.at[0].set(y0).at[1].set(h * terms.vf(t0, y0, args))
         one = jnp.ones((), jnp.int32)
-        return _State(differences, h, one, 0 * one, *hessian_eigenbasis(terms, t0, y0, args), one, one)
+        basis, curvature, products = self.kept_eigenpairs(terms, t0, y0, args)
+        return _State(differences, h, one, 0 * one, basis, curvature, one, one, products)
 
     def _newton(self, terms, t_new, y_predict, c, psi, scale, basis, curvature, args):
-        """scipy's `solve_bdf_system`: (converged, iterations, y, d) with $d = y - y_{pred}$."""
+        """scipy's `solve_bdf_system`: (converged, iterations, y, d, products) with $d = y - y_{pred}$."""
         tol = jnp.maximum(10 * jnp.finfo(y_predict.dtype).eps / self.rtol, jnp.minimum(0.03, jnp.sqrt(self.rtol)))
-        inverse = 1.0 / (1.0 + c * curvature)
 
         def body(carry):
-            k, y, d, norm_old, _, _ = carry
-            dy = basis @ (((c * terms.vf(t_new, y, args) - psi - d) @ basis) * inverse)
+            k, y, d, norm_old, _, _, products = carry
+            dy, used = self.solve_newton_system(terms, t_new, y_predict, args, c, basis, curvature,
+                                                c * terms.vf(t_new, y, args) - psi - d)
             norm = rms(dy / scale)
             rate = norm / norm_old
             first = k == 0
@@ -152,16 +167,17 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
             y = jnp.where(diverging, y, y + dy)
             d = jnp.where(diverging, d, d + dy)
             converged = ~diverging & ((norm == 0) | (~first & (rate / (1 - rate) * norm < tol)))
-            return k + 1, y, d, norm, converged, diverging | converged
+            return k + 1, y, d, norm, converged, diverging | converged, products + used
 
         def cond(carry):
-            k, *_, stop = carry
+            k, *_, stop, _ = carry
             return ~stop & (k < NEWTON_MAXITER)
 
-        start = (jnp.zeros((), jnp.int32), y_predict, jnp.zeros_like(y_predict), jnp.asarray(jnp.nan, y_predict.dtype),
-                 jnp.zeros((), bool), jnp.zeros((), bool))
-        k, y, d, _, converged, _ = jax.lax.while_loop(cond, body, start)
-        return converged, k, y, d
+        zero = jnp.zeros((), jnp.int32)
+        start = (zero, y_predict, jnp.zeros_like(y_predict), jnp.asarray(jnp.nan, y_predict.dtype),
+                 jnp.zeros((), bool), jnp.zeros((), bool), zero)
+        k, y, d, _, converged, _, products = jax.lax.while_loop(cond, body, start)
+        return converged, k, y, d, products
 
     def step(self, terms, t0, t1, y0, args, solver_state: _State, made_jump):
         s = solver_state
@@ -182,21 +198,25 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         # Newton with the kept Hessian, then (as scipy) once more with a fresh one if that failed:
         # one loop, so that the vector field and its Jacobian are traced (and compiled) once each.
         def attempt(carry):
-            basis, curvature, hessians, tries, total, _ = carry
-            basis, curvature, hessians = jax.lax.cond(
-                tries > 0, lambda: (*hessian_eigenbasis(terms, t1, y_predict, args), hessians + 1),
-                lambda: (basis, curvature, hessians))
+            basis, curvature, hessians, products, tries, total, _ = carry
+
+            def renew():
+                b, lam, used = self.kept_eigenpairs(terms, t1, y_predict, args)
+                return b, lam, hessians + 1, products + used
+
+            basis, curvature, hessians, products = jax.lax.cond(
+                tries > 0, renew, lambda: (basis, curvature, hessians, products))
             result = self._newton(terms, t1, y_predict, c, psi, scale, basis, curvature, args)
-            return basis, curvature, hessians, tries + 1, total + result[1], result
+            return basis, curvature, hessians, products + result[4], tries + 1, total + result[1], result[:4]
 
         def again(carry):
-            tries, converged = carry[3], carry[5][0]
+            tries, converged = carry[4], carry[6][0]
             return (tries == 0) | ((tries == 1) & ~converged)
 
         zero = jnp.zeros((), jnp.int32)
         first = (jnp.zeros((), bool), zero, y_predict, y_predict)
-        basis, curvature, hessians, _, iterations_total, (converged, iterations, y_new, d) = jax.lax.while_loop(
-            again, attempt, (s.basis, s.curvature, s.hessians, zero, zero, first))
+        basis, curvature, hessians, products, _, iterations_total, (converged, iterations, y_new, d) = \
+            jax.lax.while_loop(again, attempt, (s.basis, s.curvature, s.hessians, s.products, zero, zero, first))
 
         safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + iterations.astype(h.dtype))
         exponent = 1.0 + order.astype(h.dtype)  # the error of order k is O(h^(k+1))
@@ -235,7 +255,7 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         y1 = jnp.where(accept, y_new, y0)
         next_h = jnp.minimum(h * jnp.where(accept, accept_factor, reject_factor), unstable_step_limit(curvature))
         state = _State(new, h, next_order, equal_steps, basis, curvature, hessians,
-                       s.gradients + iterations_total)
+                       s.gradients + iterations_total, products)
         dense_info = dict(differences=new[: MAX_ORDER + 1], order=order, h=h)
         decision = StepDecision(accept=accept.astype(h.dtype), next_step=next_h)
         return y1, decision, dense_info, state, diffrax.RESULTS.successful

@@ -25,11 +25,13 @@ import jax.numpy as jnp
 
 from ._base import AbstractGradientFlowSolver, pid_controller
 from ._bdf import GradientFlowBDF
+from ._krylov import GradientFlowKrylovBDF
 from ._rosenbrock import GradientFlowRosenbrock
 
 SOLVERS: dict[str, type[AbstractGradientFlowSolver]] = {
     GradientFlowBDF.__name__: GradientFlowBDF,
     GradientFlowRosenbrock.__name__: GradientFlowRosenbrock,
+    GradientFlowKrylovBDF.__name__: GradientFlowKrylovBDF,
 }
 """gflow's own gradient-flow solvers by name (diffrax's adaptive solvers can be named too)."""
 

@@ -1,0 +1,115 @@
+"""A matrix-free variable-order BDF solver for large gradient flows: Newton-Krylov with Hessian-vector
+products, preconditioned by a few kept eigenpairs of the Hessian.
+
+`GradientFlowBDF` keeps the whole Hessian as $Q\\,\\mathrm{diag}(\\lambda)\\,Q^\\top$: n Hessian-vector
+products and an n^3 `eigh` per renewal, n^2 floats of memory. Above a few thousand parameters that
+is the whole cost. But the stiffness of a gradient flow lives in a few directions (the largest
+eigenvalues of H), and the saddles' dynamics in a few more (the most negative ones). This solver
+keeps the same steps, orders and error control (it is a subclass that only replaces the linear
+algebra) and:
+
+- **keeps** the extreme eigenpairs of H from `LANCZOS_STEPS` steps of Lanczos with full
+  reorthogonalisation, started from a fixed vector; a Ritz pair is kept only when its residual
+  estimate $|\\beta_m s_{mi}|$ is below `RITZ_TOLERANCE` of the largest Ritz value (unconverged
+  interior ones would be wrong eigenvalues, and a spurious negative one would be taken for an
+  unstable direction). As in the dense solver, they are renewed only when Newton's iteration fails.
+- **solves** each Newton system $(I + cH)\\,x = r$ by GMRES (lineax) with Hessian-vector products
+  (forward-over-reverse), to `KRYLOV_RTOL` of the right-hand side, left-preconditioned by
+  $I + V(\\mathrm{diag}(1/|1 + c\\theta|) - I)V^\\top$: exact on the kept directions (where the
+  stiffness is), the identity elsewhere. GMRES and not CG: near a saddle $I + cH$ is indefinite
+  when $c|\\lambda_{min}| > 1$.
+- **controls** the error along the kept unstable directions exactly as the dense solver does
+  (`unstable_error_norm`, `unstable_step_limit`), so saddles are left as the exact flow leaves them.
+
+Memory is O(n LANCZOS_STEPS); a step costs the dense solver's gradients plus the GMRES products.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float, Int
+
+from ._bdf import GradientFlowBDF
+
+LANCZOS_STEPS = 40
+"""Lanczos steps per renewal of the kept eigenpairs (each one Hessian-vector product)."""
+
+RITZ_TOLERANCE = 1e-3
+"""A Ritz pair is kept when its residual norm is below this fraction of the largest |Ritz value|."""
+
+KRYLOV_RTOL = 1e-6
+"""GMRES stops when the residual is this small relative to the right-hand side: well below the
+Newton iteration's own tolerance (at least 10 eps / rtol), so the linear solve never limits it."""
+
+KRYLOV_MAX_STEPS = 200
+GMRES_RESTART = 40
+
+
+def _hessian_product(terms, t, y, args):
+    def product(v):
+        return -jax.jvp(lambda x: terms.vf(t, x, args), (y,), (v,))[1]
+
+    return product
+
+
+def lanczos_eigenpairs(product, n: int, steps: int, dtype) -> tuple[Float[Array, "n m"], Float[Array, " m"]]:
+    """Ritz pairs of the symmetric operator `product` from `steps` Lanczos steps with full
+    reorthogonalisation; pairs that have not converged (`RITZ_TOLERANCE`) come back as zero vectors
+    with zero values, so they act as absent."""
+    m = min(steps, n)
+    start = jnp.cos(jnp.arange(1, n + 1, dtype=dtype) * 1.618034)  # fixed, no zero entries in practice
+    start = start / jnp.linalg.norm(start)
+
+    def body(j, carry):
+        Q, alpha, beta, q = carry
+        Q = Q.at[j].set(q)
+        w = product(q)
+        a = q @ w
+        w = w - Q.T @ (Q @ w)
+        w = w - Q.T @ (Q @ w)  # twice is enough (Kahan)
+        b = jnp.linalg.norm(w)
+        q = jnp.where(b > 0, w / jnp.where(b > 0, b, 1.0), 0.0)
+        return Q, alpha.at[j].set(a), beta.at[j].set(b), q
+
+    Q0 = jnp.zeros((m, n), dtype)
+    Q, alpha, beta, _ = jax.lax.fori_loop(0, m, body, (Q0, jnp.zeros(m, dtype), jnp.zeros(m, dtype), start))
+    T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    theta, S = jnp.linalg.eigh(T)
+    residual = jnp.abs(beta[-1] * S[-1])
+    scale = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(dtype).tiny)
+    good = residual <= RITZ_TOLERANCE * scale
+    vectors = jnp.where(good[None, :], Q.T @ S, 0.0)
+    return vectors, jnp.where(good, theta, 0.0)
+
+
+class GradientFlowKrylovBDF(GradientFlowBDF):
+    """`GradientFlowBDF`'s steps with matrix-free Newton solves (module docstring): for flows with
+    thousands of parameters and more, where a dense Hessian costs too much time and memory."""
+
+    def counters(self, solver_state) -> dict:
+        return super().counters(solver_state) | {"num_hessian_vector_products": solver_state.products}
+
+    def kept_eigenpairs(self, terms, t, y, args) -> tuple[Float[Array, "n m"], Float[Array, " m"], Int[Array, ""]]:
+        basis, curvature = lanczos_eigenpairs(_hessian_product(terms, t, y, args), y.shape[0], LANCZOS_STEPS,
+                                              y.dtype)
+        return basis, curvature, jnp.asarray(min(LANCZOS_STEPS, y.shape[0]), jnp.int32)
+
+    def solve_newton_system(self, terms, t, y, args, c, basis, curvature, rhs):
+        product = _hessian_product(terms, t, y, args)
+        structure = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+        matrix = lx.FunctionLinearOperator(lambda v: v + c * product(v), structure, lx.symmetric_tag)
+        shrink = 1.0 / jnp.abs(1.0 + c * curvature) - 1.0
+        preconditioner = lx.FunctionLinearOperator(lambda v: v + basis @ ((v @ basis) * shrink), structure,
+                                                   (lx.symmetric_tag, lx.positive_semidefinite_tag))
+        solver = lx.GMRES(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm,
+                          max_steps=KRYLOV_MAX_STEPS, restart=min(GMRES_RESTART, rhs.shape[0]))
+        guess = basis @ ((rhs @ basis) * (1.0 / (1.0 + c * curvature)))  # exact on the kept directions
+        solution = lx.linear_solve(matrix, rhs, solver, options={"preconditioner": preconditioner, "y0": guess},
+                                   throw=False)
+        return solution.value, solution.stats["num_steps"].astype(jnp.int32)
+
+
+def _two_norm(x):
+    return jnp.sqrt(jnp.sum(x * x))

@@ -1,0 +1,87 @@
+"""GradientFlowKrylovBDF: the BDF steps with matrix-free Newton solves, against the dense solver, a
+tight reference, the Lanczos eigenpairs against `eigh`, and the flow's invariants."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gflow
+from gflow.solvers import GradientFlowBDF, GradientFlowKrylovBDF, SolverChosenSteps
+from gflow.solvers._krylov import LANCZOS_STEPS, lanczos_eigenpairs
+
+N = 3 * LANCZOS_STEPS  # more parameters than Lanczos steps: the kept eigenpairs are a few of H's
+_rng = np.random.default_rng(0)
+_U = np.linalg.qr(_rng.normal(size=(N, N)))[0]
+# A few stiff directions (curvature up to ~1e3), the rest mild, one unstable direction at the start.
+_SPECTRUM = np.concatenate([[1e3, 400.0, 150.0, 60.0], np.linspace(0.05, 2.0, N - 5), [-0.5]])
+COUPLING = jnp.asarray(_U @ np.diag(np.sqrt(np.abs(_SPECTRUM))))
+SIGN = jnp.asarray(np.sign(_SPECTRUM))
+Y0 = jnp.asarray(_rng.normal(size=N) * 0.3)
+TS = np.geomspace(1e-3, 30.0, 15)
+
+
+def loss(y):
+    z = COUPLING.T @ y
+    return 0.5 * jnp.sum(SIGN * z**2) + 0.02 * jnp.sum(y**2) ** 2  # a quartic wall keeps the saddle bounded
+
+
+def field(t, y, args):
+    return -jax.grad(loss)(y)
+
+
+def solve(solver_cls, rtol, atol):
+    solver = solver_cls(rtol=rtol, atol=atol)
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, float(TS[-1]), None, Y0,
+                              saveat=diffrax.SaveAt(ts=jnp.asarray(TS), solver_state=True),
+                              stepsize_controller=SolverChosenSteps(rtol=rtol, atol=atol), max_steps=100_000)
+    assert sol.result == diffrax.RESULTS.successful
+    return np.asarray(sol.ys), sol
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return solve(GradientFlowBDF, 1e-11, 1e-14)[0]
+
+
+def test_lanczos_finds_the_extreme_eigenpairs():
+    """The kept Ritz pairs are eigenpairs of H (residual below the stated tolerance), and the stiffest
+    and the unstable one are among them."""
+    H = np.asarray(jax.hessian(loss)(Y0))
+    vectors, values = lanczos_eigenpairs(lambda v: jnp.asarray(H) @ v, N, LANCZOS_STEPS, jnp.float64)
+    vectors, values = np.asarray(vectors), np.asarray(values)
+    kept = np.abs(vectors).sum(axis=0) > 0
+    exact = np.linalg.eigvalsh(H)
+    assert kept.sum() >= 4
+    residual = np.linalg.norm(H @ vectors[:, kept] - vectors[:, kept] * values[kept], axis=0)
+    assert residual.max() <= 1e-3 * np.abs(exact).max()
+    np.testing.assert_allclose(values[kept].max(), exact.max(), rtol=1e-10)
+    np.testing.assert_allclose(values[kept].min(), exact.min(), rtol=1e-8)
+
+
+def test_agrees_with_the_dense_solver_and_the_reference(reference):
+    """Same steps and error control, other linear algebra: both are within tolerance of a tight
+    reference, and each 100x tighter tolerance gives at least 10x smaller error."""
+    dense, _ = solve(GradientFlowBDF, 1e-6, 1e-9)
+    errors = []
+    for rtol in (1e-4, 1e-6, 1e-8):
+        krylov, sol = solve(GradientFlowKrylovBDF, rtol, rtol * 1e-3)
+        errors.append(np.abs(krylov - reference).max())
+        assert int(sol.solver_state.products) > 0
+    assert errors[1] < 5 * np.abs(dense - reference).max() + 1e-9, errors
+    for loose, tight in zip(errors, errors[1:], strict=False):
+        assert tight < loose / 10, errors
+    values = np.asarray(jax.vmap(loss)(jnp.asarray(krylov)))
+    assert np.all(np.diff(values) <= 1e-12 * np.abs(values).max())  # the loss never increases
+
+
+def test_a_transformer_flow_matches_the_dense_solver(small_setting):
+    spec, config, params0 = small_setting
+    kw = dict(config=config, loss="counts", n_save=13, progress=False, rtol=1e-8, atol=1e-11)
+    dense = gflow.simulate(params0, spec, (0.0, 60.0), **kw)
+    krylov = gflow.simulate(params0, spec, (0.0, 60.0), solver="GradientFlowKrylovBDF", **kw)
+    assert krylov.ok and krylov.settings["solver"] == "GradientFlowKrylovBDF"
+    np.testing.assert_allclose(krylov.loss, dense.loss, rtol=1e-6)
+    assert np.all(np.diff(krylov.loss) <= 1e-12)
+    assert krylov.stats["num_hessian_vector_products"] > 0
