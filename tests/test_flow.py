@@ -177,4 +177,4 @@ def test_default_solver_by_model_size(small_setting):
     big = gflow.TransformerConfig(d_model=32)  # 2 * 32^2 + 6 * 32 = 2240 parameters: no dense Hessian
     traj = gflow.simulate(gflow.init_params(jax.random.key(0), big, spec, scale=0.1), spec, (0.0, 0.1), config=big,
                           loss="meanfield", n_save=3, progress=False)
-    assert traj.ok and traj.settings["solver"] == "Tsit5"
+    assert traj.ok and traj.settings["solver"] == "GradientFlowKrylovBDF"

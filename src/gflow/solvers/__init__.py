@@ -3,6 +3,8 @@
 - `GradientFlowBDF` (the default up to `DENSE_HESSIAN_LIMIT` parameters): variable-order BDF/NDF
   steps with a kept eigendecomposition of the Hessian, choosing its own steps (`StepDecision`,
   carried out by `SolverChosenSteps`).
+- `GradientFlowKrylovBDF` (the default above it): the same steps with matrix-free Newton solves
+  (Hessian-vector products, CG or GMRES, preconditioned by kept Lanczos eigenpairs).
 - `GradientFlowRosenbrock`: ROS34PW2 Rosenbrock-W steps with a kept eigendecomposition.
 - `AbstractGradientFlowSolver`: what a gradient-flow solver tells gflow's driver.
 - `SOLVERS`, `default_solver`, `make_solver`: names, the default policy, and tolerances plus

@@ -43,8 +43,11 @@ KRYLOV_RTOL = 1e-6
 """GMRES stops when the residual is this small relative to the right-hand side: well below the
 Newton iteration's own tolerance (at least 10 eps / rtol), so the linear solve never limits it."""
 
-KRYLOV_MAX_STEPS = 200
-GMRES_RESTART = 40
+KRYLOV_MAX_STEPS = 400
+GMRES_RESTART = 100
+POSITIVE_MARGIN = 0.1
+"""CG is used when the kept eigenvalues give $1 + c\\lambda_{min} >$ this: I + cH is then safely
+positive definite (the margin covers a $\\lambda_{min}$ that Lanczos places slightly too high)."""
 
 
 def _hessian_product(terms, t, y, args):
@@ -80,8 +83,7 @@ def lanczos_eigenpairs(product, n: int, steps: int, dtype) -> tuple[Float[Array,
     residual = jnp.abs(beta[-1] * S[-1])
     scale = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(dtype).tiny)
     good = residual <= RITZ_TOLERANCE * scale
-    vectors = jnp.where(good[None, :], Q.T @ S, 0.0)
-    return vectors, jnp.where(good, theta, 0.0)
+    return jnp.where(good[None, :], Q.T @ S, 0.0), jnp.where(good, theta, 0.0)
 
 
 class GradientFlowKrylovBDF(GradientFlowBDF):
@@ -103,12 +105,26 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         shrink = 1.0 / jnp.abs(1.0 + c * curvature) - 1.0
         preconditioner = lx.FunctionLinearOperator(lambda v: v + basis @ ((v @ basis) * shrink), structure,
                                                    (lx.symmetric_tag, lx.positive_semidefinite_tag))
-        solver = lx.GMRES(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm,
-                          max_steps=KRYLOV_MAX_STEPS, restart=min(GMRES_RESTART, rhs.shape[0]))
         guess = basis @ ((rhs @ basis) * (1.0 / (1.0 + c * curvature)))  # exact on the kept directions
-        solution = lx.linear_solve(matrix, rhs, solver, options={"preconditioner": preconditioner, "y0": guess},
-                                   throw=False)
-        return solution.value, solution.stats["num_steps"].astype(jnp.int32)
+        options = {"preconditioner": preconditioner, "y0": guess}
+
+        def conjugate_gradients():
+            spd = lx.FunctionLinearOperator(matrix.fn, structure, (lx.symmetric_tag, lx.positive_semidefinite_tag))
+            solution = lx.linear_solve(spd, rhs, lx.CG(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm,
+                                                       max_steps=KRYLOV_MAX_STEPS), options=options, throw=False)
+            return solution.value, solution.stats["num_steps"].astype(jnp.int32)
+
+        def gmres():
+            solver = lx.GMRES(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm, max_steps=KRYLOV_MAX_STEPS,
+                              restart=min(GMRES_RESTART, rhs.shape[0]))
+            solution = lx.linear_solve(matrix, rhs, solver, options=options, throw=False)
+            # lineax counts GMRES restarts: each is at most `restart` products (an upper bound)
+            return solution.value, (solution.stats["num_steps"] * solver.restart).astype(jnp.int32)
+
+        # I + cH is positive definite unless c |lambda_min| >= 1; Lanczos finds lambda_min accurately
+        # (an extreme eigenvalue), and CG is then the cheaper, unrestarted method.
+        definite = 1.0 + c * jnp.min(jnp.minimum(curvature, 0.0)) > POSITIVE_MARGIN
+        return jax.lax.cond(definite, conjugate_gradients, gmres)
 
 
 def _two_norm(x):

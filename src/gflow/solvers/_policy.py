@@ -38,18 +38,20 @@ SOLVERS: dict[str, type[AbstractGradientFlowSolver]] = {
 DEFAULT_SOLVER = GradientFlowBDF.__name__
 ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
 # Above this many parameters a dense Hessian (n^2 floats, n Hessian-vector products) and its
-# eigendecomposition or LU (n^3) cost more than the explicit steps they save, and soon more memory
-# than a workstation has (9216 parameters: 680 MB and minutes per Hessian): the default is then
-# the explicit Tsit5.
+# eigendecomposition (n^3) cost more than a few Hessian-vector products per Newton solve, and soon
+# more memory than a workstation has (9216 parameters: 680 MB and minutes per Hessian): the default
+# is then the matrix-free GradientFlowKrylovBDF (the crossover measured in docs/performance.md).
+# Vmapped ensembles fall back to the explicit Tsit5 there.
 DENSE_HESSIAN_LIMIT = 2048
-LARGE_MODEL_SOLVER = "Tsit5"
+LARGE_MODEL_SOLVER = GradientFlowKrylovBDF.__name__
+LARGE_ENSEMBLE_SOLVER = "Tsit5"
 NEWTON_FACTOR = 100.0
 
 
 def default_solver(n_params: int, ensemble: bool = False) -> str:
     """The solver used when none is named, by model size and by whether the solve is vmapped."""
     if n_params > DENSE_HESSIAN_LIMIT:
-        return LARGE_MODEL_SOLVER
+        return LARGE_ENSEMBLE_SOLVER if ensemble else LARGE_MODEL_SOLVER
     return ENSEMBLE_DEFAULT_SOLVER if ensemble else DEFAULT_SOLVER
 
 

@@ -1,0 +1,162 @@
+"""Large flows (issue 11): the matrix-free default against the alternatives, with memory and scaling.
+
+Problem C: V = 16 sticky chain (lam = 0.5, pi_k proportional to k^-1.2), d_model = 32 (3,072
+parameters), mean-field loss, initial scale 1e-3, t to 1e5.
+Problem D: V = 32, d_model = 64, two heads with the value path (36,864 parameters), otherwise as C.
+
+Each contender runs in its own process (so that its peak memory is its own) under a wall-clock
+budget; a contender that runs out of budget or steps is reported as such. Times are after
+compilation (each process solves a short prefix first). Errors are against the default solver at
+rtol 1e-9 (`--reference`), and the loss against the default's.
+
+    .venv/bin/python benchmarks/scale.py --problem C [--budget 900] [--contenders default,dense,tsit5,lsoda]
+    .venv/bin/python benchmarks/scale.py --scaling     # wall against parameter count, fitted exponent
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PROBLEMS = {"C": dict(V=16, d=32, heads=1, value=False), "D": dict(V=32, d=64, heads=2, value=True)}
+
+
+def setting(V: int, d: int, heads: int, value: bool):
+    import jax
+
+    import gflow
+
+    pi = np.arange(1, V + 1) ** -1.2
+    spec = gflow.MarkovSpec.sticky(pi=pi / pi.sum(), lam=0.5, T=10)
+    config = gflow.TransformerConfig(d_model=d, n_heads=heads, value=value)
+    return spec, config, gflow.init_params(jax.random.key(0), config, spec, scale=1e-3)
+
+
+def run_one(args) -> dict:
+    """One contender in this process: warm-up on a short prefix, then the timed run."""
+    import resource
+
+    import jax
+
+    import gflow
+
+    spec, config, p0 = setting(**json.loads(args.setting))
+    n = gflow.ParamLayout.of(config, spec).size
+    grid = gflow.default_save_times((0.0, args.t1), 61)
+    out = {"contender": args.contender, "params": n}
+    if args.contender == "lsoda":
+        from scipy.integrate import solve_ivp
+
+        layout = gflow.ParamLayout.of(config, spec)
+        field = gflow.GradientField(gflow.loss_function(spec, config, "meanfield"), layout)
+        f = jax.jit(lambda y: field(0.0, y, None))
+        jac = jax.jit(jax.jacfwd(lambda y: field(0.0, y, None)))
+        y0 = np.asarray(layout.flatten(p0))
+        jac(y0), f(y0)
+        tic = time.perf_counter()
+        sol = solve_ivp(lambda t, y: np.asarray(f(y)), (0, args.t1), y0, method="LSODA", t_eval=grid, rtol=1e-6,
+                        atol=1e-9, jac=lambda t, y: np.asarray(jac(y)))
+        out.update(wall=time.perf_counter() - tic, ok=bool(sol.success), message=sol.message, nfev=int(sol.nfev),
+                   njev=int(sol.njev), ys=sol.y.T.tolist() if sol.success else None)
+    else:
+        solver = {"default": None, "dense": "GradientFlowBDF", "tsit5": "Tsit5", "reference": None}[args.contender]
+        rtol = 1e-9 if args.contender == "reference" else 1e-6
+        kw = dict(config=config, loss="meanfield", solver=solver, rtol=rtol, atol=rtol * 1e-3, progress=False,
+                  max_steps=args.max_steps)
+        gflow.simulate(p0, spec, (0.0, float(grid[3])), n_save=4, **kw)  # compiles
+        tic = time.perf_counter()
+        tr = gflow.simulate(p0, spec, (0.0, args.t1), save_times=grid[1:], **kw)
+        out.update(wall=time.perf_counter() - tic, ok=tr.ok, message=tr.message, solver=tr.record.solver.name,
+                   stats={k: int(v) for k, v in tr.stats.items() if k.startswith("num")},
+                   ys=tr.flat_params().tolist() if tr.ok else None, loss=float(tr.loss[-1]))
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
+def contender(name: str, problem: dict, t1: float, budget: float, max_steps: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", name, "--setting", json.dumps(problem), "--t1", str(t1),
+           "--max-steps", str(max_steps)]
+    tic = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
+    except subprocess.TimeoutExpired:
+        return {"contender": name, "ok": False, "message": f"over the {budget:.0f} s budget", "wall": budget}
+    if done.returncode != 0:
+        return {"contender": name, "ok": False, "message": done.stderr.strip().splitlines()[-1][:200],
+                "wall": time.perf_counter() - tic}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], reference: dict | None):
+    ref = np.asarray(reference["ys"]) if reference and reference.get("ys") else None
+    base = next((r["wall"] for r in rows if r["contender"] == "default" and r.get("ok")), None)
+    print("\n| contender | solver | wall after compile (s) | steps (rejected) | Hessians / Lanczos | HVPs | "
+          "peak memory (GiB) | max rel. param error | x default | status |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        s = r.get("stats", {})
+        steps = f"{s.get('num_accepted_steps', r.get('nfev', '-'))} ({s.get('num_rejected_steps', '-')})"
+        err = "-"
+        if ref is not None and r.get("ys") is not None:
+            ys = np.asarray(r["ys"])
+            err = f"{(np.linalg.norm(ys - ref, axis=1) / np.linalg.norm(ref, axis=1)).max():.1e}"
+        ratio = f"{r['wall'] / base:.2f}" if base and r.get("ok") else "-"
+        status = "success" if r.get("ok") else r.get("message", "")
+        print(f"| {r['contender']} | {r.get('solver', '-')} | {r['wall']:.1f} | {steps} | "
+              f"{s.get('num_hessian_evaluations', r.get('njev', '-'))} | {s.get('num_hessian_vector_products', '-')} | "
+              f"{r.get('peak_rss_gib', float('nan')):.2f} | {err} | {ratio} | {status} |")
+
+
+def scaling(t1: float, budget: float):
+    """Wall of the default solver (after compilation) against the parameter count."""
+    sizes = [dict(V=16, d=d, heads=1, value=False) for d in (8, 16, 32, 64)]
+    counts, walls = [], []
+    for p in sizes:
+        r = contender("default", p, t1, budget, 100_000)
+        print(p, {k: r.get(k) for k in ("params", "wall", "solver", "ok", "stats", "peak_rss_gib")}, flush=True)
+        if r.get("ok"):
+            counts.append(r["params"])
+            walls.append(r["wall"])
+    if len(counts) >= 2:
+        slope = np.polyfit(np.log(counts), np.log(walls), 1)[0]
+        print(f"wall ~ n^{slope:.2f} over n = {counts} (t to {t1:g})")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--problem", choices=tuple(PROBLEMS), default="C")
+    ap.add_argument("--contenders", default="default,dense,tsit5,lsoda")
+    ap.add_argument("--budget", type=float, default=900.0, help="seconds per contender")
+    ap.add_argument("--t1", type=float, default=1e5)
+    ap.add_argument("--max-steps", type=int, default=100_000)
+    ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--setting", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        args.contender = args.one
+        print(json.dumps(run_one(args)))
+        return
+    if args.scaling:
+        scaling(args.t1, args.budget)
+        return
+    problem = PROBLEMS[args.problem]
+    print(f"problem {args.problem}: {problem}, t to {args.t1:g}, {os.cpu_count()} cores", flush=True)
+    reference = contender("reference", problem, args.t1, 3 * args.budget, args.max_steps)
+    print("reference (default solver, rtol 1e-9):", {k: reference.get(k) for k in ("wall", "ok", "stats")}, flush=True)
+    rows = []
+    for name in args.contenders.split(","):
+        rows.append(contender(name, problem, args.t1, args.budget, args.max_steps))
+        print({k: rows[-1].get(k) for k in ("contender", "wall", "ok", "message", "stats", "peak_rss_gib")},
+              flush=True)
+    table(rows, reference)
+
+
+if __name__ == "__main__":
+    main()
