@@ -26,6 +26,7 @@ def test_threaded_members_are_the_separate_solves(small_setting):
         assert traj.stats["num_accepted_steps"] == one.stats["num_accepted_steps"]
 
 
+@pytest.mark.slow  # the fast suite checks the vmapped path sharded over four host devices
 def test_vmapped_members_equal_separate_solves(small_setting):
     spec, config, _ = small_setting
     ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(3)]
