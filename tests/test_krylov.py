@@ -85,3 +85,17 @@ def test_a_transformer_flow_matches_the_dense_solver(small_setting):
     np.testing.assert_allclose(krylov.loss, dense.loss, rtol=1e-6)
     assert np.all(np.diff(krylov.loss) <= 1e-12)
     assert krylov.stats["num_hessian_vector_products"] > 0
+    compiles = []  # new values (start, tolerances) reuse the compiled solve
+
+    def listener(event, duration, **kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        other = gflow.init_params(jax.random.key(5), config, spec, scale=0.2)
+        again = gflow.simulate(other, spec, (0.0, 60.0), solver="GradientFlowKrylovBDF",
+                               **{**kw, "rtol": 1e-7, "atol": 1e-10})
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert again.ok and not compiles, compiles
