@@ -116,11 +116,11 @@ def table(rows: list[dict], reference: dict | None):
 
 
 def scaling(t1: float, budget: float):
-    """Wall of the default solver (after compilation) against the parameter count."""
+    """Wall of the matrix-free solver (after compilation) against the parameter count."""
     sizes = [dict(V=16, d=d, heads=1, value=False) for d in (8, 16, 32, 64)]
     counts, walls = [], []
     for p in sizes:
-        r = contender("default", p, t1, budget, 100_000)
+        r = contender("krylov", p, t1, budget, 100_000)
         print(p, {k: r.get(k) for k in ("params", "wall", "solver", "ok", "stats", "peak_rss_gib")}, flush=True)
         if r.get("ok"):
             counts.append(r["params"])
