@@ -174,7 +174,11 @@ def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_se
 def test_default_solver_by_model_size(small_setting):
     spec, config, params0 = small_setting
     assert run(small_setting, t1=0.1).settings["solver"] == "GradientFlowBDF"
-    big = gflow.TransformerConfig(d_model=32)  # 2 * 32^2 + 6 * 32 = 2240 parameters: no dense Hessian
+    big = gflow.TransformerConfig(d_model=8)  # 2 * 8^2 + 6 * 8 = 176 parameters: dense
+    traj = gflow.simulate(gflow.init_params(jax.random.key(0), big, spec, scale=0.1), spec, (0.0, 0.1), config=big,
+                          loss="meanfield", n_save=3, progress=False)
+    assert traj.ok and traj.settings["solver"] == "GradientFlowBDF"
+    big = gflow.TransformerConfig(d_model=12)  # 2 * 12^2 + 6 * 12 = 360 parameters: matrix-free
     traj = gflow.simulate(gflow.init_params(jax.random.key(0), big, spec, scale=0.1), spec, (0.0, 0.1), config=big,
                           loss="meanfield", n_save=3, progress=False)
     assert traj.ok and traj.settings["solver"] == "GradientFlowKrylovBDF"

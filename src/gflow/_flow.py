@@ -93,7 +93,7 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
       or an adaptive diffrax solver's class name such as `"Kvaerno4"`, `"Tsit5"`), an instance
       (`gflow.solvers.GradientFlowBDF(...)`, a diffrax solver), or `None` for gflow's default:
       `GradientFlowBDF` (scipy's variable-order BDF method with Newton solves in a kept eigenbasis of
-      the Hessian; docs/flow.md) up to 2048 parameters, above it `GradientFlowKrylovBDF` (the same
+      the Hessian; docs/flow.md) up to 256 parameters, above it `GradientFlowKrylovBDF` (the same
       steps, matrix-free Newton solves: no dense Hessian). The BDF solvers choose their own steps
       and orders within `rtol`, `atol`; the others run under a PID controller
       with `rtol`, `atol`. A gflow solver instance gets these `rtol`, `atol` (its own are replaced),
