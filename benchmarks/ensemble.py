@@ -31,7 +31,9 @@ def main(members: int, t1: float, vmap: bool):
     loop, _ = timed(lambda: [gflow.simulate(p, spec, (0, t1), **kw) for p in ps])
     batch = gflow.stack_params(ps)
     rows = [("loop of simulate", first_single, loop)]
-    for name, extra in [("simulate_many, threads", {"batching": "threads"})] + (
+    for name, extra in [("simulate_many, loop (default on CPUs)", {"batching": "loop"}),
+                        ("simulate_many, processes (one per core)", {"batching": "processes"}),
+                        ("simulate_many, threads", {"batching": "threads"})] + (
             [("simulate_many, vmap", {"batching": "vmap"})] if vmap else []):
         first, _ = timed(lambda extra=extra: gflow.simulate_many(batch, spec, (0, t1), **kw, **extra))
         warm, trajs = timed(lambda extra=extra: gflow.simulate_many(batch, spec, (0, t1), **kw, **extra))

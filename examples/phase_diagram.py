@@ -17,54 +17,62 @@ import gflow
 from gflow.analysis import detect_stages, linearize
 from gflow.plot import save_figure
 
-spec = gflow.MarkovSpec.sticky([0.75, 0.19, 0.05, 0.01], 0.5, T=10)
-config = gflow.TransformerConfig(d_model=8)
-scales = np.logspace(-5, -2, 7)
-seeds = range(3)
-members = [(s, seed) for s in scales for seed in seeds]
-batch = gflow.stack_params([gflow.init_params(jax.random.key(seed), config, spec, scale=float(s))
-                            for s, seed in members])
-trajs = gflow.simulate_many(batch, spec, (0.0, 2e4), config=config, loss="meanfield", n_save=161)
 
-first_escape, cycles, all_escapes = [], [], []
-for traj in trajs:
-    events = detect_stages(traj)
-    escapes = [e.time for e in events if e.kind == "escape"]
-    all_escapes.append(escapes)
-    first_escape.append(escapes[0] if escapes else np.nan)
-    cycles.append(max(e.cycle for e in events))
-first_escape, cycles = np.array(first_escape), np.array(cycles)
+def main():
+    spec = gflow.MarkovSpec.sticky([0.75, 0.19, 0.05, 0.01], 0.5, T=10)
+    config = gflow.TransformerConfig(d_model=8)
+    scales = np.logspace(-5, -2, 7)
+    seeds = range(3)
+    members = [(s, seed) for s in scales for seed in seeds]
+    batch = gflow.stack_params([gflow.init_params(jax.random.key(seed), config, spec, scale=float(s))
+                                for s, seed in members])
+    # one worker process per CPU core (the fastest path on CPUs; docs/performance.md)
+    trajs = gflow.simulate_many(batch, spec, (0.0, 2e4), config=config, loss="meanfield", n_save=161,
+                                batching="processes")
 
-# Prediction: the most negative Hessian eigenvalue at the origin (W = 0 is a saddle of the loss).
-zero = jax.tree.map(jnp.zeros_like, gflow.init_params(jax.random.key(0), config, spec, scale=1.0))
-rate = linearize(zero, spec, config, loss="meanfield").escape_rate
-log_inv = np.log(1 / np.array([s for s, _ in members]))
-slope, intercept = np.polyfit(log_inv, first_escape, 1)
-print(f"first escape time ~ {slope:.3f} log(1/scale) + {intercept:.2f}; linearisation at 0 predicts slope "
-      f"1/|lambda_min| = {1 / rate:.3f}")
-for scale in scales:
-    reached = [int(c) for (s, _), c in zip(members, cycles, strict=True) if s == scale]
-    print(f"scale {scale:.1e}: cycles reached by t = 2e4, seeds {list(seeds)}: {reached}")
+    first_escape, cycles, all_escapes = [], [], []
+    for traj in trajs:
+        events = detect_stages(traj)
+        escapes = [e.time for e in events if e.kind == "escape"]
+        all_escapes.append(escapes)
+        first_escape.append(escapes[0] if escapes else np.nan)
+        cycles.append(max(e.cycle for e in events))
+    first_escape, cycles = np.array(first_escape), np.array(cycles)
 
-fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
-ax = axes[0]
-ax.scatter(log_inv, first_escape, s=14, color="tab:blue", label="runs (3 seeds per scale)")
-x = np.linspace(log_inv.min(), log_inv.max(), 50)
-ax.plot(x, slope * x + intercept, color="k", lw=1, label=f"fit: slope {slope:.2f}")
-ax.plot(x, x / rate + (intercept + (slope - 1 / rate) * log_inv.mean()), color="tab:red", ls="--", lw=1,
-        label=f"1/|$\\lambda_{{min}}$(0)| = {1 / rate:.2f}")
-ax.set_xlabel("log(1 / init scale)")
-ax.set_ylabel("first escape time")
-ax.legend(frameon=False, fontsize=7)
-ax = axes[1]
-member_scales = np.array([s for s, _ in members])
-for k in range(max(len(e) for e in all_escapes)):
-    pts = [(s, e[k]) for s, e in zip(member_scales, all_escapes, strict=True) if len(e) > k]
-    ax.scatter(*zip(*pts, strict=True), s=14, label=f"escape {k + 1}")
-ax.set_xscale("log")
-ax.set_yscale("log")
-ax.set_xlabel("init scale")
-ax.set_ylabel("escape time")
-ax.set_title(f"cycles reached by t = 2e4: {int(cycles.min())}-{int(cycles.max())}", fontsize=8)
-ax.legend(frameon=False, fontsize=7)
-save_figure(fig, "phase-diagram")
+    # Prediction: the most negative Hessian eigenvalue at the origin (W = 0 is a saddle of the loss).
+    zero = jax.tree.map(jnp.zeros_like, gflow.init_params(jax.random.key(0), config, spec, scale=1.0))
+    rate = linearize(zero, spec, config, loss="meanfield").escape_rate
+    log_inv = np.log(1 / np.array([s for s, _ in members]))
+    slope, intercept = np.polyfit(log_inv, first_escape, 1)
+    print(f"first escape time ~ {slope:.3f} log(1/scale) + {intercept:.2f}; linearisation at 0 predicts slope "
+          f"1/|lambda_min| = {1 / rate:.3f}")
+    for scale in scales:
+        reached = [int(c) for (s, _), c in zip(members, cycles, strict=True) if s == scale]
+        print(f"scale {scale:.1e}: cycles reached by t = 2e4, seeds {list(seeds)}: {reached}")
+
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
+    ax = axes[0]
+    ax.scatter(log_inv, first_escape, s=14, color="tab:blue", label="runs (3 seeds per scale)")
+    x = np.linspace(log_inv.min(), log_inv.max(), 50)
+    ax.plot(x, slope * x + intercept, color="k", lw=1, label=f"fit: slope {slope:.2f}")
+    ax.plot(x, x / rate + (intercept + (slope - 1 / rate) * log_inv.mean()), color="tab:red", ls="--", lw=1,
+            label=f"1/|$\\lambda_{{min}}$(0)| = {1 / rate:.2f}")
+    ax.set_xlabel("log(1 / init scale)")
+    ax.set_ylabel("first escape time")
+    ax.legend(frameon=False, fontsize=7)
+    ax = axes[1]
+    member_scales = np.array([s for s, _ in members])
+    for k in range(max(len(e) for e in all_escapes)):
+        pts = [(s, e[k]) for s, e in zip(member_scales, all_escapes, strict=True) if len(e) > k]
+        ax.scatter(*zip(*pts, strict=True), s=14, label=f"escape {k + 1}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("init scale")
+    ax.set_ylabel("escape time")
+    ax.set_title(f"cycles reached by t = 2e4: {int(cycles.min())}-{int(cycles.max())}", fontsize=8)
+    ax.legend(frameon=False, fontsize=7)
+    save_figure(fig, "phase-diagram")
+
+
+if __name__ == "__main__":  # the ensemble spawns worker processes
+    main()

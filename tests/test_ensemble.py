@@ -11,17 +11,18 @@ import pytest
 import gflow
 
 
-def test_threaded_members_are_the_separate_solves(small_setting):
-    """On CPUs members are independent solves on a pool of threads: each is `simulate`'s own run, to
-    the last bit (same solver, same compiled program), whatever the number of threads."""
+@pytest.mark.parametrize("batching, workers", [("loop", 1), ("threads", 2), ("processes", 2)])
+def test_members_are_the_separate_solves(small_setting, batching, workers):
+    """On CPUs members are independent solves (in turn, on threads, or on pinned worker processes):
+    each is `simulate`'s own run, to the last bit (same solver, same compiled program)."""
     spec, config, _ = small_setting
     ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(3)]
     many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
-                               progress=False, workers=2)
+                               progress=False, batching=batching, workers=workers)
     assert len(many) == 3 and all(t.record.solver.name == "GradientFlowBDF" for t in many)
     for b, (p, traj) in enumerate(zip(ps, many, strict=True)):
         one = gflow.simulate(p, spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False)
-        assert traj.ok and traj.stats["ensemble_member"] == b and traj.settings["devices"] == 2
+        assert traj.ok and traj.stats["ensemble_member"] == b and traj.settings["devices"] == workers
         np.testing.assert_array_equal(traj.flat_params(), one.flat_params())
         assert traj.stats["num_accepted_steps"] == one.stats["num_accepted_steps"]
 

@@ -2,13 +2,17 @@
 solve sharded over accelerators.
 
 `simulate_many` integrates a batch of initial parameters (seeds, init scales...) on the same data,
-loss and save grid. It runs the same integration core as `simulate` (`_integrate.py`), in one of two
-ways (`batching`):
+loss and save grid. It runs the same integration core as `simulate` (`_integrate.py`), in one of
+these ways (`batching`):
 
-- `"threads"` (the default on CPUs): each member is its own solve, exactly as `simulate` would do it
-  (same default solver, same compiled program), run by a pool of threads, one per core. XLA runs a
-  compiled solve without holding Python's lock, so the members run in parallel, each at its own
-  pace: a stiff member never holds back an easy one, and nothing is synchronised between them.
+- `"loop"` (the default on CPUs): each member is its own solve, exactly as `simulate` would do it
+  (same default solver, same compiled program), one after the other: never slower than a loop of
+  `simulate` calls, because it is one.
+- `"processes"`: the same solves, handed out to worker processes, each confined to one CPU core
+  (`_workers.py`): a small solve runs faster on one core than spread over two, so this is how the
+  cores are used. Scripts need the `if __name__ == "__main__":` guard (the workers are spawned).
+- `"threads"`: the same solves on a pool of threads. On CPUs XLA already spreads one solve over the
+  cores, so threads only contend (measured: 0.82-0.9x a loop on 2 cores).
 - `"vmap"` (the default on accelerators, and in multi-process jobs): one vmapped solve per chunk,
   the batch axis laid out over every JAX device
 (`jax.sharding`): all GPUs of a machine, the host devices of `--xla_force_host_platform_device_count`,
@@ -43,6 +47,7 @@ from ._integrate import (
     DEFAULT_RTOL,
     ChunkSolver,
     GradientField,
+    _values_and_norms,
     check_finite_start,
     check_flow_arguments,
     integrate,
@@ -133,10 +138,11 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
     """Integrate the flow from every member of `params0_batch` (arrays with a leading batch axis).
 
     **Arguments:** as `simulate`, plus
-    - `batching`: `"threads"` (independent solves, `workers` at a time; the default on CPUs),
-      `"vmap"` (one vmapped solve sharded over devices; the default on accelerators and in
-      multi-process jobs), or `"auto"`.
-    - `workers`: threads for `"threads"` (default: the CPU cores, at most one per member).
+    - `batching`: `"loop"` (independent solves one after another; the default on CPUs),
+      `"processes"` (the same solves on worker processes, one per core: the fastest on multi-core
+      CPUs, in scripts with a main guard), `"threads"`, `"vmap"` (one vmapped solve sharded over
+      devices; the default on accelerators and in multi-process jobs), or `"auto"`.
+    - `workers`: processes or threads for those two (default: the CPU cores, at most one per member).
     - `devices`: for `"vmap"`, how many of `jax.devices()` to shard the batch over (default all,
       which in a multi-process job means the devices of every process). The batch is padded to a
       multiple of the device count.
@@ -145,10 +151,10 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
     points it reached; the others are unaffected). In a multi-process job every process gets all of
     them.
 
-    With `"threads"` each member runs `simulate`'s default solver (`GradientFlowBDF` for small
-    models), so an ensemble is never slower than a loop of `simulate` calls, and uses every core
-    (docs/performance.md). Under `"vmap"` the default is `Kvaerno4`: `GradientFlowBDF`'s "keep or
-    recompute the Hessian" branch would become a select that pays an `eigh` at every step.
+    Except under `"vmap"`, each member runs `simulate`'s default solver and program, so its
+    trajectory is `simulate`'s to the last bit (docs/performance.md). Under `"vmap"` the default is
+    `Kvaerno4`: `GradientFlowBDF`'s "keep or recompute the Hessian" branch would become a select that
+    pays an `eigh` at every step.
     """
     _check_batched(params0_batch, markov_spec, config)
     n_batch = jax.tree.leaves(params0_batch)[0].shape[0]
@@ -159,8 +165,9 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
     if not (isinstance(n_dev, int) and 1 <= n_dev <= len(jax.devices())):
         raise ValueError(f"`devices` must be between 1 and {len(jax.devices())} (jax.devices()); got {devices!r}.")
     batching = _check_batching(batching)
-    threads = batching == "threads"
-    n_workers = _check_workers(workers, n_batch) if threads else None
+    threads = batching != "vmap"
+    n_workers = _check_workers(workers, n_batch)  # checked whatever the batching, so a typo is caught
+    n_workers = 1 if batching == "loop" else n_workers if threads else None
     spec = loss_spec(markov_spec, config, loss, n_samples=n_samples, key=key, dataset=dataset)
     record = flow_record(markov_spec, config, spec, t_span=args.t_span, grid=args.grid, solver=solver,
                          rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, chunk_size=args.chunk_size,
@@ -170,13 +177,15 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
     field = GradientField(loss=record.loss_function(), layout=record.layout)
     y0 = np.asarray(jax.vmap(record.layout.flatten)(params0_batch))
     check_finite_start(y0, "params0_batch")
+    if batching == "processes":
+        return _in_processes(record, field, y0, n_workers, progress)
     if threads:
         return _threaded(record, setup, field, y0, n_workers, progress)
     return integrate(record, setup, field, _sharded_chunk_solver(field, setup, args.max_steps, n_dev), y0,
                      progress=progress, member_stats=lambda b: {"ensemble_member": b})
 
 
-BATCHING = ("auto", "threads", "vmap")
+BATCHING = ("auto", "loop", "processes", "threads", "vmap")
 
 
 def _check_batching(batching) -> str:
@@ -185,7 +194,7 @@ def _check_batching(batching) -> str:
     if batching != "auto":
         return batching
     on_cpu = all(d.platform == "cpu" for d in jax.devices())
-    return "threads" if on_cpu and jax.process_count() == 1 else "vmap"
+    return "loop" if on_cpu and jax.process_count() == 1 else "vmap"
 
 
 def _check_workers(workers, n_batch: int) -> int:
@@ -237,6 +246,47 @@ def _threaded(record, setup, field: GradientField, y0: np.ndarray, n_workers: in
             if bar is not None:
                 bar.close()
     return out
+
+
+def _in_processes(record, field: GradientField, y0: np.ndarray, n_workers: int,
+                  progress: bool | None) -> list[Trajectory]:
+    """Members on the kept pool of pinned worker processes (`_workers.py`). On Ctrl-C the members
+    not yet started are cancelled and come back with their initial point only; the others come back
+    as far as they got (each worker stops at its next chunk, as `simulate` does)."""
+    from ._trajectory import RunStatus
+    from ._workers import shutdown_pool, solve_members
+
+    futures = solve_members(record, y0, n_workers)
+    bar = progress_bar(progress, len(y0), 0, desc="gflow ensemble")
+    out: list[Trajectory | None] = [None] * len(y0)
+    try:
+        for b, future in enumerate(futures):
+            out[b] = _from_arrays(record, future.result())
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt:
+        for b, future in enumerate(futures):
+            if out[b] is None and not future.cancel():
+                out[b] = _from_arrays(record, future.result())
+        shutdown_pool()
+        loss0, gnorm0 = (np.asarray(a) for a in _values_and_norms(field, jnp.asarray(y0)))
+        for b in range(len(y0)):
+            if out[b] is None:
+                out[b] = Trajectory(times=record.save_times[:1].copy(),
+                                    params=jax.vmap(record.layout.unflatten)(jnp.asarray(y0[b:b + 1])),
+                                    loss=loss0[b:b + 1], grad_norm=gnorm0[b:b + 1], record=record,
+                                    stats={"ensemble_member": b}, status=RunStatus.INTERRUPTED,
+                                    message="interrupted by the user before this member started.")
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _from_arrays(record, r: dict) -> Trajectory:
+    return Trajectory(times=r["times"], params=jax.vmap(record.layout.unflatten)(jnp.asarray(r["ys"])),
+                      loss=r["loss"], grad_norm=r["grad_norm"], record=record, stats=r["stats"],
+                      status=r["status"], message=r["message"])
 
 
 def _as_completed(futures):
