@@ -58,9 +58,9 @@ def test_gflow_run_on_a_sparse_lag_task(tmp_path, capsys):
     assert isinstance(spec, gflow.SparseLagSpec) and spec.V == 6 and spec.spans == (1, 1, 1)
     assert config.n_heads == 3 and config.value and config.positional == "learned"
     raw = tomllib.loads(open(os.path.join(os.path.dirname(__file__), "..", "examples", "sparse_lags.toml")).read())
-    raw["chain"].update(V=3, spans=[1, 1])
-    raw["model"].update(n_heads=2, d_model=3)
-    raw["flow"].update(t_end=200.0, n_save=41)
+    raw["chain"].update(V=2, spans=[1, 1])
+    raw["model"].update(n_heads=2, d_model=2)
+    raw["flow"].update(t_end=100.0, n_save=25)
     out = tmp_path / "out"
     gflow.app.run_experiment(gflow.ExperimentSettings.from_dict(raw), str(out), progress=False, echo=lambda *a: None)
     report = (out / "report.md").read_text()

@@ -172,13 +172,13 @@ def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_se
 
 
 def test_default_solver_by_model_size(small_setting):
+    """Dense BDF up to DENSE_HESSIAN_LIMIT parameters, the matrix-free BDF above (the measured
+    crossover); a simulate records the one it used."""
+    from gflow.solvers import DENSE_HESSIAN_LIMIT, default_solver
+
     spec, config, params0 = small_setting
     assert run(small_setting, t1=0.1).settings["solver"] == "GradientFlowBDF"
-    big = gflow.TransformerConfig(d_model=8)  # 2 * 8^2 + 6 * 8 = 176 parameters: dense
-    traj = gflow.simulate(gflow.init_params(jax.random.key(0), big, spec, scale=0.1), spec, (0.0, 0.1), config=big,
-                          loss="meanfield", n_save=3, progress=False)
-    assert traj.ok and traj.settings["solver"] == "GradientFlowBDF"
-    big = gflow.TransformerConfig(d_model=12)  # 2 * 12^2 + 6 * 12 = 360 parameters: matrix-free
-    traj = gflow.simulate(gflow.init_params(jax.random.key(0), big, spec, scale=0.1), spec, (0.0, 0.1), config=big,
-                          loss="meanfield", n_save=3, progress=False)
-    assert traj.ok and traj.settings["solver"] == "GradientFlowKrylovBDF"
+    sizes = {d: gflow.ParamLayout.of(gflow.TransformerConfig(d_model=d), spec).size for d in (8, 12)}
+    assert sizes == {8: 176, 12: 360} and sizes[8] <= DENSE_HESSIAN_LIMIT < sizes[12]
+    assert default_solver(sizes[8]) == "GradientFlowBDF" and default_solver(sizes[12]) == "GradientFlowKrylovBDF"
+    assert default_solver(sizes[12], ensemble=True) == "Kvaerno4" and default_solver(10**4, ensemble=True) == "Tsit5"

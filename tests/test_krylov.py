@@ -11,7 +11,7 @@ import gflow
 from gflow.solvers import GradientFlowBDF, GradientFlowKrylovBDF, SolverChosenSteps
 from gflow.solvers._krylov import LANCZOS_STEPS, lanczos_eigenpairs
 
-N = 3 * LANCZOS_STEPS  # more parameters than Lanczos steps: the kept eigenpairs are a few of H's
+N = 2 * LANCZOS_STEPS  # more parameters than Lanczos steps: the kept eigenpairs are a few of H's
 _rng = np.random.default_rng(0)
 _U = np.linalg.qr(_rng.normal(size=(N, N)))[0]
 # A few stiff directions (curvature up to ~1e3), the rest mild, one unstable direction at the start.
@@ -65,7 +65,7 @@ def test_agrees_with_the_dense_solver_and_the_reference(reference):
     reference, and each 100x tighter tolerance gives at least 10x smaller error."""
     dense, _ = solve(GradientFlowBDF, 1e-6, 1e-9)
     errors = []
-    for rtol in (1e-4, 1e-6, 1e-8):
+    for rtol in (1e-4, 1e-6):
         krylov, sol = solve(GradientFlowKrylovBDF, rtol, rtol * 1e-3)
         errors.append(np.abs(krylov - reference).max())
         assert int(sol.solver_state.products) > 0
