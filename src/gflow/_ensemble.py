@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import jax
 import jax.numpy as jnp
@@ -234,7 +234,7 @@ def _threaded(record, setup, field: GradientField, y0: np.ndarray, n_workers: in
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="gflow-member") as pool:
         futures = {pool.submit(run, b): b for b in range(len(y0))}
         try:
-            for future in _as_completed(futures):
+            for future in as_completed(futures):
                 out[futures[future]] = future.result()
                 if bar is not None:
                     bar.update(1)
@@ -288,8 +288,3 @@ def _from_arrays(record, r: dict) -> Trajectory:
                       loss=r["loss"], grad_norm=r["grad_norm"], record=record, stats=r["stats"],
                       status=r["status"], message=r["message"])
 
-
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)

@@ -28,8 +28,7 @@ _POOL: dict[str, object] = {"pool": None, "size": 0}
 
 
 def _pin(counter, lock) -> None:
-    """Worker initialiser: confine this process to one core (its turn in `counter`), turn off the
-    progress bar, and make gflow importable as in the parent."""
+    """Worker initialiser: confine this process to one core (its turn in `counter`)."""
     with lock:
         index = counter.value
         counter.value += 1
