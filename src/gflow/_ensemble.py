@@ -12,7 +12,7 @@ these ways (`batching`):
   (`_workers.py`): a small solve runs faster on one core than spread over two, so this is how the
   cores are used. Scripts need the `if __name__ == "__main__":` guard (the workers are spawned).
 - `"threads"`: the same solves on a pool of threads. On CPUs XLA already spreads one solve over the
-  cores, so threads only contend (measured: 0.82-0.9x a loop on 2 cores).
+  cores, so threads only contend (measured: 0.74-0.9x a loop on 2 cores).
 - `"vmap"` (the default on accelerators, and in multi-process jobs): one vmapped solve per chunk,
   the batch axis laid out over every JAX device
 (`jax.sharding`): all GPUs of a machine, the host devices of `--xla_force_host_platform_device_count`,
@@ -165,21 +165,21 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
     if not (isinstance(n_dev, int) and 1 <= n_dev <= len(jax.devices())):
         raise ValueError(f"`devices` must be between 1 and {len(jax.devices())} (jax.devices()); got {devices!r}.")
     batching = _check_batching(batching)
-    threads = batching != "vmap"
     n_workers = _check_workers(workers, n_batch)  # checked whatever the batching, so a typo is caught
-    n_workers = 1 if batching == "loop" else n_workers if threads else None
+    if batching == "loop":
+        n_workers = 1
     spec = loss_spec(markov_spec, config, loss, n_samples=n_samples, key=key, dataset=dataset)
     record = flow_record(markov_spec, config, spec, t_span=args.t_span, grid=args.grid, solver=solver,
                          rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, chunk_size=args.chunk_size,
-                         kind="ensemble", ensemble_size=n_batch, vmapped=not threads,
-                         devices=n_workers if threads else n_dev)
+                         kind="ensemble", ensemble_size=n_batch, vmapped=batching == "vmap",
+                         devices=n_dev if batching == "vmap" else n_workers)
     setup = solver_setup(record)
     field = GradientField(loss=record.loss_function(), layout=record.layout)
     y0 = np.asarray(jax.vmap(record.layout.flatten)(params0_batch))
     check_finite_start(y0, "params0_batch")
     if batching == "processes":
         return _in_processes(record, field, y0, n_workers, progress)
-    if threads:
+    if batching != "vmap":  # "loop" is the thread pool with one thread
         return _threaded(record, setup, field, y0, n_workers, progress)
     return integrate(record, setup, field, _sharded_chunk_solver(field, setup, args.max_steps, n_dev), y0,
                      progress=progress, member_stats=lambda b: {"ensemble_member": b})

@@ -38,15 +38,11 @@ def _pin(counter, lock) -> None:
 
 
 def _solve_member(record, y0: np.ndarray, member: int) -> dict:
-    from ._flow import solver_setup
-    from ._integrate import GradientField, integrate, single_chunk_solver
+    from ._flow import run_record
 
-    setup = solver_setup(record)
-    field = GradientField(loss=record.loss_function(), layout=record.layout)
-    (traj,) = integrate(record, setup, field, single_chunk_solver(field, setup, record.solver.max_steps),
-                        y0[None], progress=False, member_stats=lambda _: {"ensemble_member": member})
+    traj = run_record(record, record.layout.unflatten(y0), progress=False)
     return {"times": traj.times, "ys": traj.flat_params(), "loss": traj.loss, "grad_norm": traj.grad_norm,
-            "stats": traj.stats, "status": str(traj.status), "message": traj.message}
+            "stats": {**traj.stats, "ensemble_member": member}, "status": str(traj.status), "message": traj.message}
 
 
 def worker_pool(size: int) -> ProcessPoolExecutor:

@@ -108,7 +108,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         shrink = 1.0 / jnp.abs(1.0 + c * curvature) - 1.0
         preconditioner = lx.FunctionLinearOperator(lambda v: v + basis @ ((v @ basis) * shrink), structure,
                                                    (lx.symmetric_tag, lx.positive_semidefinite_tag))
-        guess = basis @ ((rhs @ basis) * (1.0 / (1.0 + c * curvature)))  # exact on the kept directions
+        guess, _ = super().solve_newton_system(terms, t, y, args, c, basis, curvature, rhs)  # exact on the kept pairs
         options = {"preconditioner": preconditioner, "y0": guess}
 
         def conjugate_gradients():
