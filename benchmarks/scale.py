@@ -7,9 +7,13 @@ Problem D: V = 32, d_model = 64, two heads with the value path (36,864 parameter
 Each contender runs in its own process (so that its peak memory is its own) under a wall-clock
 budget; a contender that runs out of budget or steps is reported as such. Times are after
 compilation (each process solves a short prefix first). Errors are against the default solver at
-rtol 1e-8 (its error at rtol 1e-6 is 100 times larger, so the reference's own error is negligible).
+rtol 1e-8 (its error at rtol 1e-6 is 100 times larger, so the reference's own error is negligible);
+event shifts compare the stage events found on each contender's 61 saved states with the
+reference's (interpolated between saved points, the same rule for all). GD ("gd") runs at lr 0.1,
+the rate papers use; its time to the horizon bounds from below GD at the flow's accuracy, which
+needs a far smaller lr (problem A's table: about 2e-5).
 
-    .venv/bin/python benchmarks/scale.py --problem C [--budget 900] [--contenders default,dense,tsit5,lsoda]
+    .venv/bin/python benchmarks/scale.py --problem C [--budget 900] [--contenders default,dense,tsit5,lsoda,gd]
     .venv/bin/python benchmarks/scale.py --scaling     # wall against parameter count, fitted exponent
     .venv/bin/python benchmarks/scale.py --crossover   # dense against Krylov BDF: where the default switches
 """
@@ -26,6 +30,8 @@ import time
 import numpy as np
 
 CHUNK = 6
+GD_TIMED = 20_000
+"""GD steps timed (its wall to the horizon is this time per step times t1 / lr)."""
 """Save points per chunk (61 save times: 10 chunks, as `simulate`'s default)."""
 PROBLEMS = {"C": dict(V=16, d=32, heads=1, value=False), "D": dict(V=32, d=64, heads=2, value=True)}
 
@@ -41,6 +47,44 @@ def setting(V: int, d: int, heads: int, value: bool):
     return spec, config, gflow.init_params(jax.random.key(0), config, spec, scale=1e-3)
 
 
+def gd_contender(p0, spec, config, t1: float, accuracy: float | None) -> dict:
+    """Full-batch GD: at lr 0.1 (the rate papers use) timed on `GD_TIMED` steps and extrapolated to
+    the horizon, a lower bound on GD at any smaller lr. With `accuracy` (the default solver's error):
+    GD runs in full at lr 0.1 and 0.05, its largest relative parameter error against an rtol-1e-8
+    flow at its own saved times is measured, and the lr (and time) at which it would reach
+    `accuracy` is extrapolated with error ~ lr^max(fitted, 1), the choice that favours GD."""
+    import gflow
+
+    def gd(lr, steps, n_save):
+        return gflow.train(p0, spec, config, optimizer="gd", lr=lr, steps=steps, loss="meanfield", n_save=n_save)
+
+    gd(0.1, 10, 2)  # compiles
+    steps = min(GD_TIMED, int(t1 / 0.1))
+    tic = time.perf_counter()
+    gd(0.1, steps, 2)
+    per_step = (time.perf_counter() - tic) / steps
+    out = dict(wall=per_step * t1 / 0.1, ok=True, solver="GD lr 0.1", message=f"{steps} steps timed",
+               stats={"num_accepted_steps": int(t1 / 0.1)}, ys=None)
+    if accuracy is None:
+        return out
+    runs = {lr: gd(lr, int(round(t1 / lr)), 61) for lr in (0.1, 0.05)}
+    times = np.unique(np.concatenate([r.times for r in runs.values()]))
+    ref = gflow.simulate(p0, spec, (0.0, float(times[-1])), config=config, loss="meanfield", save_times=times[1:],
+                         rtol=1e-8, atol=1e-11, progress=False)
+    ref_at = dict(zip(np.round(ref.times, 9), ref.flat_params(), strict=True))
+    errors = {}
+    for lr, r in runs.items():
+        want = np.stack([ref_at[t] for t in np.round(r.times, 9)])
+        errors[lr] = float((np.linalg.norm(r.flat_params() - want, axis=1) / np.linalg.norm(want, axis=1))[1:].max())
+    fitted = np.log(errors[0.1] / errors[0.05]) / np.log(2.0)
+    order = max(fitted, 1.0)
+    lr_eq = 0.05 * (accuracy / errors[0.05]) ** (1.0 / order)
+    out.update(gd_errors=errors, gd_order=fitted, gd_lr_equal=lr_eq, gd_wall_equal=per_step * t1 / lr_eq,
+               message=f"error {errors[0.1]:.1e} at lr 0.1, {errors[0.05]:.1e} at lr 0.05 (~ lr^{fitted:.2f}); "
+                       f"at the default's error {accuracy:.1e}: lr {lr_eq:.1e}, {per_step * t1 / lr_eq:.2e} s")
+    return out
+
+
 def run_one(args) -> dict:
     """One contender in this process: warm-up on a short prefix, then the timed run."""
     import resource
@@ -53,7 +97,9 @@ def run_one(args) -> dict:
     n = gflow.ParamLayout.of(config, spec).size
     grid = gflow.default_save_times((0.0, args.t1), 61)
     out = {"contender": args.contender, "params": n}
-    if args.contender == "lsoda":
+    if args.contender == "gd":
+        out.update(gd_contender(p0, spec, config, args.t1, args.gd_accuracy))
+    elif args.contender == "lsoda":
         from scipy.integrate import solve_ivp
 
         layout = gflow.ParamLayout.of(config, spec)
@@ -84,9 +130,10 @@ def run_one(args) -> dict:
     return out
 
 
-def contender(name: str, problem: dict, t1: float, budget: float, max_steps: int) -> dict:
+def contender(name: str, problem: dict, t1: float, budget: float, max_steps: int,
+              gd_accuracy: float | None = None) -> dict:
     cmd = [sys.executable, __file__, "--one", name, "--setting", json.dumps(problem), "--t1", str(t1),
-           "--max-steps", str(max_steps)]
+           "--max-steps", str(max_steps)] + ([] if gd_accuracy is None else ["--gd-accuracy", str(gd_accuracy)])
     tic = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
@@ -98,24 +145,63 @@ def contender(name: str, problem: dict, t1: float, budget: float, max_steps: int
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(rows: list[dict], reference: dict | None):
+def args_steps(r: dict) -> str:
+    return f"{r['stats']['num_accepted_steps'] * 0.1 / r['gd_lr_equal']:.1e}"
+
+
+def relative_error(ys: np.ndarray, ref: np.ndarray) -> float:
+    """The largest relative parameter error over the saved states."""
+    return float((np.linalg.norm(ys - ref, axis=1) / np.linalg.norm(ref, axis=1)).max())
+
+
+def events_of(problem: dict, t1: float, ys) -> dict:
+    """Stage events of saved states `ys` on the 61-point grid, timed by interpolation between saved
+    points (`refine=False`: the same rule for every contender, and no re-solve of a large flow)."""
+    import gflow
+    from gflow.analysis import detect_stages
+
+    spec, config, p0 = setting(**problem)
+    grid = gflow.default_save_times((0.0, t1), 61)
+    record = gflow.simulate(p0, spec, (0.0, t1), config=config, loss="meanfield", save_times=grid[1:2],
+                            progress=False).record.with_save_times(grid)
+    traj = gflow.Trajectory.from_flat(record, grid, np.asarray(ys))
+    return {(e.kind, i): e.time for i, e in enumerate(detect_stages(traj, refine=False)) if e.kind != "plateau"}
+
+
+def event_shift(events: dict, reference: dict) -> tuple[float, int]:
+    """The largest |log(t / t_ref)| over the reference's events, and how many of them are missed."""
+    common = [k for k in reference if k in events and reference[k] > 0]
+    shift = max((abs(np.log(events[k] / reference[k])) for k in common), default=float("nan"))
+    return shift, len(reference) - len(common)
+
+
+def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
     ref = np.asarray(reference["ys"]) if reference and reference.get("ys") else None
+    ref_events = events_of(problem, t1, ref) if ref is not None else None
+    if ref_events is not None:
+        print(f"reference events: {sorted((k[0], round(v, 3)) for k, v in ref_events.items())}")
     base = next((r["wall"] for r in rows if r["contender"] == "default" and r.get("ok")), None)
     print("\n| contender | solver | wall after compile (s) | steps (rejected) | Hessians / Lanczos | HVPs | "
-          "peak memory (GiB) | max rel. param error | x default | status |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "peak memory (GiB) | max rel. param error | max event shift (log) | missed events | x default | status |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         s = r.get("stats", {})
         steps = f"{s.get('num_accepted_steps', r.get('nfev', '-'))} ({s.get('num_rejected_steps', '-')})"
-        err = "-"
+        err, shift, missed = "-", "-", "-"
         if ref is not None and r.get("ys") is not None:
             ys = np.asarray(r["ys"])
-            err = f"{(np.linalg.norm(ys - ref, axis=1) / np.linalg.norm(ref, axis=1)).max():.1e}"
+            err = f"{relative_error(ys, ref):.1e}"
+            shift, missed = event_shift(events_of(problem, t1, ys), ref_events)
+            shift = f"{shift:.4f}"
         ratio = f"{r['wall'] / base:.2f}" if base and r.get("ok") else "-"
-        status = "success" if r.get("ok") else r.get("message", "")
+        status = ("success" if r.get("ok") else "") if r["contender"] != "gd" else r.get("message", "")
         print(f"| {r['contender']} | {r.get('solver', '-')} | {r['wall']:.1f} | {steps} | "
               f"{s.get('num_hessian_evaluations', r.get('njev', '-'))} | {s.get('num_hessian_vector_products', '-')} | "
-              f"{r.get('peak_rss_gib', float('nan')):.2f} | {err} | {ratio} | {status} |")
+              f"{r.get('peak_rss_gib', float('nan')):.2f} | {err} | {shift} | {missed} | {ratio} | {status} |")
+        if "gd_wall_equal" in r and base:
+            print(f"| GD at the default's error (extrapolated) | GD lr {r['gd_lr_equal']:.1e} | "
+                  f"{r['gd_wall_equal']:.3g} | {args_steps(r)} | - | - | - | (= default's) | - | - | "
+                  f"{r['gd_wall_equal'] / base:.3g} | extrapolated |")
 
 
 def scaling(t1: float, budget: float):
@@ -157,6 +243,10 @@ def main():
     ap.add_argument("--no-reference", action="store_true", help="skip the rtol 1e-8 reference (no errors)")
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--crossover", action="store_true", help="dense against Krylov BDF on growing models")
+    ap.add_argument("--gd-accuracy", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--gd-full", action="store_true",
+                    help="run GD in full at lr 0.1 and 0.05 and extrapolate to the default's error (needs default "
+                         "and the reference first)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--setting", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -179,10 +269,14 @@ def main():
               flush=True)
     rows = []
     for name in args.contenders.split(","):
-        rows.append(contender(name, problem, args.t1, args.budget, args.max_steps))
+        accuracy = None
+        if name == "gd" and args.gd_full and reference and reference.get("ys"):
+            default = next((r for r in rows if r["contender"] == "default" and r.get("ys")), None)
+            accuracy = relative_error(np.asarray(default["ys"]), np.asarray(reference["ys"])) if default else None
+        rows.append(contender(name, problem, args.t1, args.budget, args.max_steps, accuracy))
         print({k: rows[-1].get(k) for k in ("contender", "wall", "ok", "message", "stats", "peak_rss_gib")},
               flush=True)
-    table(rows, reference)
+    table(rows, reference, problem, args.t1)
 
 
 if __name__ == "__main__":

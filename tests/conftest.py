@@ -33,3 +33,30 @@ def small_setting():
     config = gflow.TransformerConfig(d_model=3)
     params0 = gflow.init_params(jax.random.key(1), config, spec, scale=0.3)
     return spec, config, params0
+
+
+@pytest.fixture
+def interrupt_chunk(monkeypatch):
+    """`interrupt_chunk(n)`: Ctrl-C during the n-th chunk a flow solves from now on (stored or traced
+    solve alike); `interrupt_chunk(None)` lets chunks run again."""
+    from gflow import _flow
+
+    real, calls, target = _flow.single_chunk_solver, {"n": 0}, {"n": None}
+
+    def counting(*args, **kw):
+        solve = real(*args, **kw)
+
+        def interrupted(*a):
+            calls["n"] += 1
+            if calls["n"] == target["n"]:
+                raise KeyboardInterrupt
+            return solve(*a)
+
+        return interrupted
+
+    monkeypatch.setattr(_flow, "single_chunk_solver", counting)
+
+    def at(n):
+        calls["n"], target["n"] = 0, n
+
+    return at

@@ -5,7 +5,6 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import gflow
-from gflow import _integrate
 from gflow._layout import ParamLayout
 
 T_END = 60.0
@@ -73,21 +72,12 @@ def test_save_and_load_round_trip(small_setting, tmp_path):
         gflow.load(tmp_path / "missing.npz")
 
 
-def test_interrupted_then_resumed_run_equals_uninterrupted(small_setting, tmp_path, monkeypatch):
+def test_interrupted_then_resumed_run_equals_uninterrupted(small_setting, tmp_path, interrupt_chunk):
     whole = run(small_setting, chunk_size=4, checkpoint=tmp_path / "whole.npz")
-    calls = {"n": 0}
-    real = _integrate.solve_one
-
-    def interrupting(*args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(_integrate, "solve_one", interrupting)
+    interrupt_chunk(3)
     part = run(small_setting, chunk_size=4, checkpoint=tmp_path / "ck.npz")
     assert part.status == "interrupted" and len(part) == 9
-    monkeypatch.setattr(_integrate, "solve_one", real)
+    interrupt_chunk(None)
     assert gflow.load(tmp_path / "ck.npz").status == "interrupted"
     resumed = gflow.resume(tmp_path / "ck.npz", progress=False)
     assert resumed.ok and np.array_equal(resumed.times, whole.times)

@@ -177,13 +177,8 @@ def test_cli_refuses_unwritable_folders_directories_and_bad_times(tmp_path, caps
     assert version.value.code == 0 and capsys.readouterr().out.startswith("gflow ")
 
 
-def test_ctrl_c_in_the_first_chunk_still_writes_the_report(tmp_path, monkeypatch):
-    from gflow import _integrate
-
-    def interrupt(*args, **kw):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_integrate, "solve_one", interrupt)
+def test_ctrl_c_in_the_first_chunk_still_writes_the_report(tmp_path, interrupt_chunk):
+    interrupt_chunk(1)
     settings = gflow.ExperimentSettings.from_dict({"chain": {"pi": [0.6, 0.3, 0.1], "T": 4}, "model": {"d_model": 3},
                                                     "flow": {"t_end": 10.0, "n_save": 11}})
     result = gflow.app.run_experiment(settings, str(tmp_path), progress=False, echo=lambda s: None)

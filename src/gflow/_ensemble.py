@@ -273,7 +273,7 @@ def _in_processes(record, field: GradientField, y0: np.ndarray, n_workers: int,
         for b in range(len(y0)):
             if out[b] is None:
                 out[b] = Trajectory(times=record.save_times[:1].copy(),
-                                    params=jax.vmap(record.layout.unflatten)(jnp.asarray(y0[b:b + 1])),
+                                    params=record.layout.unflatten_many(y0[b:b + 1]),
                                     loss=loss0[b:b + 1], grad_norm=gnorm0[b:b + 1], record=record,
                                     stats={"ensemble_member": b}, status=RunStatus.INTERRUPTED,
                                     message="interrupted by the user before this member started.")
@@ -284,7 +284,7 @@ def _in_processes(record, field: GradientField, y0: np.ndarray, n_workers: int,
 
 
 def _from_arrays(record, r: dict) -> Trajectory:
-    return Trajectory(times=r["times"], params=jax.vmap(record.layout.unflatten)(jnp.asarray(r["ys"])),
+    return Trajectory(times=r["times"], params=record.layout.unflatten_many(r["ys"]),
                       loss=r["loss"], grad_norm=r["grad_norm"], record=record, stats=r["stats"],
                       status=r["status"], message=r["message"])
 

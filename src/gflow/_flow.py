@@ -69,7 +69,8 @@ def run_record(record: RunRecord, params0: TransformerParams, *, progress: bool 
     field = GradientField(loss=record.loss_function(), layout=record.layout)
     y0 = np.asarray(record.layout.flatten(params0))[None]
     check_finite_start(y0)
-    (traj,) = integrate(record, setup, field, single_chunk_solver(field, setup, record.solver.max_steps), y0,
+    (traj,) = integrate(record, setup, field, single_chunk_solver(field, setup, record.solver.max_steps,
+                                                                  storable=record.solver.instance is None), y0,
                         progress=progress, checkpoint=None if checkpoint is None else os.fspath(checkpoint))
     return traj
 
@@ -142,6 +143,7 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None) -> Trajecto
     setup = solver_setup(record)
     field = GradientField(loss=record.loss_function(), layout=record.layout)
     y = traj.flat_params()[-1:]
-    (out,) = integrate(record, setup, field, single_chunk_solver(field, setup, record.solver.max_steps),
+    (out,) = integrate(record, setup, field, single_chunk_solver(field, setup, record.solver.max_steps,
+                                                                  storable=record.solver.instance is None),
                        y, start_index=start, previous=[traj], progress=progress, checkpoint=path)
     return out

@@ -28,6 +28,7 @@ from jaxtyping import Array, Float
 
 from ._checks import check_positive
 from ._layout import ParamLayout
+from ._programs import stored_program
 from ._record import RunRecord
 from ._trajectory import RunStatus, Trajectory
 from .losses import LossFunction
@@ -166,9 +167,25 @@ ChunkSolver = Callable[[np.ndarray, float, float, np.ndarray], tuple]
 """`(states (B, n), t0, t1, save times) -> host arrays`, each with a leading batch axis B."""
 
 
-def single_chunk_solver(field: GradientField, setup: SolverSetup, max_steps: int) -> ChunkSolver:
+def _solve_stored_chunk(static, dynamic, y0, t0, t1, ts):
+    field, solver, controller, max_steps = eqx.combine(dynamic, static)
+    return solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps)
+
+
+def single_chunk_solver(field: GradientField, setup: SolverSetup, max_steps: int, *,
+                        storable: bool = False) -> ChunkSolver:
+    """One state's chunks. `storable` (the solver was built by gflow from its name): the compiled
+    solve is stored on disk and loaded by later processes without tracing (`_programs.py`)."""
+    dynamic, static = eqx.partition((field, setup.solver, setup.controller, max_steps), eqx.is_array)
+    program = None
+
     def solve(y, t0, t1, ts):
-        out = solve_one(field, setup.solver, setup.controller, jnp.asarray(y[0]), t0, t1, jnp.asarray(ts), max_steps)
+        nonlocal program
+        args = (jnp.asarray(y[0]), jnp.float64(t0), jnp.float64(t1), jnp.asarray(ts, dtype=jnp.float64))
+        if program is None:
+            program = storable and stored_program("chunk", _solve_stored_chunk, static, (dynamic, *args))
+            program = program or (lambda dyn, *a: solve_one(*eqx.combine(dyn, static)[:3], *a, max_steps))
+        out = program(dynamic, *args)
         return jax.tree.map(lambda a: np.asarray(a)[None], out)
 
     return solve
@@ -223,7 +240,7 @@ class _Member:
         stats.update(setup.work_estimate(stats["num_accepted_steps"] + stats["num_rejected_steps"]))
         stats.update(extra_stats)
         ys = np.concatenate(self.ys)
-        return Trajectory(times=np.concatenate(self.times), params=jax.vmap(record.layout.unflatten)(jnp.asarray(ys)),
+        return Trajectory(times=np.concatenate(self.times), params=record.layout.unflatten_many(ys),
                           loss=np.concatenate(self.loss), grad_norm=np.concatenate(self.grad_norm), record=record,
                           stats=stats, status=status, message=message)
 

@@ -11,6 +11,7 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._model import PARAM_NAMES, TransformerConfig, TransformerParams, param_shapes
@@ -36,10 +37,31 @@ class ParamLayout(eqx.Module):
     def flatten(self, params: TransformerParams) -> Float[Array, " n_params"]:
         return jnp.concatenate([jnp.ravel(getattr(params, n)) for n in self.names])
 
-    def unflatten(self, vec: Float[Array, " n_params"]) -> TransformerParams:
+    def unflatten(self, vec: Float[Array | np.ndarray, " n_params"]) -> TransformerParams:
+        """Weights from one flat vector (a numpy vector is cut on the host: no JAX dispatch per slice)."""
+        on_host = isinstance(vec, np.ndarray)
         out, start = {}, 0
         for name, shape in zip(self.names, self.shapes, strict=True):
             size = math.prod(shape)
-            out[name] = vec[start:start + size].reshape(shape)
+            w = vec[start:start + size].reshape(shape)
+            out[name] = jnp.asarray(w) if on_host else w
             start += size
         return TransformerParams(**out)
+
+    def unflatten_many(self, ys: Float[np.ndarray, "n n_params"]) -> TransformerParams:
+        """`(n, n_params)` states on the host to parameters with a leading axis `n`.
+
+        Reshaped in numpy, then moved to JAX once per weight: a vmapped `unflatten` would compile a
+        small program for every new number of rows (every checkpoint of a run has a new one)."""
+        ys = np.asarray(ys, dtype=np.float64)
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = math.prod(shape)
+            out[name] = jnp.asarray(ys[:, start:start + size].reshape((ys.shape[0], *shape)))
+            start += size
+        return TransformerParams(**out)
+
+    def flatten_many(self, params: TransformerParams) -> Float[np.ndarray, "n n_params"]:
+        """The inverse of `unflatten_many`, on the host."""
+        rows = [np.asarray(getattr(params, n)) for n in self.names]
+        return np.concatenate([w.reshape(w.shape[0], -1) for w in rows], axis=1)

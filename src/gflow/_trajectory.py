@@ -120,7 +120,7 @@ class Trajectory:
 
     def flat_params(self) -> np.ndarray:
         """`(n, n_params)`: every saved state as one flat vector (the layout the solvers use)."""
-        return np.asarray(jax.vmap(self.layout.flatten)(self.params))
+        return self.layout.flatten_many(self.params)
 
     @classmethod
     def from_flat(cls, record: RunRecord, times, ys, *, status: RunStatus | str = RunStatus.SUCCESS,
@@ -133,7 +133,7 @@ class Trajectory:
             raise ValueError(f"`ys` must have shape (len(times), {record.layout.size}) = ({np.shape(times)[0]}, "
                              f"{record.layout.size}); got {tuple(ys.shape)}.")
         loss, grad_norm = _loss_and_grad_norm(record.loss_function(), record.layout, ys)
-        return cls(times=np.asarray(times, dtype=np.float64), params=jax.vmap(record.layout.unflatten)(ys),
+        return cls(times=np.asarray(times, dtype=np.float64), params=record.layout.unflatten_many(np.asarray(ys)),
                    loss=np.asarray(loss), grad_norm=np.asarray(grad_norm), record=record, stats=stats or {},
                    status=status, message=message)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax.numpy as jnp
 import numpy as np
 
 from .._flow import run_record
@@ -43,7 +42,7 @@ class Refiner:
         n = record.solver.chunk_size + 1
         times = np.geomspace(t0, t1, n) if t0 > 0 else np.linspace(t0, t1, n)
         times[0], times[-1] = t0, t1
-        params0 = record.layout.unflatten(jnp.asarray(y0))
+        params0 = record.layout.unflatten(np.asarray(y0, dtype=np.float64))
         sub = run_record(record.with_save_times(times), params0, progress=False)
         if not sub.ok or len(sub) != n:
             return None

@@ -35,8 +35,15 @@ def save_figure(fig, path_stem: str | os.PathLike) -> list[str]:
     stem = os.fspath(path_stem)
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     paths = [stem + ".png", stem + ".pdf"]
-    for p in paths:
-        fig.savefig(p)
+    engine = fig.get_layout_engine()
+    try:
+        fig.savefig(paths[0])
+        # Laid out once: the PDF keeps the PNG's positions (a second constrained layout finds the same
+        # ones, in figure fractions, and costs a third of a save).
+        fig.set_layout_engine("none")
+        fig.savefig(paths[1])
+    finally:
+        fig.set_layout_engine(engine)
     return paths
 
 

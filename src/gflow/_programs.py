@@ -1,0 +1,167 @@
+"""Stored programs: a compiled solve that a new process loads instead of tracing it again.
+
+JAX's persistent compilation cache (`_warm.py`) skips XLA compilation in a new process, but not
+tracing: building the solve's program in Python (diffrax's step loop, the BDF solver, the loss and
+its derivatives) still takes about a second each time, which is most of what a warm `gflow demo`
+spends on its flow. So the first process *exports* the solve (`jax.export`: the traced program as
+StableHLO) and writes it next to the compilation cache; later processes read it back, and their only
+work is a cache hit on its compilation.
+
+- **Key.** A stored program is found by a hash of everything that decides it: gflow's own source
+  files, the versions of the packages that build it (jax, jaxlib, diffrax, equinox, lineax,
+  optimistix), the backend, float64, `EQX_ON_ERROR`, the program's static part (its tree structure
+  and non-array leaves: loss method, model config, solver class and settings, parameter layout) and
+  the shapes and dtypes of its array inputs. Changing any of them makes a new program; nothing is
+  ever reused across them.
+- **When.** Only for programs gflow built itself (`stored_program`'s caller decides: a solver the
+  user passed as an instance may hold code gflow cannot fingerprint, and is traced as before), and
+  only when the static part has a description that is the same in every process (`describe`).
+  Anything that cannot be exported (a host callback, an unsupported custom call) falls back to the
+  ordinary compiled function, with the same results.
+- **Where.** `<compilation cache folder>/programs/`; `GFLOW_COMPILATION_CACHE=off` turns both off.
+  A file that cannot be read (truncated, from an incompatible JAX) is ignored and rewritten.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._warm import cache_folder
+
+SUFFIX = ".jaxexport"
+PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "lineax", "optimistix")
+ABBREVIATED_ARRAY = re.compile(r"\b(?:f|i|u|c|bool)\d*\[[\d,]*\]")
+"""How equinox prints an array it does not show in full (`f64[3]`), say in a static field: such a
+description cannot tell two values apart."""
+FINGERPRINTED = ("gflow", *PACKAGES)
+"""Packages whose functions a static part may name: their source or version is in the key."""
+
+_loaded: dict[str, Callable] = {}
+
+
+def program_folder() -> str | None:
+    """Where stored programs live, or `None` when the compilation cache is turned off."""
+    base = jax.config.jax_compilation_cache_dir or cache_folder()
+    return None if not base else os.path.join(base, "programs")
+
+
+@functools.cache
+def build_fingerprint() -> str:
+    """A hash of gflow's source files and of the versions and settings that shape a traced program."""
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for folder, subfolders, files in sorted(os.walk(root)):
+        subfolders.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as fh:
+                    h.update(os.path.relpath(os.path.join(folder, name), root).encode() + b"\0" + fh.read())
+    for pkg in PACKAGES:
+        try:
+            h.update(f"{pkg}={version(pkg)};".encode())
+        except PackageNotFoundError:
+            h.update(f"{pkg}=none;".encode())
+    h.update(f"{jax.default_backend()};x64={jax.config.jax_enable_x64};"
+             f"eqx={os.environ.get('EQX_ON_ERROR', '')}".encode())
+    return h.hexdigest()
+
+
+def _spec(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+
+
+def describe(static: Any) -> str | None:
+    """A description of a program's static part that is complete and the same in every process:
+    its tree structure (node types and their static fields) and its non-array leaves, functions by
+    their qualified name. `None` when no such description exists: an array constant or anything
+    printed by address or abbreviated, or a function from outside the fingerprinted packages (its
+    code is not in the key)."""
+    leaves, treedef = jax.tree.flatten(static)
+    parts = [repr(treedef)]
+    for leaf in leaves:
+        if isinstance(leaf, jax.Array | np.ndarray | np.generic):  # a constant: its printout may be summarised
+            return None
+        if callable(leaf):
+            module = getattr(leaf, "__module__", None) or ""
+            qualname = getattr(leaf, "__qualname__", "")
+            if module.split(".")[0] not in FINGERPRINTED or "<" in qualname:
+                return None
+            parts.append(f"{module}.{qualname}")
+        else:
+            parts.append(repr(leaf))
+    text = "\n".join(parts)
+    return None if " at 0x" in text or "..." in text or ABBREVIATED_ARRAY.search(text) else text
+
+
+def stored_program(name: str, fn: Callable[..., Any], static: Any, example: tuple) -> Callable | None:
+    """`fn(static, *args)` as a program stored on disk, called as `program(*args)`; `None` when it
+    cannot be stored (cache off, a static part that does not print in full, an export failure), in
+    which case the caller uses its own compiled function.
+
+    `example`: arguments with the shapes and dtypes of every later call (pytrees of arrays)."""
+    folder = program_folder()
+    if folder is None:
+        return None
+    described = describe(static)
+    if described is None:
+        return None
+    leaves, treedef = jax.tree.flatten(example)
+    specs = [_spec(x) for x in leaves]
+    key = hashlib.sha256("\n".join([build_fingerprint(), name, described, repr(treedef), repr(specs)]).encode())
+    key = f"{name}-{key.hexdigest()[:40]}"
+    if key not in _loaded:
+        exported = _read(os.path.join(folder, key + SUFFIX))
+        if exported is None:
+            exported = _export(fn, static, treedef, specs)
+            if exported is None:
+                return None
+            _write(folder, key + SUFFIX, exported)
+        compiled = jax.jit(exported.call)
+        _loaded[key] = lambda *args: compiled(*jax.tree.leaves(args))
+    return _loaded[key]
+
+
+def _export(fn, static, treedef, specs):
+    def flat(*leaves):
+        return fn(static, *jax.tree.unflatten(treedef, leaves))
+
+    try:
+        return jax.export.export(jax.jit(flat))(*specs)
+    except Exception:  # noqa: BLE001 - not exportable (callbacks, custom calls): trace as before
+        return None
+
+
+def _read(path: str):
+    try:
+        with open(path, "rb") as fh:
+            return jax.export.deserialize(bytearray(fh.read()))
+    except Exception:  # noqa: BLE001 - missing, truncated or from another JAX: export again
+        return None
+
+
+def _write(folder: str, filename: str, exported) -> None:
+    """Atomically (a temporary file renamed over the target), so a reader never sees half a file."""
+    try:
+        data = exported.serialize()
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".program-")
+    except Exception:  # noqa: BLE001 - a read-only cache or missing flatbuffers: run without storing
+        return
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, os.path.join(folder, filename))
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,103 @@
+"""Stored programs (`gflow._programs`): a solve exported once and loaded by later processes."""
+
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gflow
+from gflow import _programs
+from gflow.solvers import GradientFlowBDF
+
+
+class Scaled(eqx.Module):
+    """A static part: a method name and a factor decide the program."""
+
+    weights: jax.Array
+    method: str = eqx.field(static=True)
+    factor: float = 2.0
+
+
+def apply(static, dynamic, x):
+    m = eqx.combine(dynamic, static)
+    out = m.weights * x * m.factor
+    return jnp.tanh(out) if m.method == "tanh" else out
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """An empty program folder, and no program kept from earlier calls in this process."""
+    monkeypatch.setattr(_programs, "program_folder", lambda: str(tmp_path))
+    monkeypatch.setattr(_programs, "_loaded", {})
+    return tmp_path
+
+
+def _split(module):
+    return eqx.partition(module, eqx.is_array)
+
+
+def test_a_stored_program_computes_what_the_function_does_and_is_read_back_from_disk(folder, monkeypatch):
+    dynamic, static = _split(Scaled(jnp.arange(3.0), "tanh", 0.5))
+    x = jnp.linspace(-1.0, 1.0, 3)
+    program = _programs.stored_program("apply", apply, static, (dynamic, x))
+    assert program is not None
+    np.testing.assert_array_equal(program(dynamic, x), apply(static, dynamic, x))
+    assert len(os.listdir(folder)) == 1
+
+    # A new process: nothing kept in memory, and exporting is not allowed: it must read the file.
+    monkeypatch.setattr(_programs, "_loaded", {})
+    monkeypatch.setattr(_programs, "_export", lambda *a: pytest.fail("the stored program was traced again"))
+    again = _programs.stored_program("apply", apply, static, (dynamic, x))
+    other = jnp.asarray([3.0, -2.0, 0.25])  # new values, same shapes: the same program
+    np.testing.assert_array_equal(again(dynamic, other), apply(static, dynamic, other))
+
+
+def test_whatever_decides_the_program_changes_its_key(folder):
+    x = jnp.ones(3)
+    for module, inp in [(Scaled(jnp.ones(3), "tanh", 0.5), x), (Scaled(jnp.ones(3), "linear", 0.5), x),
+                        (Scaled(jnp.ones(3), "tanh", 0.25), x), (Scaled(jnp.ones(4), "tanh", 0.5), jnp.ones(4))]:
+        dynamic, static = _split(module)
+        program = _programs.stored_program("apply", apply, static, (dynamic, inp))
+        np.testing.assert_array_equal(program(dynamic, inp), apply(static, dynamic, inp))
+    assert len(os.listdir(folder)) == 4  # method, factor and shape each made a program of their own
+
+
+def test_a_corrupt_file_is_exported_again(folder, monkeypatch):
+    dynamic, static = _split(Scaled(jnp.ones(2), "tanh"))
+    x = jnp.ones(2)
+    _programs.stored_program("apply", apply, static, (dynamic, x))
+    (path,) = folder.iterdir()
+    path.write_bytes(b"not a program")
+    monkeypatch.setattr(_programs, "_loaded", {})
+    program = _programs.stored_program("apply", apply, static, (dynamic, x))
+    np.testing.assert_array_equal(program(dynamic, x), apply(static, dynamic, x))
+    assert path.read_bytes() != b"not a program"
+
+
+def test_programs_that_cannot_be_described_alike_in_every_process_are_not_stored(folder):
+    x = jnp.ones(2)
+    for static in [(lambda y: y,), (np.tanh,), (jnp.ones(2),)]:  # a lambda; code outside the key; an array
+        assert _programs.describe(static) is None
+    assert _programs.describe((jnp.tanh, "tanh", 0.5)) is not None  # jax's code is in the key by its version
+    assert _programs.stored_program("apply", lambda s, y: s[0](y), (lambda y: y,), (x,)) is None
+    assert not os.listdir(folder)
+
+
+def test_without_a_cache_folder_nothing_is_stored(monkeypatch):
+    monkeypatch.setattr(_programs, "program_folder", lambda: None)
+    dynamic, static = _split(Scaled(jnp.ones(2), "tanh"))
+    assert _programs.stored_program("apply", apply, static, (dynamic, jnp.ones(2))) is None
+
+
+def test_a_flow_from_a_stored_solve_equals_the_traced_one(small_setting, folder):
+    """By name the solve is stored; an instance is traced as before. Same steps, same numbers."""
+    spec, config, params0 = small_setting
+    kw = dict(config=config, loss="enumerate", n_save=9, progress=False)
+    stored = gflow.simulate(params0, spec, (0.0, 50.0), solver="GradientFlowBDF", **kw)
+    traced = gflow.simulate(params0, spec, (0.0, 50.0), solver=GradientFlowBDF(rtol=1e-6, atol=1e-9), **kw)
+    assert len(os.listdir(folder)) == 1
+    np.testing.assert_array_equal(stored.flat_params(), traced.flat_params())
+    assert stored.stats["num_accepted_steps"] == traced.stats["num_accepted_steps"]
