@@ -192,7 +192,7 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
             ys = np.asarray(r["ys"])
             err = f"{relative_error(ys, ref):.1e}"
             shift, missed = event_shift(events_of(problem, t1, ys), ref_events)
-            shift = f"{shift:.4f}"
+            shift = f"{shift:.1e}"
         ratio = f"{r['wall'] / base:.2f}" if base and r.get("ok") else "-"
         status = ("success" if r.get("ok") else "") if r["contender"] != "gd" else r.get("message", "")
         print(f"| {r['contender']} | {r.get('solver', '-')} | {r['wall']:.1f} | {steps} | "
@@ -243,7 +243,8 @@ def main():
     ap.add_argument("--no-reference", action="store_true", help="skip the rtol 1e-8 reference (no errors)")
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--crossover", action="store_true", help="dense against Krylov BDF on growing models")
-    ap.add_argument("--gd-accuracy", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--gd-accuracy", type=float, default=None,
+                    help="run GD in full and extrapolate to this error (the default's, from an earlier run)")
     ap.add_argument("--gd-full", action="store_true",
                     help="run GD in full at lr 0.1 and 0.05 and extrapolate to the default's error (needs default "
                          "and the reference first)")
@@ -269,7 +270,7 @@ def main():
               flush=True)
     rows = []
     for name in args.contenders.split(","):
-        accuracy = None
+        accuracy = args.gd_accuracy if name == "gd" else None
         if name == "gd" and args.gd_full and reference and reference.get("ys"):
             default = next((r for r in rows if r["contender"] == "default" and r.get("ys")), None)
             accuracy = relative_error(np.asarray(default["ys"]), np.asarray(reference["ys"])) if default else None

@@ -181,7 +181,8 @@ def single_chunk_solver(field: GradientField, setup: SolverSetup, max_steps: int
 
     def solve(y, t0, t1, ts):
         nonlocal program
-        args = (jnp.asarray(y[0]), jnp.float64(t0), jnp.float64(t1), jnp.asarray(ts, dtype=jnp.float64))
+        # device_put, not jnp.asarray: the latter compiles a small program per new shape
+        args = tuple(jax.device_put(np.asarray(a, dtype=np.float64)) for a in (y[0], t0, t1, ts))
         if program is None:
             program = storable and stored_program("chunk", _solve_stored_chunk, static, (dynamic, *args))
             program = program or (lambda dyn, *a: solve_one(*eqx.combine(dyn, static)[:3], *a, max_steps))

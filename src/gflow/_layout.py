@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -38,26 +39,28 @@ class ParamLayout(eqx.Module):
         return jnp.concatenate([jnp.ravel(getattr(params, n)) for n in self.names])
 
     def unflatten(self, vec: Float[Array | np.ndarray, " n_params"]) -> TransformerParams:
-        """Weights from one flat vector (a numpy vector is cut on the host: no JAX dispatch per slice)."""
+        """Weights from one flat vector (a numpy vector is cut on the host and moved with `device_put`:
+        no small program compiled per slice)."""
         on_host = isinstance(vec, np.ndarray)
         out, start = {}, 0
         for name, shape in zip(self.names, self.shapes, strict=True):
             size = math.prod(shape)
             w = vec[start:start + size].reshape(shape)
-            out[name] = jnp.asarray(w) if on_host else w
+            out[name] = jax.device_put(w) if on_host else w
             start += size
         return TransformerParams(**out)
 
     def unflatten_many(self, ys: Float[np.ndarray, "n n_params"]) -> TransformerParams:
         """`(n, n_params)` states on the host to parameters with a leading axis `n`.
 
-        Reshaped in numpy, then moved to JAX once per weight: a vmapped `unflatten` would compile a
-        small program for every new number of rows (every checkpoint of a run has a new one)."""
+        Reshaped in numpy, then moved to JAX once per weight (`device_put`: `jnp.asarray` and a vmapped
+        `unflatten` compile a small program for every new shape, and every checkpoint of a run has
+        a new number of rows)."""
         ys = np.asarray(ys, dtype=np.float64)
         out, start = {}, 0
         for name, shape in zip(self.names, self.shapes, strict=True):
             size = math.prod(shape)
-            out[name] = jnp.asarray(ys[:, start:start + size].reshape((ys.shape[0], *shape)))
+            out[name] = jax.device_put(ys[:, start:start + size].reshape((ys.shape[0], *shape)))
             start += size
         return TransformerParams(**out)
 
