@@ -32,6 +32,7 @@ def folder(tmp_path, monkeypatch):
     """An empty program folder, and no program kept from earlier calls in this process."""
     monkeypatch.setattr(_programs, "program_folder", lambda: str(tmp_path))
     monkeypatch.setattr(_programs, "_loaded", {})
+    monkeypatch.setattr(_programs, "_unexportable", set())
     return tmp_path
 
 
@@ -101,3 +102,12 @@ def test_a_flow_from_a_stored_solve_equals_the_traced_one(small_setting, folder)
     assert len(os.listdir(folder)) == 1
     np.testing.assert_array_equal(stored.flat_params(), traced.flat_params())
     assert stored.stats["num_accepted_steps"] == traced.stats["num_accepted_steps"]
+
+
+def test_a_program_that_cannot_be_exported_falls_back_once(folder, monkeypatch):
+    tries = []
+    monkeypatch.setattr(_programs, "_export", lambda *a: tries.append(1))  # always fails (returns None)
+    dynamic, static = _split(Scaled(jnp.ones(2), "tanh"))
+    for _ in range(3):
+        assert _programs.stored_program("apply", apply, static, (dynamic, jnp.ones(2))) is None
+    assert len(tries) == 1 and not os.listdir(folder)

@@ -48,6 +48,7 @@ FINGERPRINTED = ("gflow", *PACKAGES)
 """Packages whose functions a static part may name: their source or version is in the key."""
 
 _loaded: dict[str, Callable] = {}
+_unexportable: set[str] = set()
 
 
 def program_folder() -> str | None:
@@ -120,11 +121,14 @@ def stored_program(name: str, fn: Callable[..., Any], static: Any, example: tupl
     specs = [_spec(x) for x in leaves]
     key = hashlib.sha256("\n".join([build_fingerprint(), name, described, repr(treedef), repr(specs)]).encode())
     key = f"{name}-{key.hexdigest()[:40]}"
+    if key in _unexportable:
+        return None
     if key not in _loaded:
         exported = _read(os.path.join(folder, key + SUFFIX))
         if exported is None:
             exported = _export(fn, static, treedef, specs)
-            if exported is None:
+            if exported is None:  # remembered, so that the failed export is not traced again
+                _unexportable.add(key)
                 return None
             _write(folder, key + SUFFIX, exported)
         compiled = jax.jit(exported.call)
