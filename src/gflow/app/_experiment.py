@@ -27,7 +27,14 @@ from ..analysis import (
 )
 from ..data import SparseLagSpec
 from ..losses._data import MAX_ENUMERATED_SEQUENCES
-from ..plot import attention_figure, hessian_figure, lag_attention_maps, lag_figure, overview_figure, save_figure
+from ..plot import (
+    FigureWriter,
+    attention_figure,
+    hessian_figure,
+    lag_attention_maps,
+    lag_figure,
+    overview_figure,
+)
 from ._settings import ExperimentSettings
 
 
@@ -53,11 +60,12 @@ def run_experiment(settings: ExperimentSettings, out_dir: str | None = None, *, 
     with open(os.path.join(out_dir, SETTINGS_FILE), "w") as fh:
         json.dump(settings.to_dict(), fh, indent=1)
     spec, config, run = settings.build()
-    tic = time.perf_counter()
-    params0 = settings.initial_params(spec, config)
-    traj = simulate(params0, spec, (0.0, run["t_end"]), config=config, **settings.simulate_arguments(),
-                    progress=progress, checkpoint=os.path.join(out_dir, TRAJECTORY_FILE))
-    return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo)
+    with FigureWriter() as writer:  # its helper process starts now, while the flow runs
+        tic = time.perf_counter()
+        params0 = settings.initial_params(spec, config)
+        traj = simulate(params0, spec, (0.0, run["t_end"]), config=config, **settings.simulate_arguments(),
+                        progress=progress, checkpoint=os.path.join(out_dir, TRAJECTORY_FILE))
+        return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
 
 
 def unfinished_run(out_dir: str) -> tuple[ExperimentSettings, Trajectory] | None:
@@ -83,13 +91,14 @@ def resume_experiment(out_dir: str, *, progress: bool | None = None, echo=print)
     with open(os.path.join(out_dir, SETTINGS_FILE)) as fh:
         settings = ExperimentSettings.from_dict(json.load(fh), source=os.path.join(out_dir, SETTINGS_FILE))
     check_writable_folder("out_dir", out_dir)
-    tic = time.perf_counter()
-    traj = resume(os.path.join(out_dir, TRAJECTORY_FILE), progress=progress)
-    return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo)
+    with FigureWriter() as writer:
+        tic = time.perf_counter()
+        traj = resume(os.path.join(out_dir, TRAJECTORY_FILE), progress=progress)
+        return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
 
 
 def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir: str, t_flow: float,
-                        echo) -> ExperimentResult:
+                        echo, writer: FigureWriter) -> ExperimentResult:
     spec = traj.spec
     levels = ", ".join(f"{name} {v:.5f}" for name, v in spec.reference_levels().items())
     status = f"{traj.status.value}" + ("" if traj.status == RunStatus.INTERRUPTED else f" ({traj.message})")
@@ -110,8 +119,7 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
         "attention": attention_figure(metrics, events),
         "hessian": hessian_figure(plateaus),
     } | task_figures
-    for name, fig in figures.items():
-        save_figure(fig, os.path.join(out_dir, name))
+    writer.write(figures, out_dir)
     t_fig = time.perf_counter() - tic
     timings = {"flow_s": t_flow, "analysis_s": t_analysis, "figures_s": t_fig}
     _write_report(out_dir, settings, traj, stages_md, lin_md + task_md, timings)

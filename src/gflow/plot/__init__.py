@@ -9,3 +9,4 @@ from ._lags import lag_attention_maps as lag_attention_maps
 from ._lags import lag_figure as lag_figure
 from ._timelines import loss_remaining as loss_remaining
 from ._timelines import timelines_figure as timelines_figure
+from ._writer import FigureWriter as FigureWriter

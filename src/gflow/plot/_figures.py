@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..analysis import EVENT_COLORS, Event, Metrics, PlateauEscape
+from ._writer import write_png_and_pdf
 
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5, "xtick.labelsize": 8,
          "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 150,
@@ -32,19 +33,7 @@ ten colours stay distinguishable, sixteen do not."""
 
 def save_figure(fig, path_stem: str | os.PathLike) -> list[str]:
     """Write `fig` as `<stem>.png` and `<stem>.pdf`; returns both paths."""
-    stem = os.fspath(path_stem)
-    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    paths = [stem + ".png", stem + ".pdf"]
-    engine = fig.get_layout_engine()
-    try:
-        fig.savefig(paths[0])
-        # Laid out once: the PDF keeps the PNG's positions (a second constrained layout finds the same
-        # ones, in figure fractions, and costs a third of a save).
-        fig.set_layout_engine("none")
-        fig.savefig(paths[1])
-    finally:
-        fig.set_layout_engine(engine)
-    return paths
+    return write_png_and_pdf(fig, path_stem)
 
 
 def new_figure(rows: int = 1, cols: int = 1, **kw):

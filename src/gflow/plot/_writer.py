@@ -1,0 +1,136 @@
+"""Writing figures to disk: PNG and PDF side by side, one of a report's figures in a helper process.
+
+Drawing a figure is single-threaded Python (matplotlib): the demo's three figures take about 3 s of a
+warm 8 s run while the second core idles. `FigureWriter` starts a helper process when a run begins;
+it imports matplotlib only (not gflow or JAX) while the flow runs, then waits. When the report's
+figures are ready, all but the first are pickled to the helper, which draws them while this process
+draws the first (the overview, the largest). If the helper cannot start, dies, takes too long or a
+figure does not pickle, this process draws those figures itself: the files are the same either way.
+
+Run as a script, this file is the helper: it reads one pickled `([(figure, stem), ...], rc)` from
+stdin, writes each `stem.png` and `stem.pdf` under the parent's matplotlib settings `rc`, and prints
+`ok`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+HELPER_TIMEOUT = 300.0
+"""Seconds the helper may take over its figure before this process draws it itself."""
+PARENT_ONLY_RC = ("backend", "backend_fallback", "interactive", "webagg.port", "webagg.address")
+"""Settings that belong to the parent's session, not to drawing a figure into a file."""
+
+
+def write_png_and_pdf(fig, path_stem: str | os.PathLike) -> list[str]:
+    """Write `fig` as `<stem>.png` and `<stem>.pdf`; returns both paths.
+
+    The figure is laid out once: the PDF keeps the PNG's positions (a second constrained layout would
+    find the same ones, in figure fractions, and costs a third of a save)."""
+    stem = os.fspath(path_stem)
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    paths = [stem + ".png", stem + ".pdf"]
+    engine = fig.get_layout_engine()
+    try:
+        fig.savefig(paths[0])
+        fig.set_layout_engine("none")
+        fig.savefig(paths[1])
+    finally:
+        fig.set_layout_engine(engine)
+    return paths
+
+
+class FigureWriter:
+    """Writes a report's figures, using a second core when there is one (module docstring).
+
+    Use as a context manager around the whole run, so that the helper starts early and is always
+    stopped: `with FigureWriter() as writer: ...; writer.write(figures, out_dir)`."""
+
+    def __init__(self, helper: bool = True):
+        self._proc = self._handed = None
+        self.helped = 0
+        """How many figures the helper drew (0 when this process drew them all)."""
+        if helper and (os.cpu_count() or 1) > 1:
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, start_new_session=True)  # Ctrl-C stops the run, not the helper
+            except OSError:
+                self._proc = None
+
+    def write(self, figures: dict, out_dir: str | os.PathLike) -> list[str]:
+        """Write every figure of `figures` (name -> Figure) as `out_dir/name.png` and `.pdf`; returns
+        the paths."""
+        items = [(fig, os.path.join(os.fspath(out_dir), name)) for name, fig in figures.items()]
+        # This process draws the first figure (the overview, the largest), the helper the others.
+        mine, theirs = (items[:1], items[1:]) if len(items) > 1 and self._hand_over(items[1:]) else (items, [])
+        for fig, stem in mine:
+            write_png_and_pdf(fig, stem)
+        if theirs and self._finished():
+            self.helped += len(theirs)
+        else:
+            for fig, stem in theirs:
+                write_png_and_pdf(fig, stem)
+        return [stem + ext for _, stem in items for ext in (".png", ".pdf")]
+
+    def _hand_over(self, items: list) -> bool:
+        proc, self._proc = self._proc, None  # one batch per helper
+        if proc is None or proc.poll() is not None:
+            return False
+        import matplotlib
+
+        rc = {k: v for k, v in matplotlib.rcParams.items() if k not in PARENT_ONLY_RC}
+        try:
+            proc.stdin.write(pickle.dumps((items, rc)))
+            proc.stdin.close()
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+            proc.kill()
+            proc.wait()
+            return False
+        self._handed = proc
+        return True
+
+    def _finished(self) -> bool:
+        proc, self._handed = self._handed, None
+        try:
+            proc.wait(timeout=HELPER_TIMEOUT)  # its only output is one short line: the pipe cannot fill
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out = proc.stdout.read()
+        proc.stdout.close()
+        return proc.returncode == 0 and out.strip() == b"ok"
+
+    def close(self) -> None:
+        """Stop the helper if it was not used (a run that failed, or drew one figure)."""
+        for proc in (self._proc, self._handed):
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+        self._proc = self._handed = None
+
+    def __enter__(self) -> FigureWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve() -> None:
+    import matplotlib
+
+    job = sys.stdin.buffer.read()
+    if not job:  # the parent closed the pipe without a figure
+        return
+    items, rc = pickle.loads(job)  # written by FigureWriter in the parent, through a private pipe
+    with matplotlib.rc_context(rc):
+        for fig, stem in items:
+            write_png_and_pdf(fig, stem)
+    sys.stdout.write("ok\n")
+
+
+if __name__ == "__main__":
+    _serve()
