@@ -217,7 +217,8 @@ def problem_b(quick: bool, torch_steps: int):
                          solver="Dopri8", rtol=1e-10, atol=1e-13, progress=False, max_steps=500_000)
     b.set_reference(np.asarray(jax.vmap(b.layout.flatten)(ref.params)),
                     f"diffrax Dopri8 rtol 1e-10 in {time.perf_counter() - tic:.1f} s")
-    b.simulate("**gflow default** (above 2048 parameters: Tsit5, rtol 1e-6)")
+    b.simulate("**gflow default** (above 256 parameters: GradientFlowKrylovBDF, rtol 1e-6)")
+    b.simulate("diffrax Tsit5, rtol 1e-6 (the default above 2048 parameters before the Krylov BDF)", solver="Tsit5")
     if not quick:
         b.simulate("diffrax Dopri5, rtol 1e-6", solver="Dopri5")
         b.simulate("diffrax Dopri8, rtol 1e-6", solver="Dopri8")
