@@ -95,7 +95,8 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
       (`gflow.solvers.GradientFlowBDF(...)`, a diffrax solver), or `None` for gflow's default:
       `GradientFlowBDF` (scipy's variable-order BDF method with Newton solves in a kept eigenbasis of
       the Hessian; docs/flow.md) up to 256 parameters, above it `GradientFlowKrylovBDF` (the same
-      steps, matrix-free Newton solves: no dense Hessian). The BDF solvers choose their own steps
+      steps, matrix-free Newton solves: no dense Hessian). On a short horizon that is not yet stiff,
+      a large model runs faster with `"Tsit5"` (docs/flow.md). The BDF solvers choose their own steps
       and orders within `rtol`, `atol`; the others run under a PID controller
       with `rtol`, `atol`. A gflow solver instance gets these `rtol`, `atol` (its own are replaced),
       so solver and controller cannot disagree.
