@@ -72,14 +72,19 @@ def gd_contender(p0, spec, config, t1: float, accuracy: float | None) -> dict:
     ref = gflow.simulate(p0, spec, (0.0, float(times[-1])), config=config, loss="meanfield", save_times=times[1:],
                          rtol=1e-8, atol=1e-11, progress=False)
     ref_at = dict(zip(np.round(ref.times, 9), ref.flat_params(), strict=True))
-    errors = {}
+    errors, curve = {}, []
     for lr, r in runs.items():
         want = np.stack([ref_at[t] for t in np.round(r.times, 9)])
-        errors[lr] = float((np.linalg.norm(r.flat_params() - want, axis=1) / np.linalg.norm(want, axis=1))[1:].max())
+        over_time = np.linalg.norm(r.flat_params() - want, axis=1) / np.linalg.norm(want, axis=1)
+        errors[lr] = float(over_time[1:].max())
+        if lr == 0.1:
+            curve = [(float(t), float(e), float(a), float(b)) for t, e, a, b in
+                     zip(r.times, over_time, r.loss, ref.loss[np.searchsorted(ref.times, r.times)], strict=True)]
     fitted = np.log(errors[0.1] / errors[0.05]) / np.log(2.0)
     order = max(fitted, 1.0)
     lr_eq = 0.05 * (accuracy / errors[0.05]) ** (1.0 / order)
-    out.update(gd_errors=errors, gd_order=fitted, gd_lr_equal=lr_eq, gd_wall_equal=per_step * t1 / lr_eq,
+    out.update(gd_errors=errors, gd_curve=curve, gd_order=fitted, gd_lr_equal=lr_eq,
+               gd_wall_equal=per_step * t1 / lr_eq,
                message=f"error {errors[0.1]:.1e} at lr 0.1, {errors[0.05]:.1e} at lr 0.05 (~ lr^{fitted:.2f}); "
                        f"at the default's error {accuracy:.1e}: lr {lr_eq:.1e}, {per_step * t1 / lr_eq:.2e} s")
     return out
@@ -187,6 +192,7 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
           "Hessians / Lanczos | HVPs | peak memory (GiB) | max rel. param error | max event shift (log) | "
           "missed events | x default | status |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    curves = []
     for r in rows:
         s = r.get("stats", {})
         steps = f"{s.get('num_accepted_steps', r.get('nfev', '-'))} ({s.get('num_rejected_steps', '-')})"
@@ -202,10 +208,22 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
         print(f"| {r['contender']} | {r.get('solver', '-')} | {r['wall']:.1f} | {compile_s} | {steps} | "
               f"{s.get('num_hessian_evaluations', r.get('njev', '-'))} | {s.get('num_hessian_vector_products', '-')} | "
               f"{r.get('peak_rss_gib', float('nan')):.2f} | {err} | {shift} | {missed} | {ratio} | {status} |")
+        if r.get("gd_curve"):
+            curves.append(r["gd_curve"])
         if "gd_wall_equal" in r and base:
             print(f"| GD at the default's error (extrapolated) | GD lr {r['gd_lr_equal']:.1e} | "
                   f"{r['gd_wall_equal']:.3g} | - | {args_steps(r)} | - | - | - | (= default's) | - | - | "
                   f"{r['gd_wall_equal'] / base:.3g} | extrapolated |")
+    for curve in curves:
+        print_gd_curve(curve)
+
+
+def print_gd_curve(curve: list) -> None:
+    """GD at lr 0.1 against the flow at its saved times: where it follows and where it leaves."""
+    print("\nGD at lr 0.1 against the rtol-1e-8 flow:")
+    print("| t | rel. param error | GD loss | flow loss |\n|---:|---:|---:|---:|")
+    for t, err, gd_loss, flow_loss in curve:
+        print(f"| {t:.3g} | {err:.2e} | {gd_loss:.6f} | {flow_loss:.6f} |")
 
 
 def scaling(t1: float, budget: float):
