@@ -183,9 +183,9 @@ def single_chunk_solver(field: GradientField, setup: SolverSetup, max_steps: int
         nonlocal program
         # device_put, not jnp.asarray: the latter compiles a small program per new shape
         args = tuple(jax.device_put(np.asarray(a, dtype=np.float64)) for a in (y[0], t0, t1, ts))
-        if program is None:
-            program = storable and stored_program("chunk", _solve_stored_chunk, static, (dynamic, *args))
-            program = program or (lambda dyn, *a: solve_one(*eqx.combine(dyn, static)[:3], *a, max_steps))
+        if program is None:  # decided at the first chunk, when the argument shapes are known
+            stored = stored_program("chunk", _solve_stored_chunk, static, (dynamic, *args)) if storable else None
+            program = stored or (lambda dyn, *a: solve_one(*eqx.combine(dyn, static)[:3], *a, max_steps))
         out = program(dynamic, *args)
         return jax.tree.map(lambda a: np.asarray(a)[None], out)
 
