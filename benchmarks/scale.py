@@ -152,7 +152,7 @@ def contender(name: str, problem: dict, t1: float, budget: float, max_steps: int
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def args_steps(r: dict) -> str:
+def gd_equal_steps(r: dict) -> str:
     return f"{r['stats']['num_accepted_steps'] * 0.1 / r['gd_lr_equal']:.1e}"
 
 
@@ -161,18 +161,24 @@ def relative_error(ys: np.ndarray, ref: np.ndarray) -> float:
     return float((np.linalg.norm(ys - ref, axis=1) / np.linalg.norm(ref, axis=1)).max())
 
 
-def events_of(problem: dict, t1: float, ys) -> dict:
-    """Stage events of saved states `ys` on the 61-point grid, timed by interpolation between saved
+def events_of(record, ys) -> dict:
+    """Stage events of saved states `ys` on `record`'s grid, timed by interpolation between saved
     points (`refine=False`: the same rule for every contender, and no re-solve of a large flow)."""
     import gflow
     from gflow.analysis import detect_stages
 
+    traj = gflow.Trajectory.from_flat(record, record.save_times, np.asarray(ys))
+    return {(e.kind, i): e.time for i, e in enumerate(detect_stages(traj, refine=False)) if e.kind != "plateau"}
+
+
+def grid_record(problem: dict, t1: float):
+    """The record of the problem's flows on the 61-point grid, for trajectories built from saved states."""
+    import gflow
+
     spec, config, p0 = setting(**problem)
     grid = gflow.default_save_times((0.0, t1), 61)
-    record = gflow.simulate(p0, spec, (0.0, t1), config=config, loss="meanfield", save_times=grid[1:2],
-                            progress=False).record.with_save_times(grid)
-    traj = gflow.Trajectory.from_flat(record, grid, np.asarray(ys))
-    return {(e.kind, i): e.time for i, e in enumerate(detect_stages(traj, refine=False)) if e.kind != "plateau"}
+    return gflow.simulate(p0, spec, (0.0, t1), config=config, loss="meanfield", save_times=grid[1:2],
+                          progress=False).record.with_save_times(grid)
 
 
 def event_shift(events: dict, reference: dict) -> tuple[float, int]:
@@ -184,7 +190,8 @@ def event_shift(events: dict, reference: dict) -> tuple[float, int]:
 
 def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
     ref = np.asarray(reference["ys"]) if reference and reference.get("ys") else None
-    ref_events = events_of(problem, t1, ref) if ref is not None else None
+    record = grid_record(problem, t1) if ref is not None else None
+    ref_events = events_of(record, ref) if ref is not None else None
     if ref_events is not None:
         print(f"reference events: {sorted((k[0], round(v, 3)) for k, v in ref_events.items())}")
     base = next((r["wall"] for r in rows if r["contender"] == "default" and r.get("ok")), None)
@@ -200,7 +207,7 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
         if ref is not None and r.get("ys") is not None:
             ys = np.asarray(r["ys"])
             err = f"{relative_error(ys, ref):.1e}"
-            shift, missed = event_shift(events_of(problem, t1, ys), ref_events)
+            shift, missed = event_shift(events_of(record, ys), ref_events)
             shift = f"{shift:.1e}"
         ratio = f"{r['wall'] / base:.2f}" if base and r.get("ok") else "-"
         status = ("success" if r.get("ok") else "") if r["contender"] != "gd" else r.get("message", "")
@@ -212,7 +219,7 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
             curves.append(r["gd_curve"])
         if "gd_wall_equal" in r and base:
             print(f"| GD at the default's error (extrapolated) | GD lr {r['gd_lr_equal']:.1e} | "
-                  f"{r['gd_wall_equal']:.3g} | - | {args_steps(r)} | - | - | - | (= default's) | - | - | "
+                  f"{r['gd_wall_equal']:.3g} | - | {gd_equal_steps(r)} | - | - | - | (= default's) | - | - | "
                   f"{r['gd_wall_equal'] / base:.3g} | extrapolated |")
     for curve in curves:
         print_gd_curve(curve)

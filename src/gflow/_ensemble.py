@@ -175,7 +175,7 @@ def simulate_many(params0_batch: TransformerParams, markov_spec: AbstractDataSou
                          devices=n_dev if batching == "vmap" else n_workers)
     setup = solver_setup(record)
     field = GradientField(loss=record.loss_function(), layout=record.layout)
-    y0 = np.asarray(jax.vmap(record.layout.flatten)(params0_batch))
+    y0 = record.layout.flatten_many(params0_batch)
     check_finite_start(y0, "params0_batch")
     if batching == "processes":
         return _in_processes(record, field, y0, n_workers, progress)

@@ -1,5 +1,5 @@
 """Ensemble members solved by a pool of worker processes, one per CPU core (`simulate_many`'s
-`batching="processes"`, the default on CPUs).
+`batching="processes"`; the default on CPUs is a plain loop, because workers need a main guard).
 
 Why processes and not threads: measured on 2 cores (docs/performance.md), one XLA solve of a small
 model already keeps both cores busy (about 1.9 cores of CPU time per core-second of wall), and it
@@ -8,8 +8,8 @@ synchronises. Two solves in two threads then fight over the same cores. A worker
 its own core (`os.sched_setaffinity`) runs its members at single-core speed, undisturbed.
 
 - The pool is started on first use (spawned: a fresh JAX in each worker) and kept for later calls;
-  its workers load the compiled solve from the persistent compilation cache (`_warm.py`) when the
-  parent has compiled it, so a warm call pays no compilation.
+  its workers load the stored solve (`_programs.py`) and its compilation (`_warm.py`) when the
+  parent has made them, so a warm call pays neither tracing nor compilation.
 - Each member's run is `integrate` on one state, exactly as `simulate` runs it (same solver, same
   compiled program), so the results are those of a loop of `simulate` calls, to the last bit.
 - Members are handed out one at a time, so a stiff member never holds back an easy one.
