@@ -39,22 +39,17 @@ def small_setting():
 def interrupt_chunk(monkeypatch):
     """`interrupt_chunk(n)`: Ctrl-C during the n-th chunk a flow solves from now on (stored or traced
     solve alike); `interrupt_chunk(None)` lets chunks run again."""
-    from gflow import _flow
+    from gflow.flow import SingleState
 
-    real, calls, target = _flow.single_chunk_solver, {"n": 0}, {"n": None}
+    real, calls, target = SingleState.solve, {"n": 0}, {"n": None}
 
-    def counting(*args, **kw):
-        solve = real(*args, **kw)
+    def interrupted(self, *a):
+        calls["n"] += 1
+        if calls["n"] == target["n"]:
+            raise KeyboardInterrupt
+        return real(self, *a)
 
-        def interrupted(*a):
-            calls["n"] += 1
-            if calls["n"] == target["n"]:
-                raise KeyboardInterrupt
-            return solve(*a)
-
-        return interrupted
-
-    monkeypatch.setattr(_flow, "single_chunk_solver", counting)
+    monkeypatch.setattr(SingleState, "solve", interrupted)
 
     def at(n):
         calls["n"], target["n"] = 0, n

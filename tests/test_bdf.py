@@ -78,27 +78,15 @@ def test_takes_the_steps_scipys_bdf_takes(exact):
     assert err_ours < 5 * err_scipy and err_scipy < 5 * err_ours, (err_ours, err_scipy)
 
 
-def test_error_is_proportional_to_the_tolerance(exact):
-    """Each 100x tighter tolerance gives at least 10x smaller global error (dense output included:
-    most of the save times fall inside steps). Measured: 190x, 37x, 22x."""
-    errors = [np.abs(ours(rtol, rtol * 1e-3)[0] - exact).max() for rtol in (1e-4, 1e-6, 1e-8, 1e-10)]
-    assert errors[-1] < 1e-8
-    for loose, tight in zip(errors, errors[1:], strict=False):
-        assert tight < loose / 10, errors
-
-
-def test_high_orders_are_used_and_hessians_are_kept(small_setting):
+def test_high_orders_are_used(small_setting):
+    """At a tight tolerance a method of order <= 2 would need far more steps than Kvaerno5 (order 5).
+    (Agreement with a tight reference and the kept Hessians: test_solvers.py.)"""
     spec, config, params0 = small_setting
     kw = dict(config=config, loss="counts", n_save=13, progress=False, rtol=1e-9, atol=1e-12)
     bdf = gflow.simulate(params0, spec, (0.0, 60.0), **kw)
     kvaerno = gflow.simulate(params0, spec, (0.0, 60.0), solver="Kvaerno5", **kw)
     assert bdf.ok and bdf.settings["solver"] == "GradientFlowBDF"
-    np.testing.assert_allclose(bdf.loss, kvaerno.loss, rtol=1e-7)
-    np.testing.assert_allclose(np.asarray(bdf.params.W_E), np.asarray(kvaerno.params.W_E), rtol=1e-5, atol=1e-8)
-    s = bdf.stats
-    assert s["num_hessian_evaluations"] < (s["num_accepted_steps"] + 1) / 5
-    # At this tolerance a method of order <= 2 would need far more steps than Kvaerno5 (order 5).
-    assert s["num_accepted_steps"] < 3 * kvaerno.stats["num_accepted_steps"]
+    assert bdf.stats["num_accepted_steps"] < 3 * kvaerno.stats["num_accepted_steps"]
 
 
 def test_too_small_a_step_is_reported_not_hidden():

@@ -155,7 +155,7 @@ def test_interrupt_then_gflow_resume_gives_the_uninterrupted_report(tmp_path, ca
     # restores Python's own handler, as an interactive `gflow run` has it.
     child = ("import signal, sys, time\n"
              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-             "from gflow._trajectory import Trajectory\n"
+             "from gflow import Trajectory\n"
              "save = Trajectory.save\n"
              "def slow_save(self, path):\n"
              "    save(self, path)\n"

@@ -5,7 +5,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import gflow
-from gflow._layout import ParamLayout
+from gflow.model import ParamLayout
 
 T_END = 60.0
 

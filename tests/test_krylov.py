@@ -76,15 +76,12 @@ def test_agrees_with_the_dense_solver_and_the_reference(reference):
     assert np.all(np.diff(values) <= 1e-12 * np.abs(values).max())  # the loss never increases
 
 
-def test_a_transformer_flow_matches_the_dense_solver(small_setting):
+def test_new_values_reuse_the_compiled_solve(small_setting):
+    """(Agreement of a Transformer flow with a tight reference: test_solvers.py.)"""
     spec, config, params0 = small_setting
     kw = dict(config=config, loss="counts", n_save=13, progress=False, rtol=1e-8, atol=1e-11)
-    dense = gflow.simulate(params0, spec, (0.0, 60.0), **kw)
     krylov = gflow.simulate(params0, spec, (0.0, 60.0), solver="GradientFlowKrylovBDF", **kw)
-    assert krylov.ok and krylov.settings["solver"] == "GradientFlowKrylovBDF"
-    np.testing.assert_allclose(krylov.loss, dense.loss, rtol=1e-6)
-    assert np.all(np.diff(krylov.loss) <= 1e-12)
-    assert krylov.stats["num_hessian_vector_products"] > 0
+    assert krylov.ok
     compiles = []  # new values (start, tolerances) reuse the compiled solve
 
     def listener(event, duration, **kw):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gflow
 from conftest import BAD_TYPE
-from gflow._model import sequence_logits
+from gflow.model import sequence_logits
 
 small_problems = st.fixed_dictionaries({
     "V": st.integers(2, 3), "T": st.integers(1, 4), "seed": st.integers(0, 2**31 - 1),

@@ -5,7 +5,7 @@ import pytest
 
 import gflow
 from conftest import BAD_TYPE
-from gflow._model import sequence_logits, type_logits
+from gflow.model import sequence_logits, type_logits
 
 
 def test_init_shapes_follow_transformerlens(demo_spec, key):

@@ -1,4 +1,4 @@
-"""Stored programs (`gflow._programs`): a solve exported once and loaded by later processes."""
+"""Stored programs (`gflow.common._programs`): a solve exported once and loaded by later processes."""
 
 import os
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow import _programs
+from gflow.common import _programs
 from gflow.solvers import GradientFlowBDF
 
 

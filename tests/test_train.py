@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import gflow
-from gflow._train import save_steps
+from gflow.flow import save_steps
 
 T_FIX = 20.0
 

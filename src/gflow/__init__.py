@@ -2,16 +2,18 @@
 
 Importing gflow turns on JAX's float64 mode (`jax_enable_x64`): gradient flows are integrated in
 double precision, and the exactness checks (enumerate == counts to 1e-10) need it. It also turns on
-JAX's persistent compilation cache (`_warm.py`; `GFLOW_COMPILATION_CACHE=off` turns it off).
+JAX's persistent compilation cache (`common/_warm.py`; `GFLOW_COMPILATION_CACHE=off` turns it off).
 
-The layers (docs/architecture.md): `gflow.data` (data sources) -> the model -> `gflow.losses` ->
-`gflow.solvers` and the flow (`simulate`, `simulate_many`, `resume`, `train`) -> `Trajectory` ->
-`gflow.analysis` -> `gflow.plot` -> `gflow.app` (settings, reports, the `gflow` command).
+The layers are the folders (docs/architecture.md): `gflow.data` (data sources) -> `gflow.model`
+-> `gflow.losses` -> `gflow.record` (how a run was made, `Trajectory`, files) -> `gflow.flow`
+(`simulate`, `resume`, `simulate_many`, `train`) -> `gflow.analysis` -> `gflow.plot` -> `gflow.app`
+(settings, reports, the `gflow` command); `gflow.solvers` stands on nothing but `gflow.common`
+(checks, progress bars, the compilation cache, stored programs, the worker pool), under them all.
 """
 
-from . import _warm
+from .common import _warm
 
-_warm.prepare_environment()  # before equinox is imported (see _warm.py)
+_warm.prepare_environment()  # before equinox is imported (see common/_warm.py)
 
 import jax as _jax  # noqa: E402
 
@@ -24,36 +26,39 @@ from importlib.metadata import version as _version
 from . import analysis as analysis
 from . import app as app
 from . import data as data
+from . import flow as flow
 from . import losses as losses
+from . import model as model
 from . import plot as plot
+from . import record as record
 from . import solvers as solvers
-from ._ensemble import simulate_many as simulate_many
-from ._ensemble import stack_params as stack_params
-from ._flow import resume as resume
-from ._flow import simulate as simulate
-from ._integrate import GradientField as GradientField
-from ._integrate import default_save_times as default_save_times
-from ._layout import ParamLayout as ParamLayout
-from ._model import TransformerConfig as TransformerConfig
-from ._model import TransformerParams as TransformerParams
-from ._model import init_params as init_params
-from ._record import RunRecord as RunRecord
-from ._record import SolverSpec as SolverSpec
-from ._record import TrainingSpec as TrainingSpec
-from ._train import train as train
-from ._trajectory import RunStatus as RunStatus
-from ._trajectory import Trajectory as Trajectory
-from ._trajectory import load as load
 from .analysis import Comparison as Comparison
 from .analysis import compare as compare
 from .app import ExperimentSettings as ExperimentSettings
 from .data import AbstractDataSource as AbstractDataSource
 from .data import MarkovSpec as MarkovSpec
 from .data import SparseLagSpec as SparseLagSpec
+from .flow import GradientField as GradientField
+from .flow import default_save_times as default_save_times
+from .flow import resume as resume
+from .flow import simulate as simulate
+from .flow import simulate_many as simulate_many
+from .flow import stack_params as stack_params
+from .flow import train as train
 from .losses import LossFunction as LossFunction
 from .losses import LossSpec as LossSpec
 from .losses import loss_function as loss_function
 from .losses import population_loss as population_loss
+from .model import ParamLayout as ParamLayout
+from .model import TransformerConfig as TransformerConfig
+from .model import TransformerParams as TransformerParams
+from .model import init_params as init_params
+from .record import RunRecord as RunRecord
+from .record import RunStatus as RunStatus
+from .record import SolverSpec as SolverSpec
+from .record import TrainingSpec as TrainingSpec
+from .record import Trajectory as Trajectory
+from .record import load as load
 
 try:
     __version__ = _version("gflow")

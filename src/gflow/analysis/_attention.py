@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._model import TransformerParams, sequence_attention, type_scores
 from ..losses import LossFunction, SequenceData, TypeData
+from ..model import TransformerParams, sequence_attention, type_attention
 
 
 def _xlogy_ratio(p, q):
@@ -34,9 +34,7 @@ def _xlogy_ratio(p, q):
 
 def _type_level(params: TransformerParams, fn: LossFunction, d: TypeData) -> dict[str, Float[Array, ...]]:
     V = d.targets.shape[-1]
-    scores = type_scores(params, fn.config)[:, d.query, :]  # (K, S, V)
-    logw = jnp.where(d.key_weights > 0, jnp.log(jnp.where(d.key_weights > 0, d.key_weights, 1.0)), -jnp.inf)
-    alpha = jax.nn.softmax(scores + logw[None], axis=-1)  # (K, S, V)
+    alpha = type_attention(params, fn.config, d.query, d.key_weights)  # (K, S, V): the model's own attention
     w = d.weights / jnp.sum(d.weights)
     reference = d.key_weights / jnp.sum(d.key_weights, axis=-1, keepdims=True)
     focus = jnp.sum(_xlogy_ratio(alpha, reference[None]), axis=-1) @ w  # (K,)

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._flow import run_record
-from .._trajectory import Trajectory
+from ..flow import run_record
+from ..record import Trajectory
 from ._events import Event
 from ._hessian import hessian_vector_product, lanczos_extremes
 from ._stages import detect_stages

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._layout import ParamLayout
-from .._model import TransformerConfig, TransformerParams
 from ..data import AbstractDataSource
 from ..losses import LossFunction, loss_function
+from ..model import ParamLayout, TransformerConfig, TransformerParams
 
 
 @eqx.filter_jit

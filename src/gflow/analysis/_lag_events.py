@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
-from .._model import sequence_logits
-from .._trajectory import Trajectory
 from ..data import AbstractDataSource, SparseLagSpec, block_lags
-from ..losses._data import MAX_ENUMERATED_SEQUENCES
+from ..losses import MAX_ENUMERATED_SEQUENCES
+from ..model import sequence_logits
+from ..record import Trajectory
 from ._events import Event, sort_events
 from ._lag_blocks import lag_block_attention
 from ._metrics import compute_metrics

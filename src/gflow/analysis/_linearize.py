@@ -14,7 +14,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from .._trajectory import Trajectory
+from ..record import Trajectory
 from ._events import Event
 from ._hessian import linearize_flat
 from ._stages import detect_stages

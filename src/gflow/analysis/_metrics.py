@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._model import TransformerConfig, TransformerParams
-from .._trajectory import Trajectory
+from ..model import TransformerConfig, TransformerParams, type_scores
+from ..record import Trajectory
 from ._attention import attention_statistics
 
 OPEN_FRACTION = 0.25
@@ -102,11 +103,10 @@ def log_time_slope(times: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-@jax.jit
-def _max_scores(params: TransformerParams, scale):
-    q = jnp.einsum("nad,nkde->nkae", params.W_E, params.W_Q)
-    k = jnp.einsum("nad,nkde->nkae", params.W_E, params.W_K)
-    return jnp.max(jnp.abs(scale * jnp.einsum("nkae,nkbe->nkab", q, k)), axis=(1, 2, 3))
+@eqx.filter_jit
+def _max_scores(params: TransformerParams, config: TransformerConfig):
+    """The largest |score| between token types at each saved time, from the model's own scores."""
+    return jnp.max(jnp.abs(jax.vmap(lambda p: type_scores(p, config))(params)), axis=(1, 2, 3))
 
 
 def compute_metrics(traj: Trajectory) -> Metrics:
@@ -125,7 +125,7 @@ def compute_metrics(traj: Trajectory) -> Metrics:
     loss = np.asarray(traj.loss)
     return Metrics(times=times, pi=stats["uniform_mass"][0], sv_E=sv_E, sv_U=sv_U, sv_EU=sv_EU,
                    stable_rank_E=stable_rank(sv_E), stable_rank_U=stable_rank(sv_U),
-                   open_directions=open_directions(sv_E), max_score=np.asarray(_max_scores(p, cfg.score_scale)),
+                   open_directions=open_directions(sv_E), max_score=np.asarray(_max_scores(p, cfg)),
                    qk_change=qk_change, key_mass=stats["key_mass"], focus=stats["focus"].mean(axis=1),
                    attention=stats["attention"], position_attention=stats.get("position_attention"), loss=loss,
                    grad_norm=np.asarray(traj.grad_norm), dloss_dlogt=log_time_slope(times, loss),

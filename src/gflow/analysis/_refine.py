@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .._flow import run_record
-from .._trajectory import Trajectory
+from ..flow import RunPlan, run_record
+from ..record import Trajectory
 from ._signals import interpolate_crossing
 
 MAX_ROUNDS = 8
@@ -35,6 +35,7 @@ class Refiner:
         self.traj = traj
         self.metrics_of = metrics_of
         self.can_resolve = traj is not None and traj.record.kind in ("flow", "ensemble") and len(traj) > 1
+        self._plan = None  # the run's plan, made at the first re-solve and kept for the others
 
     def _stretch(self, t0: float, y0: np.ndarray, t1: float):
         """Metrics on a fine grid from (t0, y0) to t1, re-solved with the run's own record."""
@@ -43,7 +44,9 @@ class Refiner:
         times = np.geomspace(t0, t1, n) if t0 > 0 else np.linspace(t0, t1, n)
         times[0], times[-1] = t0, t1
         params0 = record.layout.unflatten(np.asarray(y0, dtype=np.float64))
-        sub = run_record(record.with_save_times(times), params0, progress=False)
+        if self._plan is None:
+            self._plan = RunPlan.of(record)
+        sub = run_record(record.with_save_times(times), params0, plan=self._plan, progress=False)
         if not sub.ok or len(sub) != n:
             return None
         return sub, self.metrics_of(sub)

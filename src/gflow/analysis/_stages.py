@@ -40,7 +40,7 @@ import dataclasses
 
 import numpy as np
 
-from .._trajectory import Trajectory
+from ..record import Trajectory
 from ._events import Event, sort_events
 from ._metrics import Metrics, compute_metrics, log_time_slope
 from ._refine import Refiner

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._trajectory import Trajectory
+from ..record import Trajectory
 from ._hessian import linearize_flat
 
 CONVERGED = 1e-3

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from .._trajectory import RunStatus
+from ..record import RunStatus
 from ._comparison import run_comparison
 from ._experiment import resume_experiment, run_experiment, unfinished_run
 from ._settings import ExperimentSettings

@@ -7,9 +7,8 @@ import time
 
 import jax
 
-from .._flow import simulate
-from .._train import make_optimizer, train
 from ..analysis import compare, event_shift_table
+from ..flow import make_optimizer, run_record, train
 from ..plot import comparison_figure, save_figure
 from ._settings import ExperimentSettings
 
@@ -26,16 +25,17 @@ def run_comparison(settings: ExperimentSettings, out_dir: str, *, t_end: float =
     `t_end`, which is the smaller of `t_end` and `[flow].t_end`; the discrete runs use the same loss.
     """
     os.makedirs(out_dir, exist_ok=True)
-    spec, config, run = settings.build()
-    t_end = min(t_end, run["t_end"])
-    p0 = settings.initial_params(spec, config)
+    spec, config = settings.record.source, settings.record.config
+    record = settings.record_until(min(t_end, settings.flow["t_end"]))
+    t_end = record.t_span[1]
+    p0 = settings.initial_params()
     tic = time.perf_counter()
-    flow = simulate(p0, spec, (0.0, t_end), config=config, **settings.simulate_arguments(), progress=progress)
+    flow = run_record(record, p0, progress=progress)
     trajs, comps, lines = [], [], []
     for i, (opt, lr, batch) in enumerate(runs):
         steps = max(1, int(round(t_end / make_optimizer(opt, lr)[2])))  # flow time per step
         traj = train(p0, spec, config, optimizer=opt, lr=lr, steps=steps, batch_size=batch,
-                     key=None if batch is None else jax.random.key(100 + i), n_save=run["n_save"] // 2,
+                     key=None if batch is None else jax.random.key(100 + i), n_save=settings.flow["n_save"] // 2,
                      progress=progress, loss=flow.record.loss)
         c = compare(flow, traj)
         trajs.append(traj)

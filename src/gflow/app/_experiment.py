@@ -11,9 +11,6 @@ import json
 import os
 import time
 
-from .._checks import check_writable_folder
-from .._flow import resume, simulate
-from .._trajectory import RunStatus, Trajectory, load
 from ..analysis import (
     Event,
     PlateauEscape,
@@ -25,8 +22,10 @@ from ..analysis import (
     plateau_linearization,
     stage_table,
 )
+from ..common import check_writable_folder
 from ..data import SparseLagSpec
-from ..losses._data import MAX_ENUMERATED_SEQUENCES
+from ..flow import resume, run_record
+from ..losses import MAX_ENUMERATED_SEQUENCES
 from ..plot import (
     FigureWriter,
     attention_figure,
@@ -35,6 +34,7 @@ from ..plot import (
     lag_figure,
     overview_figure,
 )
+from ..record import RunStatus, Trajectory, load
 from ._settings import ExperimentSettings
 
 
@@ -59,12 +59,10 @@ def run_experiment(settings: ExperimentSettings, out_dir: str | None = None, *, 
     out_dir = check_writable_folder("out_dir", out_dir or settings.output["dir"])
     with open(os.path.join(out_dir, SETTINGS_FILE), "w") as fh:
         json.dump(settings.to_dict(), fh, indent=1)
-    spec, config, run = settings.build()
     with FigureWriter() as writer:  # its helper process starts now, while the flow runs
         tic = time.perf_counter()
-        params0 = settings.initial_params(spec, config)
-        traj = simulate(params0, spec, (0.0, run["t_end"]), config=config, **settings.simulate_arguments(),
-                        progress=progress, checkpoint=os.path.join(out_dir, TRAJECTORY_FILE))
+        traj = run_record(settings.record, settings.initial_params(), progress=progress,
+                          checkpoint=os.path.join(out_dir, TRAJECTORY_FILE))
         return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
 
 

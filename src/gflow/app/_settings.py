@@ -12,26 +12,27 @@ keyword added there is a key here, with the same default.
 - `[output]`: `dir`.
 
 Only the demo's own choices (`DEMO`) differ from those defaults. Every section and key is checked
-when the file is read: unknown ones, keys of another chain kind, wrong types, bad values, and names
-(loss methods, solvers) that do not exist or do not fit the problem raise `ValueError` naming
-`[section].key`. The file format is documented in docs/cli.md.
+when the file is read: unknown ones, keys of another chain kind and wrong types here; values by the
+very functions they feed, which build the run's record once (`ExperimentSettings.record`: the data
+source, the model, the loss, the solver, the save grid). Bad values and names (loss methods,
+solvers) that do not exist or do not fit the problem raise `ValueError` naming `[section].key`.
+The file format is documented in docs/cli.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from .._checks import is_real
-from .._flow import simulate
-from .._model import TransformerConfig, init_params
+from ..common import ArgumentError
 from ..data import AbstractDataSource, MarkovSpec, SparseLagSpec
-from ..losses import METHOD_NAMES, loss_spec
-from ..solvers import check_solver_name
+from ..flow import flow_record, simulate
+from ..losses import METHOD_NAMES
+from ..model import TransformerConfig, TransformerParams, check_init_scale, init_params
+from ..record import RunRecord
 
 CHAIN_KINDS: dict[str, Callable[..., AbstractDataSource]] = {
     "sticky": MarkovSpec.sticky, "binary": MarkovSpec.binary, "dirichlet": MarkovSpec.dirichlet,
@@ -58,11 +59,13 @@ _NUMBER = (int, float)
 
 @dataclasses.dataclass(frozen=True)
 class Key:
-    """One TOML key: accepted types, default (`REQUIRED` if none), and the parameter it feeds."""
+    """One TOML key: accepted types, default (`REQUIRED` if none), the parameter it feeds, and, for
+    a key that names one of a fixed set of things, that set (`choices`, owned by the layer it names)."""
 
     types: type | tuple[type, ...]
     default: Any
     parameter: str
+    choices: tuple[str, ...] | None = None
 
 
 REQUIRED = object()
@@ -97,6 +100,7 @@ def _schema() -> dict[str, dict[str, Key]]:
     init["seed"] = dataclasses.replace(init["seed"], default=0)
     flow = {"t_end": Key(_NUMBER, DEMO["flow"]["t_end"], "t_end")} | _keys_of(simulate, "flow")
     flow["solver"] = dataclasses.replace(flow["solver"], types=str)
+    flow["loss"] = dataclasses.replace(flow["loss"], choices=METHOD_NAMES)
     return {"chain": {}, "model": model, "init": init, "flow": flow, "output": {"dir": Key(str, "gflow-demo", "dir")}}
 
 
@@ -134,19 +138,24 @@ def _read_section(raw: dict, section: str, keys: dict[str, Key], source: str, ex
         if not isinstance(v, key.types) or (isinstance(v, bool) and key.types is not bool):
             names = " or ".join(t.__name__ for t in (key.types if isinstance(key.types, tuple) else (key.types,)))
             raise ValueError(f"{source}: [{section}].{name} must be {names}; got {v!r}.")
+        if key.choices is not None and v not in key.choices:
+            raise ValueError(f"{source}: [{section}].{name} must be one of {key.choices}; got {v!r}.")
         out[name] = v
     return out
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentSettings:
-    """All settings of one run, by section (plain dicts of the TOML keys, defaults filled in)."""
+    """All settings of one run, by section (plain dicts of the TOML keys, defaults filled in), and
+    the run they describe (`record`), built once when the settings are read: that is what checks
+    every value, and what `run_experiment` runs."""
 
     chain: dict[str, Any]
     model: dict[str, Any]
     init: dict[str, Any]
     flow: dict[str, Any]
     output: dict[str, Any]
+    record: RunRecord = dataclasses.field(compare=False, repr=False)
 
     @classmethod
     def demo(cls) -> ExperimentSettings:
@@ -171,9 +180,7 @@ class ExperimentSettings:
             raise ValueError(f"{source}: give [init].scale or [init].gamma, not both.")
         if "gamma" in init:
             out["init"]["scale"] = None
-        settings = cls(**out)
-        settings.build(source)  # every value is checked by the constructors it feeds
-        return settings
+        return cls(**out, record=_record_of(out, source))
 
     @classmethod
     def from_toml(cls, path: str) -> ExperimentSettings:
@@ -189,57 +196,59 @@ class ExperimentSettings:
         return cls.from_dict(raw, source=path)
 
     # ------------------------------------------------------------------------------------------
-    def build(self, source: str = "settings") -> tuple[AbstractDataSource, TransformerConfig, dict[str, Any]]:
+    def build(self) -> tuple[AbstractDataSource, TransformerConfig, dict[str, Any]]:
         """The chain, the config, and a flat dict of the run's values (`seed`, `scale`, `gamma`,
-        `t_end` and `simulate`'s keyword arguments). Raises `ValueError` naming `[section].key`."""
-        c = dict(self.chain)
-        kind = c.pop("kind")
-        keys = chain_schema(kind)
-        try:
-            spec = CHAIN_KINDS[kind](**{keys[k].parameter: v for k, v in c.items()})
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{source}: [chain]: {e}") from None
-        try:
-            config = TransformerConfig(**self.model)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{source}: [model]: {e}") from None
-        f = self.flow
-        for k in ("t_end", "rtol", "atol"):
-            if not (math.isfinite(f[k]) and f[k] > 0):
-                raise ValueError(f"{source}: [flow].{k} must be a finite number > 0; got {f[k]!r}.")
-        for k, least in (("n_save", 2), ("max_steps", 1), ("chunk_size", 1), ("n_samples", 1)):
-            if f[k] is not None and f[k] < least:
-                raise ValueError(f"{source}: [flow].{k} must be >= {least}; got {f[k]!r}.")
-        if f["loss"] not in METHOD_NAMES:
-            raise ValueError(f"{source}: [flow].loss must be one of {METHOD_NAMES}; got {f['loss']!r}.")
-        if f["solver"] is not None:
-            try:
-                check_solver_name(f["solver"])
-            except ValueError as e:
-                raise ValueError(f"{source}: [flow].solver: {e}") from None
-        try:
-            loss_spec(spec, config, f["loss"], n_samples=f["n_samples"], key=f["sample_seed"], stacklevel=4)
-        except ValueError as e:
-            raise ValueError(f"{source}: [flow].loss: {e}") from None
-        i = self.init
-        if i["scale"] is not None and not (is_real(i["scale"]) and math.isfinite(i["scale"]) and i["scale"] > 0):
-            raise ValueError(f"{source}: [init].scale must be a finite number > 0; got {i['scale']!r}.")
-        if i["gamma"] is not None and not math.isfinite(i["gamma"]):
-            raise ValueError(f"{source}: [init].gamma must be a finite number; got {i['gamma']!r}.")
+        `t_end` and `simulate`'s keyword arguments), as built when the settings were read (nothing
+        is built again)."""
+        i, f = self.init, self.flow
         run = {"seed": i["seed"], "scale": i["scale"], "gamma": i["gamma"], "t_end": float(f["t_end"]),
                **{k: v for k, v in f.items() if k != "t_end"}}
-        return spec, config, run
+        return self.record.source, self.record.config, run
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The settings as nested plain values (unset keys left out): `from_dict` reads it back."""
         return {section: {k: v for k, v in getattr(self, section).items() if v is not None} for section in SCHEMA}
 
-    def initial_params(self, spec: AbstractDataSource, config: TransformerConfig):
-        """`init_params` with the `[init]` section."""
+    def initial_params(self) -> TransformerParams:
+        """`init_params` with the `[init]` section, for the record's data and model."""
         i = self.init
-        return init_params(i["seed"], config, spec, scale=i["scale"], gamma=i["gamma"])
+        return init_params(i["seed"], self.record.config, self.record.source, scale=i["scale"], gamma=i["gamma"])
 
     def simulate_arguments(self) -> dict[str, Any]:
         """Every `[flow]` key but `t_end`, as `simulate`'s keyword arguments."""
         keys = SCHEMA["flow"]
         return {keys[k].parameter: v for k, v in self.flow.items() if k != "t_end"}
+
+    def record_until(self, t_end: float) -> RunRecord:
+        """The record of these settings' flow, ending at `t_end` instead (same data, model, loss and
+        solver settings; a save grid of its own)."""
+        r = self.record
+        args = {k: v for k, v in self.simulate_arguments().items() if k not in ("loss", "n_samples", "key")}
+        return flow_record(r.source, r.config, t_span=(0.0, t_end), loss=r.loss, **args)
+
+
+def _record_of(sections: dict[str, dict[str, Any]], source: str) -> RunRecord:
+    """The run the sections describe, each value checked by the function it feeds; a `ValueError`
+    names `[section].key`."""
+    c = dict(sections["chain"])
+    kind = c.pop("kind")
+    keys = chain_schema(kind)
+    try:
+        data = CHAIN_KINDS[kind](**{keys[k].parameter: v for k, v in c.items()})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: [chain]: {e}") from None
+    try:
+        config = TransformerConfig(**sections["model"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: [model]: {e}") from None
+    try:
+        check_init_scale(sections["init"]["scale"], sections["init"]["gamma"])
+    except ValueError as e:
+        raise ValueError(f"{source}: [init]: {e}") from None
+    flow = sections["flow"]
+    toml_name = {key.parameter: name for name, key in SCHEMA["flow"].items()} | {"t_span": "t_end"}
+    try:
+        return flow_record(data, config, t_span=(0.0, flow["t_end"]),
+                           **{SCHEMA["flow"][k].parameter: v for k, v in flow.items() if k != "t_end"}, stacklevel=6)
+    except ArgumentError as e:
+        raise ValueError(f"{source}: [flow].{toml_name.get(e.argument, e.argument)}: {e}") from None

@@ -10,8 +10,12 @@ from ._corpora import default_corpus as default_corpus
 from ._corpora import load_hf_dataset as load_hf_dataset
 from ._corpora import load_tinystories as load_tinystories
 from ._corpora import load_wikitext as load_wikitext
+from ._enumerate import count_text as count_text
+from ._enumerate import enumerate_contexts as enumerate_contexts
+from ._enumerate import over_budget as over_budget
 from ._markov import MarkovSpec as MarkovSpec
 from ._markov import stationary_distribution as stationary_distribution
+from ._source import LEVEL_BUDGET as LEVEL_BUDGET
 from ._source import POSITIONS as POSITIONS
 from ._source import AbstractDataSource as AbstractDataSource
 from ._source import position_weights as position_weights

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._checks import as_prng_key, is_integer, is_real
+from ..common import as_prng_key, is_integer, is_real
 from ._corpora import default_corpus
-from ._source import AbstractDataSource, check_context_length, check_labels, check_positions
+from ._source import LEVEL_BUDGET, AbstractDataSource, check_context_length, check_labels, check_positions
 from ._text import tokenize
 
 ROW_SUM_TOL = 1e-9
@@ -130,6 +130,8 @@ class MarkovSpec(AbstractDataSource):
     labels: tuple[str, ...] = eqx.field(static=True)
 
     kind: ClassVar[str] = "markov"
+    enumeration_alternatives: ClassVar[str] = ("Use method='counts' (exact, polynomial in T, no positional encoding), "
+                                               "'meanfield' (T -> infinity) or 'sampled'")
 
     def __init__(self, P, init, T: int, positions: str = "last", order: int = 1, labels=None):
         if isinstance(P, jax.core.Tracer) or isinstance(init, jax.core.Tracer):
@@ -262,22 +264,12 @@ class MarkovSpec(AbstractDataSource):
             raise ValueError(f"`n` (the number of sequences) must be an integer >= 1; got {n!r}.")
         return _sample(key, self.P, self.init, int(n), self.T + 1)
 
-    def n_sequences(self) -> int:
-        return self.V**self.T
-
     def sequence_law(self, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All $V^T$ contexts with their probabilities; the targets are the exact next-token laws
         $P(x_t, \\cdot)$, so the expectation over the next token is taken in closed form."""
-        V, T = self.V, self.T
-        n = self.n_sequences()
-        if n > budget:
-            raise ValueError(
-                f"method='enumerate' would sum over V**T = {V}**{T} = {n:.3g} sequences, above the budget of "
-                f"{budget}. Use method='counts' (exact, polynomial in T, no positional encoding), 'meanfield' "
-                "(T -> infinity) or 'sampled'."
-            )
+        tokens = self.all_contexts(budget)  # (n, T)
+        T = self.T
         P, init = np.asarray(self.P), np.asarray(self.init)
-        tokens = np.stack(np.unravel_index(np.arange(n), (V,) * T), axis=1).astype(np.int32)  # (n, T)
         with np.errstate(divide="ignore"):  # log 0 = -inf marks impossible sequences (probability 0)
             log_init, log_P = np.log(init), np.log(P)
         logp = log_init[tokens[:, 0]]
@@ -289,9 +281,10 @@ class MarkovSpec(AbstractDataSource):
         """The stationary law $\\pi$: how often each token occurs, far into a sequence."""
         return self.stationary()
 
-    def reference_levels(self) -> dict[str, float]:
+    def reference_levels(self, budget: int = LEVEL_BUDGET) -> dict[str, float]:
         """The best loss on the scored positions (the entropy rate when `init` is stationary), and
-        the unigram entropy (the best loss without context, at stationarity)."""
+        the unigram entropy (the best loss without context, at stationarity). Closed forms: `budget`
+        is never reached."""
         best, rate = self.conditional_entropy(), self.entropy_rate()
         first = {"entropy rate": rate} if abs(best - rate) <= 1e-12 * max(1.0, rate) else {"best possible": best}
         return {**first, "unigram entropy": self.unigram_entropy()}

@@ -21,11 +21,17 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._checks import check_int
+from ..common import check_int
+from ._enumerate import enumerate_contexts, over_budget
 
 POSITIONS = ("last", "all")
 """Which next-token predictions a sample scores: only the last (`x_{T+1}` from `x_1..x_T`), or the
 average over every prefix (`x_{t+1}` from `x_1..x_t`, t = 1..T)."""
+
+
+LEVEL_BUDGET = 2**20
+"""The most states (windows, contexts) a source enumerates to compute its reference levels: about
+a second of numpy and 100 MB at this size."""
 
 
 def position_weights(T: int, positions: str) -> Float[np.ndarray, " T"]:
@@ -78,14 +84,19 @@ class AbstractDataSource(eqx.Module):
     - `sample(key, n)`: `n` independent sequences $x_1..x_{T+1}$; traceable for a static `n`, so
       online SGD can draw inside its compiled loop.
     - `n_sequences()` and `sequence_law(budget)`: the exact law of the contexts $x_1..x_T$ with
-      the exact next-token law at every position (what an exact enumerated loss needs).
+      the exact next-token law at every position (what an exact enumerated loss needs), built on
+      `all_contexts(budget)` (`enumerate_contexts`); `enumeration_over_budget(budget)` says, before
+      anything is built, why the law is out of reach, naming the source's `enumeration_alternatives`.
     - `token_frequencies()`: how often each token occurs as a key (attention metrics weight by it).
-    - `reference_levels()`: named loss levels for the figures, best first; the first is the best
-      loss any predictor can reach on the scored positions.
+    - `reference_levels(budget)`: named loss levels for the figures, best first; the first is the
+      best loss any predictor can reach on the scored positions. Levels that would enumerate more
+      than `budget` states are left out (an empty dict when none fits), never computed at any cost.
     - `to_json()` / `from_json()`: a stable serialisation; `cache_key()` derives from it.
     """
 
     kind: ClassVar[str]
+    enumeration_alternatives: ClassVar[str] = "Use method='sampled' or 'dataset'"
+    """What to use instead when the exact law is over budget (the end of `enumeration_over_budget`)."""
     T: eqx.AbstractVar[int]
     positions: eqx.AbstractVar[str]
     labels: eqx.AbstractVar[tuple[str, ...]]
@@ -102,9 +113,17 @@ class AbstractDataSource(eqx.Module):
     @abc.abstractmethod
     def sample(self, key: PRNGKeyArray, n: int) -> Int[Array, "n T_plus_1"]: ...
 
-    @abc.abstractmethod
     def n_sequences(self) -> int:
         """How many contexts $x_1..x_T$ the exact law has (may be astronomically large)."""
+        return self.V**self.T
+
+    def enumeration_over_budget(self, budget: int) -> str | None:
+        """Why the exact law of the contexts (`sequence_law`) does not fit in `budget` sequences, or `None`."""
+        return over_budget(self.V, self.T, budget, alternatives=self.enumeration_alternatives)
+
+    def all_contexts(self, budget: int) -> Int[np.ndarray, "N T"]:
+        """Every context $x_1..x_T$ (row-major), or `ValueError` when there are more than `budget`."""
+        return enumerate_contexts(self.V, self.T, budget, alternatives=self.enumeration_alternatives)
 
     @abc.abstractmethod
     def sequence_law(self, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,7 +134,7 @@ class AbstractDataSource(eqx.Module):
     def token_frequencies(self) -> Float[np.ndarray, " V"]: ...
 
     @abc.abstractmethod
-    def reference_levels(self) -> dict[str, float]: ...
+    def reference_levels(self, budget: int = LEVEL_BUDGET) -> dict[str, float]: ...
 
     @abc.abstractmethod
     def to_json(self) -> dict[str, Any]:
@@ -130,9 +149,10 @@ class AbstractDataSource(eqx.Module):
     def position_weights(self) -> Float[np.ndarray, " T"]:
         return position_weights(self.T, self.positions)
 
-    def best_loss(self) -> float:
-        """The lowest loss any predictor can reach on the scored positions."""
-        return next(iter(self.reference_levels().values()))
+    def best_loss(self, budget: int = LEVEL_BUDGET) -> float | None:
+        """The lowest loss any predictor can reach on the scored positions (`None` when computing it
+        would enumerate more than `budget` states)."""
+        return next(iter(self.reference_levels(budget).values()), None)
 
     def cache_key(self) -> str:
         """Equal for two sources exactly when their serialisations are equal."""

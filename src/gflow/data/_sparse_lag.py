@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._checks import as_prng_key, is_integer, is_real
-from ._source import AbstractDataSource, check_context_length, check_labels, check_positions
+from ..common import as_prng_key, is_integer, is_real
+from ._enumerate import enumerate_contexts
+from ._source import LEVEL_BUDGET, AbstractDataSource, check_context_length, check_labels, check_positions
 
 CONTEXTS = ("uniform", "stationary")
 MAX_WINDOWS = 2**20
@@ -110,6 +111,7 @@ class SparseLagSpec(AbstractDataSource):
     labels: tuple[str, ...] = eqx.field(static=True)
 
     kind: ClassVar[str] = "sparse_lag"
+    enumeration_alternatives: ClassVar[str] = "Use method='sampled' or 'dataset', a smaller V or shorter spans"
 
     def __init__(self, A, spans, *, stride: int | None = None, weights=None, context: str = "uniform",
                  T: int | None = None, positions: str = "last", labels=None):
@@ -225,10 +227,9 @@ class SparseLagSpec(AbstractDataSource):
     # ----------------------------------------------------------------------------------------
     # exact laws over windows of L tokens
     def _all_windows(self) -> np.ndarray:
-        if self.n_windows() > MAX_WINDOWS:
-            raise ValueError(f"the exact laws need all V**L = {self.V}**{self.L} windows, above the budget of "
-                             f"{MAX_WINDOWS}.")
-        return np.stack(np.unravel_index(np.arange(self.n_windows()), (self.V,) * self.L), axis=1).astype(np.int32)
+        return enumerate_contexts(self.V, self.L, MAX_WINDOWS, what="the exact laws", items="windows",
+                                  alternatives="Use context='uniform' with method='sampled', a smaller V or shorter "
+                                               "spans")
 
     def window_transitions(self) -> np.ndarray:
         """`(V^L, V)`: the teacher's next-token law after every window (row = window index)."""
@@ -287,18 +288,12 @@ class SparseLagSpec(AbstractDataSource):
         _, rest = jax.lax.scan(step, x, jax.random.split(key, self.T + 1 - self.L))
         return jnp.concatenate([x, rest.T], axis=1)
 
-    def n_sequences(self) -> int:
-        return self.V**self.T
-
     def sequence_law(self, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every context $x_1..x_T$ with its probability; the targets are the exact next-token laws
         (the teacher after position L; within the burn-in, the burn-in law's own conditionals)."""
         V, T, L = self.V, self.T, self.L
-        n = self.n_sequences()
-        if n > budget:
-            raise ValueError(f"method='enumerate' would sum over V**T = {V}**{T} = {n:.3g} sequences, above the budget "
-                             f"of {budget}. Use method='sampled' or 'dataset', a smaller V or shorter spans.")
-        tokens = np.stack(np.unravel_index(np.arange(n), (V,) * T), axis=1).astype(np.int32)
+        tokens = self.all_contexts(budget)
+        n = len(tokens)
         window = self.initial_window_law().reshape((V,) * L)
         prob = window[tuple(tokens[:, :L].T)]
         targets = np.zeros((n, T, V))
@@ -345,9 +340,12 @@ class SparseLagSpec(AbstractDataSource):
             levels.append(float(total))
         return levels
 
-    def reference_levels(self) -> dict[str, float]:
+    def reference_levels(self, budget: int = LEVEL_BUDGET) -> dict[str, float]:
         """The best possible loss (the teacher), then the best with blocks 1..k for k = K-1..0
-        (on the positions after the burn-in; inside it nothing but the burn-in law can be learnt)."""
+        (on the positions after the burn-in; inside it nothing but the burn-in law can be learnt).
+        They enumerate the $V^L$ windows: none when that exceeds `budget`."""
+        if self.n_windows() > min(budget, MAX_WINDOWS):
+            return {}
         levels = self.block_levels()
         out = {"best possible": levels[-1]}
         for k in range(self.K - 1, 0, -1):

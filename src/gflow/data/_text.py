@@ -24,7 +24,7 @@ import re
 import jax
 import numpy as np
 
-from .._checks import as_prng_key, check_int
+from ..common import as_prng_key, check_int
 
 OTHER = "⟨other⟩"
 SPACE = "␣"

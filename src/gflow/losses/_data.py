@@ -93,14 +93,6 @@ def sequence_loss_bytes(n_sequences: int, T: int, V: int, config) -> int:
     return 4 * 8 * n_sequences * per_sequence
 
 
-def count_text(n: int) -> str:
-    """An integer of any size as a short decimal: `4.3e+120` (floats overflow past 1e308)."""
-    if n < 10**6:
-        return str(n)
-    exponent = math.log10(n)  # exact enough for any size; math.log10 takes big integers
-    return f"{10 ** (exponent % 1):.2f}e+{int(exponent)}"
-
-
 def _merge_equal_states(keys: np.ndarray, prob: np.ndarray):
     """Sum `prob` over equal rows of the int matrix `keys` (token, counts...). Sorting the rows
     with `lexsort` is much faster than `np.unique(axis=0)`, which argsorts opaque byte strings."""

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
-from .._checks import as_prng_key, check_int, key_data
-from .._model import TransformerConfig, TransformerParams, check_params, sequence_logits, type_logits
+from ..common import as_prng_key, check_int, is_integer, key_data
 from ..data import AbstractDataSource
+from ..model import ParamLayout, TransformerConfig, TransformerParams, check_params, sequence_logits, type_logits
 from ._data import SequenceData, TypeData
 from ._methods import DEFAULT_SAMPLES, LOSS_METHODS, METHOD_NAMES, resolve_auto
 
@@ -67,12 +67,36 @@ class LossFunction(eqx.Module):
 class LossSpec:
     """Which loss, completely: `method` (never `"auto"`: resolved when the spec is made) and the
     options it takes: `n_samples` and `key` (raw PRNG key words) for `"sampled"`, `dataset` (an int
-    array `(N, T+1)`) for `"dataset"`."""
+    array `(N, T+1)`) for `"dataset"`.
+
+    Its rules are checked whatever builds it (`loss_spec`, a trajectory file, a settings file):
+    a method of `LOSS_METHODS`, each option present exactly when its method takes it."""
 
     method: str
     n_samples: int | None = None
     key: tuple[int, ...] | None = None
     dataset: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.method not in LOSS_METHODS:
+            raise ValueError(f"a LossSpec's `method` must be one of {tuple(LOSS_METHODS)} (\"auto\" is resolved by "
+                             f"gflow.losses.loss_spec); got {self.method!r}.")
+        takes = LOSS_METHODS[self.method].options
+        for name, value in (("n_samples", self.n_samples), ("key", self.key), ("dataset", self.dataset)):
+            if (value is not None) != (name in takes):
+                need = "needs" if name in takes else "does not take"
+                raise ValueError(f"method={self.method!r} {need} `{name}`; got {name} = "
+                                 f"{'an array' if isinstance(value, np.ndarray) else repr(value)}.")
+        if self.n_samples is not None and not (is_integer(self.n_samples) and self.n_samples >= 1):
+            raise ValueError(f"`n_samples` must be an integer >= 1; got {self.n_samples!r}.")
+        if self.key is not None and not (isinstance(self.key, tuple) and len(self.key) >= 1
+                                         and all(is_integer(k) and 0 <= k < 2**32 for k in self.key)):
+            raise ValueError(f"a LossSpec's `key` must be the raw words of a PRNG key (uint32 integers); got "
+                             f"{self.key!r}.")
+        if self.dataset is not None and not (isinstance(self.dataset, np.ndarray) and self.dataset.ndim == 2
+                                             and np.issubdtype(self.dataset.dtype, np.integer)):
+            raise ValueError("a LossSpec's `dataset` must be an int array (N, T+1); check it with "
+                             "gflow.losses.check_dataset.")
 
     def options(self) -> dict[str, Any]:
         return {"n_samples": self.n_samples, "key": self.key, "dataset": self.dataset}
@@ -144,6 +168,14 @@ def loss_spec(source: AbstractDataSource, config: TransformerConfig, method: str
         raise ValueError(f"`spec` must be a gflow data source (e.g. MarkovSpec.sticky(...)); got {type(source)!r}.")
     if not isinstance(config, TransformerConfig):
         raise ValueError(f"`config` must be a gflow.TransformerConfig; got {type(config)!r}.")
+    return resolve_loss_spec(source, config, method, n_samples=n_samples, key=key, dataset=dataset,
+                             stacklevel=stacklevel + 1)
+
+
+def resolve_loss_spec(source: AbstractDataSource, config: TransformerConfig, method: str | LossSpec, *,
+                      n_samples=None, key=None, dataset=None, stacklevel: int = 3) -> LossSpec:
+    """`loss_spec` for a source and config that the caller has checked already (`gflow.simulate`
+    checks them with its own argument names)."""
     if isinstance(method, LossSpec):
         if any(v is not None for v in (n_samples, key, dataset)):
             raise ValueError("a LossSpec already holds its options; do not pass `n_samples`, `key` or `dataset` too.")
@@ -216,3 +248,12 @@ def population_loss(params: TransformerParams, spec: AbstractDataSource, config:
 def evaluate(fn: LossFunction, params: TransformerParams) -> Scalar:
     """`fn(params)` as one compiled call (instead of dozens of separately dispatched operations)."""
     return fn(params)
+
+
+@eqx.filter_jit
+def loss_and_gradient_norm(fn: LossFunction, layout: ParamLayout, ys: Float[Array, "n n_params"]
+                           ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+    """The loss and $\\|\\nabla L\\|$ at each of `n` flat states (one compiled call; what a trajectory
+    records at its saved points)."""
+    loss, grad = jax.vmap(jax.value_and_grad(lambda y: fn(layout.unflatten(y))))(ys)
+    return loss, jnp.linalg.norm(grad, axis=-1)

@@ -13,8 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._model import TransformerConfig
 from ..data import AbstractDataSource, MarkovSpec
+from ..model import TransformerConfig
 from ._data import (
     MAX_COUNT_STATES,
     MAX_ENUMERATED_SEQUENCES,
@@ -22,7 +22,6 @@ from ._data import (
     SequenceData,
     TypeData,
     count_state_bound,
-    count_text,
     counts_data,
     dataset_data,
     enumerate_data,
@@ -74,11 +73,7 @@ def _counts_over_budget(source: MarkovSpec) -> str | None:
 
 
 def _enumerate_unsupported(source, config) -> str | None:
-    n = source.n_sequences()
-    return None if n <= MAX_ENUMERATED_SEQUENCES else (
-        f"method='enumerate' would sum over V**T = {source.V}**{source.T} = {count_text(n)} sequences, above the "
-        f"budget of {MAX_ENUMERATED_SEQUENCES}. Use method='counts' (exact, polynomial in T, no positional encoding), "
-        "'meanfield' (T -> infinity) or 'sampled'")
+    return source.enumeration_over_budget(MAX_ENUMERATED_SEQUENCES)
 
 
 def _always_supported(source, config) -> None:

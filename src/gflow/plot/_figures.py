@@ -54,7 +54,7 @@ def mark_events(ax, events: list[Event]):
                        ls=":" if e.weak else "--", alpha=0.85)
 
 
-def _event_legend(ax, events: list[Event]):
+def event_legend(ax, events: list[Event]):
     kinds = [k for k in EVENT_COLORS if any(e.kind == k for e in events)]
     handles = [Line2D([], [], color=EVENT_COLORS[k], ls="--", lw=0.9, label=k.replace("_", " ")) for k in kinds]
     if any(e.weak for e in events):
@@ -102,7 +102,7 @@ def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | No
             handles.append(ax.axhline(level, color="tab:gray", ls=ls, lw=1, label=f"{name} {level:.3f}"))
         ax.set_ylabel("loss (nats)")
         mark_events(ax, events)
-        ax.legend(handles=handles + _event_legend(ax, events), **OUTSIDE)
+        ax.legend(handles=handles + event_legend(ax, events), **OUTSIDE)
         ax.set_title(title or "gradient flow: stages of learning (grey bands: plateaus)")
 
         ax = axes[1]

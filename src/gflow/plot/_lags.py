@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 
 from ..analysis import Event, LagProbes
-from ._figures import OUTSIDE, STYLE, _event_legend, mark_events, new_figure
+from ._figures import OUTSIDE, STYLE, event_legend, mark_events, new_figure
 
 BLOCK_COLOURS = matplotlib.colormaps["tab10"]
 
@@ -37,7 +37,7 @@ def lag_figure(probes: LagProbes, events: list[Event], *, title: str | None = No
             ax_loss.axhline(level, color=_block_colour(k), ls="--", lw=0.8, label=_level_name(k, K))
         ax_loss.set_ylabel("loss (nats)")
         mark_events(ax_loss, events)
-        ax_loss.legend(handles=ax_loss.get_legend_handles_labels()[0] + _event_legend(ax_loss, events), **OUTSIDE)
+        ax_loss.legend(handles=ax_loss.get_legend_handles_labels()[0] + event_legend(ax_loss, events), **OUTSIDE)
         if title:
             ax_loss.set_title(title)
         floor = np.finfo(float).tiny

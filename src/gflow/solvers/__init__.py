@@ -9,6 +9,7 @@
 - `AbstractGradientFlowSolver`: what a gradient-flow solver tells gflow's driver.
 - `SOLVERS`, `default_solver`, `make_solver`: names, the default policy, and tolerances plus
   controller filled in at one place. Any adaptive diffrax solver can be named as well.
+- `last_step_recorded`: any controller, also carrying its last accepted step (a stiffness signal).
 """
 
 from ._base import PID_GAINS as PID_GAINS
@@ -20,11 +21,14 @@ from ._chosen_steps import SolverChosenSteps as SolverChosenSteps
 from ._chosen_steps import StepDecision as StepDecision
 from ._hessian import hessian_eigenbasis as hessian_eigenbasis
 from ._krylov import GradientFlowKrylovBDF as GradientFlowKrylovBDF
+from ._last_step import last_step as last_step
+from ._last_step import last_step_recorded as last_step_recorded
 from ._policy import DEFAULT_SOLVER as DEFAULT_SOLVER
 from ._policy import DENSE_HESSIAN_LIMIT as DENSE_HESSIAN_LIMIT
 from ._policy import ENSEMBLE_DEFAULT_SOLVER as ENSEMBLE_DEFAULT_SOLVER
 from ._policy import SOLVERS as SOLVERS
 from ._policy import SolverSetup as SolverSetup
+from ._policy import check_solver as check_solver
 from ._policy import check_solver_name as check_solver_name
 from ._policy import default_solver as default_solver
 from ._policy import make_solver as make_solver

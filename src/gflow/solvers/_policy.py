@@ -79,8 +79,17 @@ def check_solver_name(name: str) -> str:
     return name
 
 
+def check_solver(solver):
+    """`solver` if gflow can run it (a name it can build, or an adaptive solver instance), else
+    `ValueError` saying what it takes. Nothing is built."""
+    if isinstance(solver, str):
+        return check_solver_name(solver)
+    if not isinstance(solver, (diffrax.AbstractAdaptiveSolver, AbstractGradientFlowSolver)):
+        raise ValueError(f"`solver` must be a name or an adaptive solver instance; got {type(solver)!r}.")
+    return solver
+
+
 def _from_name(name: str, rtol, atol):
-    check_solver_name(name)
     if name in SOLVERS:
         return SOLVERS[name](rtol=rtol, atol=atol)
     cls = getattr(diffrax, name)
@@ -140,10 +149,9 @@ def make_solver(solver, rtol: float, atol: float) -> SolverSetup:
     """
     rtol = jnp.asarray(rtol, dtype=jnp.float64)
     atol = jnp.asarray(atol, dtype=jnp.float64)
+    solver = check_solver(solver)
     if isinstance(solver, str):
         solver = _from_name(solver, rtol, atol)
-    elif not isinstance(solver, (diffrax.AbstractAdaptiveSolver, AbstractGradientFlowSolver)):
-        raise ValueError(f"`solver` must be a name or an adaptive solver instance; got {type(solver)!r}.")
     if isinstance(solver, AbstractGradientFlowSolver):
         solver = solver.with_tolerances(rtol, atol)
         return SolverSetup(solver, solver.step_size_controller())

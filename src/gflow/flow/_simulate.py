@@ -1,9 +1,9 @@
 """Gradient flow $\\dot\\theta = -\\nabla L(\\theta)$ of the population loss, integrated by diffrax.
 
-`simulate` checks its arguments, writes them into a `RunRecord`, and hands the record to
-`run_record`, which builds the solver and the vector field from it and runs the integration core
-(`_integrate.py`). `resume` and the comparison with discrete training run a record too, so every
-way of computing a flow goes through the same few lines.
+`simulate` checks its arguments once, writes them into a `RunRecord` (`flow_record`), makes the
+run's plan once (`RunPlan.of`) and runs the chunk loop (`_loop.py`). `resume` continues a
+checkpoint's record the same way, and everything else that computes a flow (the ensemble workers,
+the event re-solves, the comparison with discrete training) goes through `run_record`.
 """
 
 from __future__ import annotations
@@ -13,64 +13,39 @@ import os
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._checks import check_writable_file
-from ._integrate import (
+from ..common import check_writable_file
+from ..data import AbstractDataSource
+from ..model import TransformerConfig, TransformerParams
+from ..record import RunRecord, RunStatus, Trajectory, load
+from ._arguments import (
     DEFAULT_ATOL,
     DEFAULT_MAX_STEPS,
     DEFAULT_N_SAVE,
     DEFAULT_RTOL,
-    GradientField,
     check_finite_start,
-    check_flow_arguments,
-    integrate,
-    single_chunk_solver,
+    check_problem,
+    flow_record,
 )
-from ._layout import ParamLayout
-from ._model import TransformerConfig, TransformerParams, check_params
-from ._record import RunRecord, SolverSpec
-from ._trajectory import RunStatus, Trajectory, load
-from .data import AbstractDataSource
-from .losses import loss_spec
-from .solvers import default_solver, make_solver, solver_name
+from ._loop import integrate
+from ._plan import RunPlan
 
 
-def check_problem(params0: TransformerParams, source, config) -> TransformerConfig:
-    """The config (default `TransformerConfig()`), after checking it, the source and the parameters."""
-    config = TransformerConfig() if config is None else config
-    if not isinstance(config, TransformerConfig):
-        raise ValueError(f"`config` must be a gflow.TransformerConfig; got {type(config)!r}.")
-    if not isinstance(source, AbstractDataSource):
-        raise ValueError(f"`markov_spec` must be a gflow data source such as gflow.MarkovSpec; got {type(source)!r}.")
-    check_params(params0, config, source)
-    return config
-
-
-def flow_record(source, config, loss, *, t_span, grid, solver, rtol, atol, max_steps, chunk_size,
-                kind: str = "flow", vmapped: bool = False, **extra) -> RunRecord:
-    """The record of a flow (or ensemble) from checked arguments; `solver` as the user gave it
-    (`vmapped`: the members are solved in one vmapped program, which changes the default solver)."""
-    size = ParamLayout.of(config, source).size
-    name = solver_name(solver, default_solver(size, ensemble=vmapped))
-    spec = SolverSpec(name=name, rtol=rtol, atol=atol, max_steps=max_steps, chunk_size=chunk_size,
-                      instance=None if isinstance(solver, str) else solver)
-    return RunRecord(kind, source, config, loss, t_span, grid, solver=spec, **extra)
-
-
-def solver_setup(record: RunRecord):
-    """The solver a record names (or the instance it keeps), with the record's tolerances."""
-    s = record.solver
-    return make_solver(s.name if s.instance is None else s.instance, s.rtol, s.atol)
-
-
-def run_record(record: RunRecord, params0: TransformerParams, *, progress: bool | None = None,
-               checkpoint: str | os.PathLike | None = None) -> Trajectory:
-    """Integrate the flow a record describes, from `params0`."""
-    setup = solver_setup(record)
-    field = GradientField(loss=record.loss_function(), layout=record.layout)
+def run_record(record: RunRecord, params0: TransformerParams, *, plan: RunPlan | None = None,
+               progress: bool | None = None, checkpoint: str | os.PathLike | None = None) -> Trajectory:
+    """Integrate the flow a record describes, from `params0` (with `plan`, if the caller has made
+    the record's plan already: one plan serves any save grid of the same record)."""
     y0 = np.asarray(record.layout.flatten(params0))[None]
     check_finite_start(y0)
-    (traj,) = integrate(record, setup, field, single_chunk_solver(field, setup, record.solver.max_steps,
-                                                                  storable=record.solver.instance is None), y0,
+    return continue_run(record, RunPlan.of(record) if plan is None else plan, y0, progress=progress,
+                        checkpoint=checkpoint)
+
+
+def continue_run(record: RunRecord, plan: RunPlan, y: np.ndarray, *, start_index: int = 0,
+                 previous: Trajectory | None = None, progress: bool | None = None,
+                 checkpoint: str | os.PathLike | None = None) -> Trajectory:
+    """The one path of a single flow: from state `y` (1, n) at save index `start_index`, after the
+    points of `previous` (a checkpoint), to the end of the record's grid."""
+    (traj,) = integrate(record, plan, y, start_index=start_index, previous=None if previous is None else [previous],
                         progress=progress, checkpoint=None if checkpoint is None else os.fspath(checkpoint))
     return traj
 
@@ -112,15 +87,13 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
     what happened; nothing is thrown away.
     """
     config = check_problem(params0, markov_spec, config)
-    args = check_flow_arguments(t_span, rtol=rtol, atol=atol, max_steps=max_steps, save_times=save_times,
-                                n_save=n_save, chunk_size=chunk_size)
-    spec = loss_spec(markov_spec, config, loss, n_samples=n_samples, key=key, dataset=dataset)
-    record = flow_record(markov_spec, config, spec, t_span=args.t_span, grid=args.grid, solver=solver,
-                         rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, chunk_size=args.chunk_size)
-    solver_setup(record)  # a bad solver name fails here, before anything runs
+    record = flow_record(markov_spec, config, t_span=t_span, loss=loss, n_samples=n_samples, key=key,
+                         dataset=dataset, solver=solver, rtol=rtol, atol=atol, save_times=save_times, n_save=n_save,
+                         max_steps=max_steps, chunk_size=chunk_size)
+    plan = RunPlan.of(record)  # before the checkpoint's folder is made: nothing is written for a bad run
     if checkpoint is not None:
         checkpoint = check_writable_file("checkpoint", checkpoint)
-    return run_record(record, params0, progress=progress, checkpoint=checkpoint)
+    return run_record(record, params0, plan=plan, progress=progress, checkpoint=checkpoint)
 
 
 def resume(path: str | os.PathLike, *, progress: bool | None = None) -> Trajectory:
@@ -141,10 +114,5 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None) -> Trajecto
     if start >= len(grid) or grid[start] != traj.times[-1]:
         raise ValueError(f"{path!r}: its last time {traj.times[-1]} is not on its save grid; the file is not a "
                          "checkpoint written by gflow.simulate.")
-    setup = solver_setup(record)
-    field = GradientField(loss=record.loss_function(), layout=record.layout)
-    y = traj.flat_params()[-1:]
-    (out,) = integrate(record, setup, field, single_chunk_solver(field, setup, record.solver.max_steps,
-                                                                  storable=record.solver.instance is None),
-                       y, start_index=start, previous=[traj], progress=progress, checkpoint=path)
-    return out
+    return continue_run(record, RunPlan.of(record), traj.flat_params()[-1:], start_index=start, previous=traj,
+                        progress=progress, checkpoint=path)

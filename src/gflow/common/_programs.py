@@ -1,6 +1,6 @@
 """Stored programs: a compiled solve that a new process loads instead of tracing it again.
 
-JAX's persistent compilation cache (`_warm.py`) skips XLA compilation in a new process, but not
+JAX's persistent compilation cache (`common/_warm.py`) skips XLA compilation in a new process, but not
 tracing: building the solve's program in Python (diffrax's step loop, the BDF solver, the loss and
 its derivatives) still takes about a second each time, which is most of what a warm `gflow demo`
 spends on its flow. So the first process *exports* the solve (`jax.export`: the traced program as
@@ -47,6 +47,9 @@ description cannot tell two values apart."""
 FINGERPRINTED = ("gflow", *PACKAGES)
 """Packages whose functions a static part may name: their source or version is in the key."""
 
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The `gflow` package folder: every source file under it is in the key."""
+
 _loaded: dict[str, Callable] = {}
 _unexportable: set[str] = set()
 
@@ -61,7 +64,7 @@ def program_folder() -> str | None:
 def build_fingerprint() -> str:
     """A hash of gflow's source files and of the versions and settings that shape a traced program."""
     h = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = PACKAGE_ROOT
     for folder, subfolders, files in sorted(os.walk(root)):
         subfolders.sort()
         for name in sorted(files):

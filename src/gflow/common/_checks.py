@@ -6,6 +6,7 @@ and returns the value in the form the caller works with (a Python `int`, a `floa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -14,6 +15,27 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class ArgumentError(ValueError):
+    """A `ValueError` that knows which argument was wrong (`argument`), so that a caller which took
+    the value from elsewhere (a settings file's `[flow].rtol`) can say where it came from."""
+
+    def __init__(self, message: str, argument: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+@contextlib.contextmanager
+def checking(argument: str):
+    """Any `ValueError` raised inside is re-raised as an `ArgumentError` for `argument` (its message
+    unchanged; an `ArgumentError` already naming its argument passes through)."""
+    try:
+        yield
+    except ArgumentError:
+        raise
+    except ValueError as e:
+        raise ArgumentError(str(e), argument) from None
 
 
 def is_integer(value: Any) -> bool:

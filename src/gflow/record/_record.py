@@ -9,16 +9,18 @@ nothing (a sampled loss's key, a solver's step budget) can be dropped on the way
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any
 
 import jax
 import numpy as np
 
-from ._checks import key_data
-from ._layout import ParamLayout
-from ._model import TransformerConfig
-from .data import AbstractDataSource, source_from_json
-from .losses import DEFAULT_SAMPLES, LossFunction, LossSpec
+from ..common import is_integer, is_real, key_data
+from ..data import AbstractDataSource, source_from_json
+from ..losses import DEFAULT_SAMPLES, LossFunction, LossSpec
+from ..model import ParamLayout, TransformerConfig
+from ..solvers import check_solver
 
 RUN_KINDS = ("flow", "ensemble", "discrete")
 
@@ -37,6 +39,18 @@ class SolverSpec:
     max_steps: int
     chunk_size: int
     instance: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        """The same rules whether the spec comes from `simulate`'s arguments or from a file."""
+        check_solver(self.name if self.instance is None else self.instance)
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if not (is_real(value) and math.isfinite(float(value)) and float(value) > 0):
+                raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
+        for name in ("max_steps", "chunk_size"):
+            value = getattr(self, name)
+            if not (is_integer(value) and value >= 1):
+                raise ValueError(f"`{name}` must be an integer > 0; got {value!r}.")
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "rtol": self.rtol, "atol": self.atol, "max_steps": self.max_steps,
@@ -88,9 +102,9 @@ class RunRecord:
         if (self.training is None) == (self.kind == "discrete"):
             raise ValueError("a discrete run's record needs `training`, and a flow's record must not have it.")
 
-    @property
+    @functools.cached_property
     def layout(self) -> ParamLayout:
-        """The flat-vector layout of the parameters."""
+        """The flat-vector layout of the parameters (made once per record)."""
         return ParamLayout.of(self.config, self.source)
 
     def loss_function(self) -> LossFunction:
@@ -134,7 +148,7 @@ class RunRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any], dataset: np.ndarray | None = None) -> RunRecord:
         return cls(kind=data["kind"], source=source_from_json(data["source"]),
-                   config=TransformerConfig(**data["config"]), loss=LossSpec.from_json(data["loss"], dataset),
+                   config=TransformerConfig.from_dict(data["config"]), loss=LossSpec.from_json(data["loss"], dataset),
                    t_span=tuple(float(t) for t in data["t_span"]),
                    save_times=np.asarray(data["save_times"], dtype=np.float64),
                    solver=None if data.get("solver") is None else SolverSpec(**data["solver"]),
@@ -145,13 +159,14 @@ class RunRecord:
     def from_format1(cls, settings: dict[str, Any], spec: dict[str, Any], config: dict[str, Any],
                      times: np.ndarray) -> RunRecord:
         """The record of a file written by trajectory format 1 (a flat settings dict)."""
-        source, config = source_from_json(spec), TransformerConfig(**config)
+        source, config = source_from_json(spec), TransformerConfig.from_dict(config)
         method = settings.get("loss", "auto")
-        loss = LossSpec(method)
         if method == "sampled":  # format 1 wrote None for the defaults it then used
             key = settings.get("key")
             loss = LossSpec(method, n_samples=settings.get("n_samples") or DEFAULT_SAMPLES,
                             key=tuple(int(k) for k in np.ravel(key)) if key is not None else _seed0_key())
+        else:
+            loss = LossSpec(method)
         if settings.get("kind") == "discrete":
             training = TrainingSpec(optimizer=settings["optimizer"], lr=settings["lr"], steps=settings["steps"],
                                     batch_size=settings.get("batch_size"), time_per_step=settings["time_per_step"],

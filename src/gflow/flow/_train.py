@@ -21,13 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import as_prng_key, check_positive
-from ._integrate import progress_bar
-from ._model import TransformerConfig, TransformerParams, check_params, sequence_logits
-from ._record import RunRecord, TrainingSpec
-from ._trajectory import RunStatus, Trajectory
-from .data import AbstractDataSource
-from .losses import LossFunction, LossSpec, check_dataset, cross_entropy, loss_spec
+from ..common import as_prng_key, check_positive, progress_bar
+from ..data import AbstractDataSource
+from ..losses import LossFunction, LossSpec, check_dataset, cross_entropy, loss_spec
+from ..model import TransformerConfig, TransformerParams, check_params, sequence_logits
+from ..record import RunRecord, RunStatus, TrainingSpec, Trajectory
 
 MOMENTUM = 0.9
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam")
@@ -148,7 +146,7 @@ def train(params0: TransformerParams, spec: AbstractDataSource, config: Transfor
     saved_p, saved_l = [params0], [float(l0)]
     saved_g = [float(optax.tree.norm(g0))]
     bar = progress_bar(progress, len(grid) - 1, 0)
-    status, message = RunStatus.SUCCESS, f"{steps} steps of {name} at lr {lr:g}"
+    status, message = RunStatus.SUCCESS, RunStatus.SUCCESS.describe("discrete", steps=steps, optimizer=name, lr=lr)
     tic = time.perf_counter()
     try:
         for k0, k1 in zip(grid[:-1], grid[1:], strict=True):
@@ -161,10 +159,11 @@ def train(params0: TransformerParams, spec: AbstractDataSource, config: Transfor
                 bar.update(1)
                 bar.set_postfix_str(f"step={k1} loss={float(lval):.5f}")
             if not math.isfinite(saved_l[-1]):
-                status, message = RunStatus.NONFINITE, f"the loss became non-finite by step {k1} (lr {lr:g} too large?)"
+                status, message = RunStatus.NONFINITE, RunStatus.NONFINITE.describe("discrete", step=k1, lr=lr)
                 break
     except KeyboardInterrupt:
-        status, message = RunStatus.INTERRUPTED, f"interrupted by the user after step {grid[len(saved_l) - 1]}"
+        status, message = RunStatus.INTERRUPTED, RunStatus.INTERRUPTED.describe("discrete",
+                                                                               step=grid[len(saved_l) - 1])
     finally:
         if bar is not None:
             bar.close()

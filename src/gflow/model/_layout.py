@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._model import PARAM_NAMES, TransformerConfig, TransformerParams, param_shapes
-from .data import AbstractDataSource
+from ..data import AbstractDataSource
+from ._config import TransformerConfig
+from ._params import TransformerParams, param_shapes
 
 
 class ParamLayout(eqx.Module):
@@ -27,9 +28,8 @@ class ParamLayout(eqx.Module):
 
     @classmethod
     def of(cls, config: TransformerConfig, spec: AbstractDataSource) -> ParamLayout:
-        shapes = param_shapes(config, spec)
-        names = tuple(n for n in PARAM_NAMES if n in shapes)
-        return cls(names=names, shapes=tuple(shapes[n] for n in names))
+        shapes = param_shapes(config, spec)  # in field order
+        return cls(names=tuple(shapes), shapes=tuple(shapes.values()))
 
     @property
     def size(self) -> int:

@@ -1,0 +1,27 @@
+"""What every layer shares: argument checks, progress bars, and the runtime machinery that makes
+runs start fast and use the cores (the compilation cache, stored programs, the worker pool).
+
+Nothing here knows about Markov chains, models or flows; every other folder may import from here.
+`_warm.py` must stay importable without equinox: `gflow/__init__.py` runs it before equinox is
+imported (see its docstring).
+"""
+
+from ._checks import ArgumentError as ArgumentError
+from ._checks import as_prng_key as as_prng_key
+from ._checks import check_choice as check_choice
+from ._checks import check_int as check_int
+from ._checks import check_positive as check_positive
+from ._checks import check_writable_file as check_writable_file
+from ._checks import check_writable_folder as check_writable_folder
+from ._checks import checking as checking
+from ._checks import is_integer as is_integer
+from ._checks import is_real as is_real
+from ._checks import key_data as key_data
+from ._checks import user_file_mode as user_file_mode
+from ._pool import shutdown_pool as shutdown_pool
+from ._pool import worker_pool as worker_pool
+from ._programs import stored_program as stored_program
+from ._progress import progress_bar as progress_bar
+from ._warm import cache_folder as cache_folder
+from ._warm import enable_compilation_cache as enable_compilation_cache
+from ._warm import prepare_environment as prepare_environment

@@ -1,0 +1,154 @@
+"""One chunk of the save grid: the compiled solve, its named result, and the strategies that run it.
+
+A run's save grid is integrated in chunks. Each chunk is one call of a single compiled function (one
+`diffeqsolve` from the chunk's first save time to its last, mapped over the members of a batch), so
+the step loop never leaves XLA; between chunks Python records the points, updates the progress bar,
+writes the checkpoint and notices Ctrl-C (`_loop.py`). Every chunk starts its step-size controller
+afresh: a run resumed from a checkpoint therefore repeats an uninterrupted run bit for bit.
+
+**The seam.** A chunk strategy (`AbstractChunkStrategy`) solves one chunk for a batch of states and
+returns a `ChunkResult`; the loop knows nothing else about it. `SingleState` solves one state (the
+compiled program stored on disk for later processes, `common/_programs.py`); `ShardedBatch` solves a
+batch in one vmapped program laid out over devices. A strategy that switches method between chunks,
+or a new backend, is one more subclass (and one row of `flow/_ensemble.py`'s `BATCHING` to offer it
+to ensembles): the result carries the last step size and the rejected steps of every member, the
+signals a stiffness test reads.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, Bool, Float, Int
+
+from ..common import stored_program
+from ..solvers import AbstractGradientFlowSolver, last_step, last_step_recorded, solver_counters
+
+
+class ChunkResult(NamedTuple):
+    """What one chunk gives back for a batch of `B` members (`m` save points per chunk).
+
+    - `times`, `states`, `loss`, `grad_norm`: the saved points (non-finite where a member stopped);
+    - `ok`: the solve ended successfully; `hit_max_steps`: it stopped at `max_steps`;
+    - `accepted_steps`, `rejected_steps`: step counts over the chunk;
+    - `last_step`: the last accepted step size (the signal of stiffness for an explicit method: it
+      stays near the stability limit $h \\lambda_{max} \\approx$ const);
+    - `work`: what the solver counted in its state (Hessians, gradients, Hessian-vector products).
+    """
+
+    times: Float[Array | np.ndarray, "B m"]
+    states: Float[Array | np.ndarray, "B m n"]
+    loss: Float[Array | np.ndarray, "B m"]
+    grad_norm: Float[Array | np.ndarray, "B m"]
+    ok: Bool[Array | np.ndarray, " B"]
+    hit_max_steps: Bool[Array | np.ndarray, " B"]
+    accepted_steps: Int[Array | np.ndarray, " B"]
+    rejected_steps: Int[Array | np.ndarray, " B"]
+    last_step: Float[Array | np.ndarray, " B"]
+    work: dict[str, Int[Array | np.ndarray, " B"]]
+
+
+def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> ChunkResult:
+    """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there (one member,
+    no batch axis; traceable)."""
+    keeps_state = isinstance(solver, AbstractGradientFlowSolver)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field), solver, t0, t1, None, y0,
+        saveat=diffrax.SaveAt(ts=ts, solver_state=keeps_state, controller_state=True),
+        stepsize_controller=last_step_recorded(controller), max_steps=max_steps, throw=False,
+    )
+    loss, grad = jax.vmap(jax.value_and_grad(field.value))(sol.ys)
+    work = solver_counters(solver, sol.solver_state) if keeps_state else {}
+    return ChunkResult(times=sol.ts, states=sol.ys, loss=loss, grad_norm=jnp.linalg.norm(grad, axis=-1),
+                       ok=sol.result == diffrax.RESULTS.successful,
+                       hit_max_steps=sol.result == diffrax.RESULTS.max_steps_reached,
+                       accepted_steps=sol.stats["num_accepted_steps"], rejected_steps=sol.stats["num_rejected_steps"],
+                       last_step=last_step(sol.controller_state), work=work)
+
+
+solve_one = eqx.filter_jit(solve_chunk)
+"""One state's chunk, compiled once per problem shape."""
+
+solve_many = eqx.filter_jit(eqx.filter_vmap(solve_chunk, in_axes=(None, None, None, 0, None, None, None, None)))
+"""A batch of states' chunks in one vmapped solve (each member keeps its own step size)."""
+
+
+def _solve_stored_chunk(static, dynamic, y0, t0, t1, ts):
+    field, solver, controller, max_steps = eqx.combine(dynamic, static)
+    # a plain tuple: a stored program's outputs must be pytrees that jax.export can serialise
+    return tuple(solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps))
+
+
+class AbstractChunkStrategy(abc.ABC):
+    """How one chunk of the save grid is solved for a batch of states."""
+
+    @abc.abstractmethod
+    def solve(self, plan, states: Float[np.ndarray, "B n"], t0: float, t1: float,
+              ts: Float[np.ndarray, " m"]) -> ChunkResult:
+        """The chunk from `t0` to `t1` saved at `ts`, for every row of `states`, under `plan`'s solver
+        and vector field (`RunPlan`); host (numpy) arrays with a leading batch axis `B`."""
+
+
+class SingleState(AbstractChunkStrategy):
+    """One state at a time (`B = 1`), as `simulate` solves it. When the plan's solver was built by gflow
+    from its name (`plan.storable`), the compiled solve is stored on disk and loaded by later processes
+    without tracing (`common/_programs.py`); otherwise (a solver instance) it is traced as usual."""
+
+    def __init__(self):
+        self._programs: dict[tuple, object] = {}  # by argument shapes, decided at the first chunk of each
+
+    def solve(self, plan, states, t0, t1, ts) -> ChunkResult:
+        dynamic, static = plan.partitioned
+        # device_put, not jnp.asarray: the latter compiles a small program per new shape
+        args = tuple(jax.device_put(np.asarray(a, dtype=np.float64)) for a in (states[0], t0, t1, ts))
+        shapes = tuple(np.shape(a) for a in args)
+        program = self._programs.get(shapes)
+        if program is None:
+            stored = stored_program("chunk", _solve_stored_chunk, static, (dynamic, *args)) if plan.storable else None
+            program = ((lambda dyn, *a: ChunkResult(*stored(dyn, *a))) if stored is not None else
+                       (lambda dyn, *a: solve_one(*eqx.combine(dyn, static)[:3], *a, plan.max_steps)))
+            self._programs[shapes] = program
+        out = program(dynamic, *args)
+        return jax.tree.map(lambda a: np.asarray(a)[None], out)
+
+
+class ShardedBatch(AbstractChunkStrategy):
+    """The whole batch in one vmapped solve, padded to a multiple of `n_devices` and laid out over the
+    first `n_devices` of `jax.devices()` (every process's devices in a multi-process job)."""
+
+    def __init__(self, n_devices: int):
+        self.n_devices = n_devices
+        mesh = Mesh(np.asarray(jax.devices()[:n_devices]), ("batch",))
+        self.sharding = NamedSharding(mesh, PartitionSpec("batch"))
+
+    def solve(self, plan, states, t0, t1, ts) -> ChunkResult:
+        n = len(states)
+        padded = np.concatenate([states, np.repeat(states[-1:], (-n) % self.n_devices, axis=0)])
+        out = solve_many(plan.field, plan.setup.solver, plan.setup.controller, _to_devices(padded, self.sharding),
+                         t0, t1, jnp.asarray(ts), plan.max_steps)
+        return jax.tree.map(lambda a: _to_host(a)[:n], out)
+
+
+def _to_devices(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array laid out by `sharding`, built from a host copy that every process holds.
+
+    Each process fills only its own shards, so this works whether or not the sharding spans devices
+    of other processes (`jax.device_put` of host data needs every device to be local).
+    """
+    batch = np.asarray(batch)
+    return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+
+
+def _to_host(array) -> np.ndarray:
+    """The whole of a (possibly multi-process) batched array as numpy, on every process."""
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
+        return np.asarray(array)
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))

@@ -1,0 +1,156 @@
+"""The chunk loop shared by `simulate`, `resume`, `simulate_many` and the event re-solves.
+
+`integrate(record, plan, states)` walks the record's save grid chunk by chunk, asking the plan's chunk
+strategy to solve each (`_chunk.py`). Between chunks it records the points, updates the progress bar,
+writes the checkpoint and notices Ctrl-C; it sets each member's status and keeps every point computed
+before a failure. The loop is written once: one state or many, traced or stored solve, alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from ..common import progress_bar
+from ..losses import loss_and_gradient_norm
+from ..record import RunRecord, RunStatus, Trajectory
+from ._chunk import ChunkResult
+from ._plan import RunPlan
+
+STEP_COUNTS = ("num_accepted_steps", "num_rejected_steps")
+
+
+@dataclasses.dataclass
+class _Member:
+    """One trajectory under construction."""
+
+    times: list
+    ys: list
+    loss: list
+    grad_norm: list
+    stats: dict
+    status: RunStatus = RunStatus.RUNNING
+    message: str = ""
+
+    @classmethod
+    def start(cls, t0: float, y0, loss0, grad_norm0) -> _Member:
+        return cls([np.asarray([t0])], [np.array(y0)[None]], [np.asarray([loss0])], [np.asarray([grad_norm0])],
+                   {name: 0 for name in STEP_COUNTS} | {"wall_time_s": 0.0})
+
+    @classmethod
+    def resume(cls, traj: Trajectory) -> _Member:
+        keep = {k: v for k, v in traj.stats.items() if k in (*STEP_COUNTS, "wall_time_s") or k.startswith("num_")
+                and not k.endswith("_estimate")}
+        return cls([np.asarray(traj.times)], [traj.flat_params()], [np.asarray(traj.loss)],
+                   [np.asarray(traj.grad_norm)], {name: 0 for name in STEP_COUNTS} | {"wall_time_s": 0.0} | keep)
+
+    @property
+    def alive(self) -> bool:
+        return self.status == RunStatus.RUNNING
+
+    def add(self, chunk: ChunkResult, b: int, grid: np.ndarray, i: int, n_new: int, wall: float,
+            max_steps: int) -> np.ndarray | None:
+        """Keep member `b`'s points of a chunk that started at save index `i`; its last state if it
+        goes on, else `None` (its status then says why)."""
+        reached = np.isfinite(chunk.times[b, :n_new]) & np.all(np.isfinite(chunk.states[b, :n_new]), axis=1)
+        n_ok = n_new if reached.all() else int(np.argmin(reached))
+        self.times.append(grid[i + 1: i + 1 + n_ok])
+        self.ys.append(chunk.states[b, :n_ok])
+        self.loss.append(chunk.loss[b, :n_ok])
+        self.grad_norm.append(chunk.grad_norm[b, :n_ok])
+        self.stats["wall_time_s"] += wall
+        counts = {"num_accepted_steps": chunk.accepted_steps, "num_rejected_steps": chunk.rejected_steps}
+        for name, count in (counts | chunk.work).items():
+            self.stats[name] = int(self.stats.get(name, 0)) + int(count[b])
+        ok = bool(chunk.ok[b])
+        if ok and n_ok == n_new:
+            return chunk.states[b, n_new - 1]
+        t_fail = float(grid[i + n_ok])
+        if bool(chunk.hit_max_steps[b]):
+            self.status, self.message = RunStatus.MAX_STEPS, RunStatus.MAX_STEPS.describe(t=t_fail,
+                                                                                            max_steps=max_steps)
+        elif ok:  # diffrax finished, but the saved state is not finite
+            self.status, self.message = RunStatus.NONFINITE, RunStatus.NONFINITE.describe(t=t_fail)
+        else:
+            self.status, self.message = RunStatus.SOLVER_FAILURE, RunStatus.SOLVER_FAILURE.describe(t=t_fail)
+        return None
+
+    def trajectory(self, record: RunRecord, plan: RunPlan, status: RunStatus, message: str,
+                   extra_stats: dict) -> Trajectory:
+        stats = dict(self.stats)
+        stats.update(plan.setup.work_estimate(stats["num_accepted_steps"] + stats["num_rejected_steps"]))
+        stats.update(extra_stats)
+        ys = np.concatenate(self.ys)
+        return Trajectory(times=np.concatenate(self.times), params=record.layout.unflatten_many(ys),
+                          loss=np.concatenate(self.loss), grad_norm=np.concatenate(self.grad_norm), record=record,
+                          stats=stats, status=status, message=message)
+
+
+def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_index: int = 0,
+              previous: list[Trajectory] | None = None, progress: bool | None = None, checkpoint: str | None = None,
+              member_stats: Callable[[int], dict] = lambda b: {}) -> list[Trajectory]:
+    """Integrate `record.save_times[start_index:]` chunk by chunk from the states `y_start` (B, n).
+
+    Returns one `Trajectory` per state, appended to `previous` when resuming. A member that fails
+    keeps the points it reached and stops; the others go on. `checkpoint` (single runs) is written
+    after every chunk and at the end.
+    """
+    grid, chunk = record.save_times, record.solver.chunk_size
+    y = np.array(y_start, dtype=np.float64)
+    if previous is not None:
+        members = [_Member.resume(traj) for traj in previous]
+    else:
+        loss0, gnorm0 = (np.asarray(a) for a in loss_and_gradient_norm(plan.field.loss, plan.layout,
+                                                                        jax.device_put(y)))
+        members = [_Member.start(grid[0], y[b], loss0[b], gnorm0[b]) for b in range(len(y))]
+
+    def snapshots(status_of_alive: RunStatus, message_of_alive: str) -> list[Trajectory]:
+        return [m.trajectory(record, plan, status_of_alive if m.alive else m.status,
+                             message_of_alive if m.alive else m.message, member_stats(b))
+                for b, m in enumerate(members)]
+
+    bar = progress_bar(progress, len(grid) - 1, start_index)
+    i = start_index
+    final_status, final_message = RunStatus.SUCCESS, RunStatus.SUCCESS.describe(t=grid[-1])
+    try:
+        while i < len(grid) - 1 and any(m.alive for m in members):
+            for m in members:  # a state whose loss or gradient is not finite cannot be integrated further
+                if m.alive and not (np.isfinite(m.loss[-1][-1]) and np.isfinite(m.grad_norm[-1][-1])):
+                    m.status, m.message = RunStatus.NONFINITE, RunStatus.NONFINITE.describe("start", t=grid[i])
+            if not any(m.alive for m in members):
+                break
+            j = min(i + chunk, len(grid) - 1)
+            ts = np.full(chunk, grid[j])
+            ts[: j - i] = grid[i + 1: j + 1]
+            tic = time.perf_counter()
+            result = plan.strategy.solve(plan, y, grid[i], grid[j], ts)
+            wall = time.perf_counter() - tic
+            for b, m in enumerate(members):
+                if m.alive:
+                    last = m.add(result, b, grid, i, j - i, wall, plan.max_steps)
+                    if last is not None:
+                        y[b] = last
+            if bar is not None:
+                bar.update(j - i)
+                if len(members) == 1 and members[0].alive:
+                    bar.set_postfix_str(f"t={grid[j]:.3g} loss={float(result.loss[0, j - i - 1]):.5f}")
+            i = j
+            if checkpoint is not None and i < len(grid) - 1 and members[0].alive:
+                snapshots(RunStatus.RUNNING, RunStatus.RUNNING.describe(t=grid[i], t_end=grid[-1]))[0].save(checkpoint)
+    except KeyboardInterrupt:
+        final_status = RunStatus.INTERRUPTED
+        final_message = (RunStatus.INTERRUPTED.describe("checkpointed", t=grid[i], checkpoint=checkpoint)
+                         if checkpoint else RunStatus.INTERRUPTED.describe(t=grid[i]))
+        print(f"\ngflow: interrupted at t = {grid[i]:.6g}; the points computed so far are kept.", file=sys.stderr)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = snapshots(final_status, final_message)
+    if checkpoint is not None:
+        out[0].save(checkpoint)
+    return out

@@ -1,0 +1,78 @@
+"""A run's plan: everything its record determines, made once (`RunPlan.of(record)`) and handed down.
+
+The solver with its tolerances and controller, the vector field, the parameter layout, the step
+budget and the chunk strategy are built from the record once per run; the chunk loop, `resume`,
+the ensemble workers and the event refinement's re-solves all take the plan instead of rebuilding
+any of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import equinox as eqx
+import jax
+from jaxtyping import Array, Float
+
+from ..losses import LossFunction
+from ..model import ParamLayout
+from ..record import RunRecord
+from ..solvers import SolverSetup, make_solver
+from ._chunk import AbstractChunkStrategy, SingleState
+
+
+class GradientField(eqx.Module):
+    """The vector field $-\\nabla L$ on the flat parameter vector."""
+
+    loss: LossFunction
+    layout: ParamLayout
+
+    def value(self, y: Float[Array, " n"]):
+        return self.loss(self.layout.unflatten(y))
+
+    def __call__(self, t, y: Float[Array, " n"], args) -> Float[Array, " n"]:
+        return -jax.grad(self.value)(y)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunPlan:
+    """What a record's flow is solved with.
+
+    - `setup`: the solver (tolerances filled in) and its step-size controller;
+    - `field`: $-\\nabla L$ on the flat vector of the record's layout;
+    - `max_steps`: the most steps one chunk may take;
+    - `storable`: the solver was built by gflow from its name, so its compiled solve may be stored
+      on disk (a solver instance may hold code gflow cannot fingerprint);
+    - `strategy`: how a chunk is solved (`SingleState` unless the caller chose another). A strategy
+      that the record's solver implies (say, one switching methods between chunks) is chosen here,
+      in `of`, so that every path that runs the record gets it.
+    """
+
+    setup: SolverSetup
+    field: GradientField
+    max_steps: int
+    storable: bool
+    strategy: AbstractChunkStrategy
+
+    @classmethod
+    def of(cls, record: RunRecord, strategy: AbstractChunkStrategy | None = None) -> RunPlan:
+        s = record.solver
+        setup = make_solver(s.name if s.instance is None else s.instance, s.rtol, s.atol)
+        field = GradientField(loss=record.loss_function(), layout=record.layout)
+        return cls(setup, field, s.max_steps, s.instance is None, SingleState() if strategy is None else strategy)
+
+    def with_strategy(self, strategy: AbstractChunkStrategy) -> RunPlan:
+        """The same plan, its chunks solved by `strategy` (e.g. the single-state strategy wrapped for
+        threads that share it)."""
+        return dataclasses.replace(self, strategy=strategy)
+
+    @property
+    def layout(self) -> ParamLayout:
+        return self.field.layout
+
+    @functools.cached_property
+    def partitioned(self):
+        """`(dynamic, static)`: the arrays of (field, solver, controller, max_steps) and the rest, as a
+        stored program takes them."""
+        return eqx.partition((self.field, self.setup.solver, self.setup.controller, self.max_steps), eqx.is_array)

@@ -1,0 +1,79 @@
+"""The architecture of the one-layer Transformer (`TransformerConfig`).
+
+Its fields are the `[model]` keys of settings files and the `config` of trajectory files: both are
+derived from the dataclass fields (`to_dict`, the settings schema), so a new field is one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import numpy as np
+
+
+class TransformerConfig(eqx.Module):
+    """Architecture of the one-layer Transformer.
+
+    The default is the attention-only model of the focus–dilution setting (Chen et al., ICML 2026):
+    one head, no value path (`v_s = h_s`), no residual stream, no positional encoding.
+
+    **Fields:**
+
+    - `n_heads`, `d_model`, `d_head` (`None`: equal to `d_model`).
+    - `value`: with a value path `v_s = h_s W_V[k] W_O[k]`; without, `v_s = h_s`.
+    - `residual`: add the token's own embedding to the attention output, `z_t = sum_k u_t + h_t`.
+    - `positional`: `"none"` or `"learned"` (a `W_pos` of shape `(T, d_model)`).
+    - `attn_scale`: the factor `c` in `score = c (h_t W_Q) . (h_s W_K)`; `None` means `1/sqrt(d_head)`.
+    """
+
+    n_heads: int = eqx.field(static=True, default=1)
+    d_model: int = eqx.field(static=True, default=8)
+    d_head: int | None = eqx.field(static=True, default=None)
+    value: bool = eqx.field(static=True, default=False)
+    residual: bool = eqx.field(static=True, default=False)
+    positional: str = eqx.field(static=True, default="none")
+    attn_scale: float | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        for name in ("n_heads", "d_model"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1; got {v!r}.")
+        if self.d_head is not None and (
+            isinstance(self.d_head, bool) or not isinstance(self.d_head, (int, np.integer)) or self.d_head < 1
+        ):
+            raise ValueError(f"`d_head` must be an integer >= 1 or None (= d_model); got {self.d_head!r}.")
+        for name in ("value", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
+        if self.positional not in ("none", "learned"):
+            raise ValueError(f"`positional` must be 'none' or 'learned'; got {self.positional!r}.")
+        if self.attn_scale is not None and not (
+            isinstance(self.attn_scale, (int, float)) and math.isfinite(self.attn_scale) and self.attn_scale > 0
+        ):
+            raise ValueError(f"`attn_scale` must be a finite number > 0, or None for 1/sqrt(d_head); "
+                             f"got {self.attn_scale!r}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model if self.d_head is None else int(self.d_head)
+
+    @property
+    def score_scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim) if self.attn_scale is None else float(self.attn_scale)
+
+    def to_dict(self) -> dict:
+        """Every field by name (what trajectory files and `TransformerConfig(**d)` read back)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TransformerConfig:
+        """Inverse of `to_dict`; an unknown field is a `ValueError` naming it (a file from a newer gflow)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model field(s) {unknown}; this gflow's TransformerConfig has {sorted(known)} "
+                             "(a file written by a newer gflow?).")
+        return cls(**data)

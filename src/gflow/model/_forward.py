@@ -1,0 +1,120 @@
+"""The forward pass, one pipeline for both formulations: embed → attention block → readout.
+
+- **Sequence formulation** (`sequence_logits`): on token sequences, with causal attention (the
+  query attends to itself too); works for every configuration.
+- **Type formulation** (`type_logits`): for configurations without positional encoding, where the
+  output at a position depends only on the query token and on how many times each token type occurs
+  in the context. Attention is then over token *types* weighted by those counts (or, in the
+  mean-field limit, by the stationary law).
+
+The two differ only in what the keys are (positions under a causal mask, or token types with
+log-count weights), so only the mixing of values is written twice; the embedding, the attention
+input, the scores, the values and everything after attention (`readout`) are shared. Analyses
+compute attention through these same functions (`sequence_attention`, `type_attention`,
+`type_scores`), so whatever changes the scores changes them too.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from ._config import TransformerConfig
+from ._params import TransformerParams
+
+
+def embed(params: TransformerParams, tokens: Int[Array, "batch T"], config: TransformerConfig
+          ) -> Float[Array, "batch T d_model"]:
+    """The residual stream before attention: token embeddings, plus learned positions."""
+    h = params.W_E[tokens]
+    if config.positional == "learned":
+        h = h + params.W_pos[: tokens.shape[-1]]
+    return h
+
+
+def attention_input(params: TransformerParams, h: Float[Array, "*batch d_model"],
+                    config: TransformerConfig) -> Float[Array, "*batch d_model"]:
+    """What the attention block reads from the residual stream (the stream itself)."""
+    return h
+
+
+def values(params: TransformerParams, a: Float[Array, "*batch d_model"],
+           config: TransformerConfig) -> Float[Array, "n_heads *batch d_model"]:
+    """Per-head value vectors in model space: `a W_V[k] W_O[k]` with a value path, else `a` itself."""
+    if config.value:
+        return jnp.einsum("...d,kde,kef->k...f", a, params.W_V, params.W_O)
+    return jnp.broadcast_to(a, (config.n_heads, *a.shape))
+
+
+def readout(params: TransformerParams, attended: Float[Array, "*batch d_model"],
+            h: Float[Array, "*batch d_model"], config: TransformerConfig) -> Float[Array, "*batch V"]:
+    """Everything after attention, position by position: the residual stream (`h`, the query's own
+    embedding) added back when the config has one, then the unembedding."""
+    z = attended + h if config.residual else attended
+    return z @ params.W_U
+
+
+# -------------------------------------------------------------------------------------------------
+# keys are positions: causal attention over a sequence
+
+
+def sequence_attention(params: TransformerParams, tokens: Int[Array, "batch T"],
+                       config: TransformerConfig) -> Float[Array, "batch n_heads T T"]:
+    """Causal attention weights `alpha[b, k, t, s]` (query t, key s <= t; the query sees itself)."""
+    return _causal_weights(params, attention_input(params, embed(params, tokens, config), config), config)
+
+
+def _causal_weights(params: TransformerParams, a: Float[Array, "batch T d_model"], config: TransformerConfig):
+    T = a.shape[-2]
+    q = jnp.einsum("btd,kde->bkte", a, params.W_Q)
+    k = jnp.einsum("btd,kde->bkte", a, params.W_K)
+    scores = config.score_scale * jnp.einsum("bkte,bkse->bkts", q, k)
+    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
+    return jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+
+
+def sequence_logits(params: TransformerParams, tokens: Int[Array, "batch T"],
+                    config: TransformerConfig) -> Float[Array, "batch T V"]:
+    """Logits for predicting $x_{t+1}$ at every position $t$ of each sequence (causal attention)."""
+    h = embed(params, tokens, config)
+    a = attention_input(params, h, config)
+    alpha = _causal_weights(params, a, config)
+    attended = jnp.einsum("bkts,kbsd->btd", alpha, values(params, a, config))
+    return readout(params, attended, h, config)
+
+
+# -------------------------------------------------------------------------------------------------
+# keys are token types, weighted by their counts in the context (or the stationary law)
+
+
+def type_scores(params: TransformerParams, config: TransformerConfig) -> Float[Array, "n_heads V V"]:
+    """Attention scores between token types, `score[k, a, b] = c (x_a W_Q[k]) . (x_b W_K[k])` with
+    `x` the attention input of each type's embedding."""
+    x = attention_input(params, params.W_E, config)
+    q = jnp.einsum("ad,kde->kae", x, params.W_Q)
+    k = jnp.einsum("ad,kde->kae", x, params.W_K)
+    return config.score_scale * jnp.einsum("kae,kbe->kab", q, k)
+
+
+def type_attention(params: TransformerParams, config: TransformerConfig, query: Int[Array, " S"],
+                   key_weights: Float[Array, "S V"]) -> Float[Array, "n_heads S V"]:
+    """Attention of a query token over key *types*: $\\alpha_b \\propto w_b e^{score(a, b)}$.
+
+    `key_weights[i, b]` is how much of key type `b` state `i` sees: its count in the context (exact
+    counts loss) or the stationary probability $\\pi_b$ (mean-field limit). Types with zero weight
+    get exactly zero attention.
+    """
+    scores = type_scores(params, config)[:, query, :]  # (k, S, V)
+    logw = jnp.where(key_weights > 0, jnp.log(jnp.where(key_weights > 0, key_weights, 1.0)), -jnp.inf)
+    return jax.nn.softmax(scores + logw[None], axis=-1)
+
+
+def type_logits(params: TransformerParams, config: TransformerConfig, query: Int[Array, " S"],
+                key_weights: Float[Array, "S V"]) -> Float[Array, "S V"]:
+    """Logits at a position whose token is `query` and whose context holds key types in
+    proportions `key_weights` (valid only without positional encoding)."""
+    alpha = type_attention(params, config, query, key_weights)  # (k, S, V)
+    h = params.W_E  # the residual stream of each token type
+    attended = jnp.einsum("ksb,kbd->sd", alpha, values(params, attention_input(params, h, config), config))
+    return readout(params, attended, h[query], config)

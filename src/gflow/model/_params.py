@@ -1,0 +1,176 @@
+"""The trainable weights (`TransformerParams`): what each one is, its shape, and how it starts.
+
+Names and shapes follow TransformerLens (`W_E`, `W_pos`, `W_Q`, `W_K`, `W_V`, `W_O`, `W_U`). Every
+weight has one row in `PARAMETERS`, next to its field: its shape for a config and data source
+(`None` when the config has no such part) and its initialiser. Everything else — the parameter
+names, their order in flat vectors (`ParamLayout`) and in files, the checks of given weights — is
+derived from the dataclass fields and this table, so adding a weight is a field and a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Real
+
+from ..common import as_prng_key, is_real
+from ..data import AbstractDataSource
+from ._config import TransformerConfig
+
+
+class TransformerParams(eqx.Module):
+    """The trainable weights. `W_pos`, `W_V`, `W_O` are `None` when the config has no such path.
+
+    A `Trajectory` stores the weights at every saved time in one `TransformerParams` whose arrays
+    carry a leading time axis (`*batch`).
+    """
+
+    W_E: Float[Array, "*batch V d_model"]
+    W_Q: Float[Array, "*batch n_heads d_model d_head"]
+    W_K: Float[Array, "*batch n_heads d_model d_head"]
+    W_U: Float[Array, "*batch d_model V"]
+    W_pos: Float[Array, "*batch T d_model"] | None = None
+    W_V: Float[Array, "*batch n_heads d_model d_head"] | None = None
+    W_O: Float[Array, "*batch n_heads d_head d_model"] | None = None
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransformerParams))
+"""Every weight's name, in the order of the fields (the order of flat vectors and files)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian:
+    """Entries $N(0, \\sigma^2)$: $\\sigma$ = the `scale` asked for, or $\\text{fan\\_in}^{-\\gamma}$."""
+
+    fan_in: Callable[[TransformerConfig, int], int]
+    """The fan-in for `gamma` scaling, from the config and the vocabulary size."""
+
+    random: bool = dataclasses.field(default=True, init=False)
+
+    def draw(self, key, shape, config: TransformerConfig, V: int, scale: float | None, gamma: float | None):
+        sigma = scale if scale is not None else self.fan_in(config, V) ** (-gamma)
+        return sigma * jax.random.normal(key, shape, dtype=jnp.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    """Every entry `value` (LayerNorm gains 1, biases 0), whatever the scale."""
+
+    value: float
+    random: bool = dataclasses.field(default=False, init=False)
+
+    def draw(self, key, shape, config: TransformerConfig, V: int, scale, gamma):
+        return jnp.full(shape, self.value, dtype=jnp.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One weight: `shape(config, V, T)` (`None`: the config has no such part) and `init`."""
+
+    name: str
+    shape: Callable[[TransformerConfig, int, int], tuple[int, ...] | None]
+    init: Gaussian | Constant
+
+
+def _model_fan_in(config: TransformerConfig, V: int) -> int:
+    return config.d_model
+
+
+def _qkv_shape(config: TransformerConfig, V: int, T: int) -> tuple[int, ...]:
+    return (config.n_heads, config.d_model, config.head_dim)
+
+
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
+    # W_E is indexed by a one-hot token (fan-in V); W_O maps from the head space; the rest from d_model.
+    Parameter("W_E", lambda c, V, T: (V, c.d_model), Gaussian(lambda c, V: V)),
+    Parameter("W_Q", _qkv_shape, Gaussian(_model_fan_in)),
+    Parameter("W_K", _qkv_shape, Gaussian(_model_fan_in)),
+    Parameter("W_U", lambda c, V, T: (c.d_model, V), Gaussian(_model_fan_in)),
+    Parameter("W_pos", lambda c, V, T: (T, c.d_model) if c.positional == "learned" else None,
+              Gaussian(_model_fan_in)),
+    Parameter("W_V", lambda c, V, T: _qkv_shape(c, V, T) if c.value else None, Gaussian(_model_fan_in)),
+    Parameter("W_O", lambda c, V, T: (c.n_heads, c.head_dim, c.d_model) if c.value else None,
+              Gaussian(lambda c, V: c.head_dim)),
+)}
+"""Shape and initialiser of every weight, one row per field of `TransformerParams`."""
+
+if tuple(PARAMETERS) != PARAM_NAMES:  # a field without a row (or a row without a field) is a bug here
+    raise RuntimeError(f"PARAMETERS {tuple(PARAMETERS)} must list the fields of TransformerParams {PARAM_NAMES}.")
+
+
+def param_shapes(config: TransformerConfig, spec: AbstractDataSource) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight the config uses, in field order (missing names are `None` in the params)."""
+    shapes = {name: p.shape(config, spec.V, spec.context_length) for name, p in PARAMETERS.items()}
+    return {name: shape for name, shape in shapes.items() if shape is not None}
+
+
+def check_init_scale(scale, gamma) -> tuple[float | None, float | None]:
+    """`(scale, gamma)` as floats, with the default `gamma = 0.5` when neither is given; `ValueError`
+    naming the bad one. `init_params` and the `[init]` section of settings files both use it."""
+    if scale is not None and gamma is not None:
+        raise ValueError("give either `scale` (the standard deviation) or `gamma` (sigma = fan_in**-gamma), not both.")
+    if scale is not None and not (is_real(scale) and math.isfinite(float(scale)) and float(scale) > 0):
+        raise ValueError(f"`scale` must be a finite number > 0; got {scale!r}.")
+    if gamma is not None and not (is_real(gamma) and math.isfinite(float(gamma))):
+        raise ValueError(f"`gamma` must be a finite number; got {gamma!r}.")
+    scale = None if scale is None else float(scale)
+    gamma = None if gamma is None else float(gamma)
+    return scale, (0.5 if gamma is None and scale is None else gamma)
+
+
+def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: AbstractDataSource, *,
+                scale: float | Real[Array | np.ndarray | np.number, ""] | None = None,
+                gamma: float | Real[Array | np.ndarray | np.number, ""] | None = None) -> TransformerParams:
+    """Initial weights, float64, each by its initialiser (`PARAMETERS`).
+
+    Gaussian weights are $N(0, \\sigma^2)$ with $\\sigma$ = `scale`, or $\\sigma = \\text{fan\\_in}^{-\\gamma}$
+    (fan-in `V` for `W_E`, `d_head` for `W_O`, `d_model` otherwise). Small initialisation is
+    `gamma > 0.5` (or a small `scale`); the condensation regime of the focus–dilution paper needs it.
+    With neither given, `gamma = 0.5` (the usual $1/\\sqrt{\\text{fan\\_in}}$). `key` is a PRNG key or
+    an integer seed; it is split once per Gaussian weight, in field order.
+    """
+    key = as_prng_key("key", key)
+    scale, gamma = check_init_scale(scale, gamma)
+    shapes = param_shapes(config, spec)
+    random = [name for name in shapes if PARAMETERS[name].init.random]
+    keys = dict(zip(random, jax.random.split(key, len(random)), strict=True))
+    return TransformerParams(**{name: PARAMETERS[name].init.draw(keys.get(name), shape, config, spec.V, scale, gamma)
+                                for name, shape in shapes.items()})
+
+
+def check_params(params: TransformerParams, config: TransformerConfig, spec: AbstractDataSource) -> None:
+    """Raise `ValueError` if `params` do not have the shapes `config` and `spec` call for."""
+    if not isinstance(params, TransformerParams):
+        raise ValueError(f"`params` must be a gflow.TransformerParams (see gflow.init_params); got {type(params)!r}.")
+    shapes = param_shapes(config, spec)
+    for name in PARAM_NAMES:
+        w = getattr(params, name)
+        want = shapes.get(name)
+        if want is None and w is not None:
+            raise ValueError(f"`params.{name}` is set but the config has no such part; set it to None or change "
+                             f"the config ({config}).")
+        if want is not None:
+            if w is None:
+                raise ValueError(f"`params.{name}` is None but the config needs shape {want}.")
+            if tuple(jnp.shape(w)) != want:
+                raise ValueError(f"`params.{name}` has shape {tuple(jnp.shape(w))}; the config and spec need {want} "
+                                 "(V from the spec, d_model/d_head/n_heads from the config).")
+
+
+def params_to_arrays(params: TransformerParams) -> dict[str, np.ndarray]:
+    """The weights that are set, by name (what trajectory files store as `param.<name>`)."""
+    return {name: np.asarray(getattr(params, name)) for name in PARAM_NAMES if getattr(params, name) is not None}
+
+
+def params_from_arrays(arrays: dict[str, np.ndarray | Array]) -> TransformerParams:
+    """Inverse of `params_to_arrays`; a name that is not a weight is a `ValueError` naming it."""
+    unknown = sorted(set(arrays) - set(PARAM_NAMES))
+    if unknown:
+        raise ValueError(f"unknown weight(s) {unknown}; this gflow's TransformerParams has {list(PARAM_NAMES)}.")
+    return TransformerParams(**{name: jnp.asarray(a) for name, a in arrays.items()})
