@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import TransformerConfig, TransformerParams, type_scores
+from ..model import TransformerConfig, TransformerParams, type_scores, unembedding
 from ..record import Trajectory
 from ._attention import attention_statistics
 
@@ -114,7 +114,7 @@ def compute_metrics(traj: Trajectory) -> Metrics:
     loss the trajectory was computed on (`_attention.py`)."""
     p = traj.params
     cfg: TransformerConfig = traj.config
-    W_E, W_U = np.asarray(p.W_E), np.asarray(p.W_U)
+    W_E, W_U = np.asarray(p.W_E), np.asarray(unembedding(p, cfg))
     sv_E = np.linalg.svd(W_E, compute_uv=False)
     sv_U = np.linalg.svd(W_U, compute_uv=False)
     sv_EU = np.linalg.svd(W_E @ W_U, compute_uv=False)

@@ -21,7 +21,9 @@ from ._checks import user_file_mode as user_file_mode
 from ._pool import shutdown_pool as shutdown_pool
 from ._pool import worker_pool as worker_pool
 from ._programs import stored_program as stored_program
+from ._progress import SavePointLoop as SavePointLoop
 from ._progress import progress_bar as progress_bar
+from ._progress import save_point_loop as save_point_loop
 from ._warm import cache_folder as cache_folder
 from ._warm import enable_compilation_cache as enable_compilation_cache
 from ._warm import prepare_environment as prepare_environment

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from ..common import progress_bar
+from ..common import save_point_loop
 from ..losses import loss_and_gradient_norm
 from ..record import RunRecord, RunStatus, Trajectory
 from ._chunk import ChunkResult
@@ -114,10 +114,9 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
                              message_of_alive if m.alive else m.message, member_stats(b))
                 for b, m in enumerate(members)]
 
-    bar = progress_bar(progress, len(grid) - 1, start_index)
     i = start_index
     final_status, final_message = RunStatus.SUCCESS, RunStatus.SUCCESS.describe(t=grid[-1])
-    try:
+    with save_point_loop(progress, len(grid) - 1, start_index) as loop:
         while i < len(grid) - 1 and any(m.alive for m in members):
             for m in members:  # a state whose loss or gradient is not finite cannot be integrated further
                 if m.alive and not (np.isfinite(m.loss[-1][-1]) and np.isfinite(m.grad_norm[-1][-1])):
@@ -135,21 +134,16 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
                     last = m.add(result, b, grid, i, j - i, wall, plan.max_steps)
                     if last is not None:
                         y[b] = last
-            if bar is not None:
-                bar.update(j - i)
-                if len(members) == 1 and members[0].alive:
-                    bar.set_postfix_str(f"t={grid[j]:.3g} loss={float(result.loss[0, j - i - 1]):.5f}")
+            single = len(members) == 1 and members[0].alive
+            loop.advance(j - i, f"t={grid[j]:.3g} loss={float(result.loss[0, j - i - 1]):.5f}" if single else None)
             i = j
             if checkpoint is not None and i < len(grid) - 1 and members[0].alive:
                 snapshots(RunStatus.RUNNING, RunStatus.RUNNING.describe(t=grid[i], t_end=grid[-1]))[0].save(checkpoint)
-    except KeyboardInterrupt:
+    if loop.interrupted:
         final_status = RunStatus.INTERRUPTED
         final_message = (RunStatus.INTERRUPTED.describe("checkpointed", t=grid[i], checkpoint=checkpoint)
                          if checkpoint else RunStatus.INTERRUPTED.describe(t=grid[i]))
         print(f"\ngflow: interrupted at t = {grid[i]:.6g}; the points computed so far are kept.", file=sys.stderr)
-    finally:
-        if bar is not None:
-            bar.close()
     out = snapshots(final_status, final_message)
     if checkpoint is not None:
         out[0].save(checkpoint)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..common import as_prng_key, check_positive, progress_bar
+from ..common import as_prng_key, check_positive, save_point_loop
 from ..data import AbstractDataSource
 from ..losses import LossFunction, LossSpec, check_dataset, cross_entropy, loss_spec
 from ..model import TransformerConfig, TransformerParams, check_params, sequence_logits
@@ -145,28 +145,22 @@ def train(params0: TransformerParams, spec: AbstractDataSource, config: Transfor
     l0, g0 = jax.value_and_grad(population)(params0)
     saved_p, saved_l = [params0], [float(l0)]
     saved_g = [float(optax.tree.norm(g0))]
-    bar = progress_bar(progress, len(grid) - 1, 0)
     status, message = RunStatus.SUCCESS, RunStatus.SUCCESS.describe("discrete", steps=steps, optimizer=name, lr=lr)
     tic = time.perf_counter()
-    try:
+    with save_point_loop(progress, len(grid) - 1) as loop:
         for k0, k1 in zip(grid[:-1], grid[1:], strict=True):
             params, opt_state, key, lval, gnorm = _advance(params, opt_state, key, jnp.asarray(k1 - k0), opt,
                                                            population, batches, rho)
             saved_p.append(params)
             saved_l.append(float(lval))
             saved_g.append(float(gnorm))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"step={k1} loss={float(lval):.5f}")
+            loop.advance(1, f"step={k1} loss={float(lval):.5f}")
             if not math.isfinite(saved_l[-1]):
                 status, message = RunStatus.NONFINITE, RunStatus.NONFINITE.describe("discrete", step=k1, lr=lr)
                 break
-    except KeyboardInterrupt:
+    if loop.interrupted:
         status, message = RunStatus.INTERRUPTED, RunStatus.INTERRUPTED.describe("discrete",
                                                                                step=grid[len(saved_l) - 1])
-    finally:
-        if bar is not None:
-            bar.close()
     n = len(saved_l)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *saved_p)
     return Trajectory(times=grid[:n] * dt, params=stacked, loss=np.asarray(saved_l), grad_norm=np.asarray(saved_g),

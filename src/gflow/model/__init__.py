@@ -15,6 +15,7 @@ from ._forward import sequence_logits as sequence_logits
 from ._forward import type_attention as type_attention
 from ._forward import type_logits as type_logits
 from ._forward import type_scores as type_scores
+from ._forward import unembedding as unembedding
 from ._forward import values as values
 from ._layout import ParamLayout as ParamLayout
 from ._params import PARAM_NAMES as PARAM_NAMES

@@ -47,12 +47,18 @@ def values(params: TransformerParams, a: Float[Array, "*batch d_model"],
     return jnp.broadcast_to(a, (config.n_heads, *a.shape))
 
 
+def unembedding(params: TransformerParams, config: TransformerConfig) -> Float[Array, "*batch d_model V"]:
+    """The matrix the readout multiplies by (`W_U`; params stacked over times keep their leading axes).
+    Analyses read it here, so they see what the model uses."""
+    return params.W_U
+
+
 def readout(params: TransformerParams, attended: Float[Array, "*batch d_model"],
             h: Float[Array, "*batch d_model"], config: TransformerConfig) -> Float[Array, "*batch V"]:
     """Everything after attention, position by position: the residual stream (`h`, the query's own
     embedding) added back when the config has one, then the unembedding."""
     z = attended + h if config.residual else attended
-    return z @ params.W_U
+    return z @ unembedding(params, config)
 
 
 # -------------------------------------------------------------------------------------------------
