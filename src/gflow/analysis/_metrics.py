@@ -30,7 +30,9 @@ where all singular values are comparable, counts as no open direction)."""
 class Metrics:
     """Per-time signals of a trajectory (`n` saved times; `K` heads; `V` tokens).
 
-    - `sv_E`, `sv_U`, `sv_EU`: singular values of `W_E`, `W_U`, `W_E W_U`, largest first.
+    - `sv_E`, `sv_U`, `sv_EU`: singular values of `W_E`, of the unembedding and of their product,
+      largest first. The unembedding is the matrix the model reads (`gflow.model.unembedding`): `W_U`,
+      or `W_E`ᵀ when the config is tied (`tied`), whose singular values are then those of `W_E`.
     - `stable_rank_E`, `stable_rank_U`: $\\|M\\|_F^2 / \\|M\\|_2^2$.
     - `open_directions`: open singular directions of `W_E` (see `OPEN_FRACTION`, `OPEN_GROWTH`).
     - `max_score`: largest |attention score| over heads and token pairs.
@@ -69,6 +71,7 @@ class Metrics:
     labels: tuple[str, ...] | None = None
     focus_per_head: np.ndarray | None = None
     loss_method: str | None = None
+    tied: bool = False
 
     def token_labels(self) -> tuple[str, ...]:
         """The data source's token labels (`"0"`, `"1"`, ... when unknown)."""
@@ -130,4 +133,4 @@ def compute_metrics(traj: Trajectory) -> Metrics:
                    attention=stats["attention"], position_attention=stats.get("position_attention"), loss=loss,
                    grad_norm=np.asarray(traj.grad_norm), dloss_dlogt=log_time_slope(times, loss),
                    labels=tuple(traj.spec.labels), focus_per_head=stats["focus"],
-                   loss_method=traj.record.loss.method)
+                   loss_method=traj.record.loss.method, tied=cfg.tied)

@@ -87,9 +87,10 @@ MAX_LOSS_BYTES = 2 * 2**30
 
 def sequence_loss_bytes(n_sequences: int, T: int, V: int, config) -> int:
     """Estimated peak bytes of a forward and backward pass over `n_sequences` contexts of length T:
-    the (heads x T x T) attention scores and weights and the (T x V) logits and targets, each kept
-    for the backward pass (about four float64 copies)."""
-    per_sequence = T * (config.n_heads * T + 2 * V + config.d_model)
+    the (heads x T x T) attention scores and weights, the (T x V) logits and targets, the stream and
+    the MLP's hidden pre- and post-activations (T x mlp each), each kept for the backward pass (about
+    four float64 copies)."""
+    per_sequence = T * (config.n_heads * T + 2 * V + config.d_model + 2 * (config.mlp or 0))
     return 4 * 8 * n_sequences * per_sequence
 
 

@@ -6,9 +6,13 @@ Adding a weight or a sub-block touches this package only: a field of `Transforme
 row in `PARAMETERS`, and its place in the pipeline of `_forward.py`.
 """
 
+from ._config import ACTIVATIONS as ACTIVATIONS
+from ._config import LAYERNORMS as LAYERNORMS
 from ._config import TransformerConfig as TransformerConfig
 from ._forward import attention_input as attention_input
 from ._forward import embed as embed
+from ._forward import layernorm as layernorm
+from ._forward import mlp as mlp
 from ._forward import readout as readout
 from ._forward import sequence_attention as sequence_attention
 from ._forward import sequence_logits as sequence_logits

@@ -12,20 +12,32 @@ import math
 import equinox as eqx
 import numpy as np
 
+LAYERNORMS = ("none", "pre")
+ACTIVATIONS = ("gelu", "relu")
+
 
 class TransformerConfig(eqx.Module):
     """Architecture of the one-layer Transformer.
 
     The default is the attention-only model of the focus–dilution setting (Chen et al., ICML 2026):
-    one head, no value path (`v_s = h_s`), no residual stream, no positional encoding.
+    one head, no value path (`v_s = h_s`), no residual stream, no positional encoding. The other
+    fields turn it into the full block of a nanoGPT-style Transformer (pre-LayerNorm, MLP, tied
+    embeddings, unembedding bias), as Makkuva et al. (ICLR 2025) and Yüksel et al. (2026) train it.
 
     **Fields:**
 
     - `n_heads`, `d_model`, `d_head` (`None`: equal to `d_model`).
-    - `value`: with a value path `v_s = h_s W_V[k] W_O[k]`; without, `v_s = h_s`.
-    - `residual`: add the token's own embedding to the attention output, `z_t = sum_k u_t + h_t`.
+    - `value`: with a value path `v_s = a_s W_V[k] W_O[k]`; without, `v_s = a_s`.
+    - `residual`: add the token's own embedding to the attention output, `z_t = sum_k u_t + h_t`
+      (and the MLP's output to its input, `z <- z + m`, when there is an MLP).
     - `positional`: `"none"` or `"learned"` (a `W_pos` of shape `(T, d_model)`).
-    - `attn_scale`: the factor `c` in `score = c (h_t W_Q) . (h_s W_K)`; `None` means `1/sqrt(d_head)`.
+    - `attn_scale`: the factor `c` in `score = c (a_t W_Q) . (a_s W_K)`; `None` means `1/sqrt(d_head)`.
+    - `layernorm`: `"none"` or `"pre"`: LayerNorm of the attention input (`ln1`), of the MLP input
+      (`ln2`) and before the unembedding (`lnf`), PyTorch's (biased variance, eps `1e-5`).
+    - `mlp`: the MLP's hidden width (`None`: no MLP), `m = act(LN2(z) W_in + b_in) W_out + b_out`.
+    - `activation`: `"gelu"` (exact, the erf form, PyTorch's default) or `"relu"`.
+    - `tied`: the unembedding is `W_E`ᵀ (no `W_U` weight).
+    - `unembed_bias`: a bias `b_U` on the logits.
     """
 
     n_heads: int = eqx.field(static=True, default=1)
@@ -35,6 +47,11 @@ class TransformerConfig(eqx.Module):
     residual: bool = eqx.field(static=True, default=False)
     positional: str = eqx.field(static=True, default="none")
     attn_scale: float | None = eqx.field(static=True, default=None)
+    layernorm: str = eqx.field(static=True, default="none")
+    mlp: int | None = eqx.field(static=True, default=None)
+    activation: str = eqx.field(static=True, default="gelu")
+    tied: bool = eqx.field(static=True, default=False)
+    unembed_bias: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         for name in ("n_heads", "d_model"):
@@ -45,11 +62,20 @@ class TransformerConfig(eqx.Module):
             isinstance(self.d_head, bool) or not isinstance(self.d_head, (int, np.integer)) or self.d_head < 1
         ):
             raise ValueError(f"`d_head` must be an integer >= 1 or None (= d_model); got {self.d_head!r}.")
-        for name in ("value", "residual"):
+        for name in ("value", "residual", "tied", "unembed_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
         if self.positional not in ("none", "learned"):
             raise ValueError(f"`positional` must be 'none' or 'learned'; got {self.positional!r}.")
+        if self.layernorm not in LAYERNORMS:
+            raise ValueError(f"`layernorm` must be one of {LAYERNORMS} ('pre': LayerNorm before attention, before the "
+                             f"MLP and before the unembedding); got {self.layernorm!r}.")
+        if self.mlp is not None and (isinstance(self.mlp, bool) or not isinstance(self.mlp, (int, np.integer))
+                                     or self.mlp < 1):
+            raise ValueError(f"`mlp` must be an integer >= 1 (the MLP's hidden width) or None (no MLP); "
+                             f"got {self.mlp!r}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {ACTIVATIONS}; got {self.activation!r}.")
         if self.attn_scale is not None and not (
             isinstance(self.attn_scale, (int, float)) and math.isfinite(self.attn_scale) and self.attn_scale > 0
         ):

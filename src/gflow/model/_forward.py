@@ -33,10 +33,35 @@ def embed(params: TransformerParams, tokens: Int[Array, "batch T"], config: Tran
     return h
 
 
+LAYERNORM_EPS = 1e-5
+"""PyTorch's default `eps` of `nn.LayerNorm`."""
+
+
+def layernorm(x: Float[Array, "*batch d_model"], w: Float[Array, " d_model"], b: Float[Array, " d_model"]
+              ) -> Float[Array, "*batch d_model"]:
+    """$(x - \\bar x) / \\sqrt{\\mathrm{var}(x) + \\epsilon} \\cdot w + b$ over `d_model`, with the biased
+    variance (PyTorch's `nn.LayerNorm`)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + LAYERNORM_EPS) * w + b
+
+
 def attention_input(params: TransformerParams, h: Float[Array, "*batch d_model"],
                     config: TransformerConfig) -> Float[Array, "*batch d_model"]:
-    """What the attention block reads from the residual stream (the stream itself)."""
-    return h
+    """What the attention block reads from the residual stream: `LN1(h)` with `layernorm="pre"`,
+    else the stream itself."""
+    return layernorm(h, params.ln1_w, params.ln1_b) if config.layernorm == "pre" else h
+
+
+def _activation(x, config: TransformerConfig):
+    return jax.nn.gelu(x, approximate=False) if config.activation == "gelu" else jax.nn.relu(x)
+
+
+def mlp(params: TransformerParams, z: Float[Array, "*batch d_model"], config: TransformerConfig
+        ) -> Float[Array, "*batch d_model"]:
+    """The MLP's output `act(LN2(z) W_in + b_in) W_out + b_out` (LN2 with `layernorm="pre"`)."""
+    x = layernorm(z, params.ln2_w, params.ln2_b) if config.layernorm == "pre" else z
+    return _activation(x @ params.W_in + params.b_in, config) @ params.W_out + params.b_out
 
 
 def values(params: TransformerParams, a: Float[Array, "*batch d_model"],
@@ -48,17 +73,26 @@ def values(params: TransformerParams, a: Float[Array, "*batch d_model"],
 
 
 def unembedding(params: TransformerParams, config: TransformerConfig) -> Float[Array, "*batch d_model V"]:
-    """The matrix the readout multiplies by (`W_U`; params stacked over times keep their leading axes).
-    Analyses read it here, so they see what the model uses."""
-    return params.W_U
+    """The matrix the readout multiplies by: `W_U`, or `W_E`ᵀ when tied (params stacked over times keep
+    their leading axes). Analyses read it here, so they see what the model uses."""
+    return jnp.swapaxes(params.W_E, -1, -2) if config.tied else params.W_U
 
 
 def readout(params: TransformerParams, attended: Float[Array, "*batch d_model"],
             h: Float[Array, "*batch d_model"], config: TransformerConfig) -> Float[Array, "*batch V"]:
     """Everything after attention, position by position: the residual stream (`h`, the query's own
-    embedding) added back when the config has one, then the unembedding."""
+    embedding) added back when the config has one; the MLP (added to its input with a residual
+    stream, replacing it without); the final LayerNorm; the unembedding and its bias.
+
+    Nothing here mixes positions, which is why the type formulation holds for the full block."""
     z = attended + h if config.residual else attended
-    return z @ unembedding(params, config)
+    if config.mlp is not None:
+        m = mlp(params, z, config)
+        z = z + m if config.residual else m
+    if config.layernorm == "pre":
+        z = layernorm(z, params.lnf_w, params.lnf_b)
+    logits = z @ unembedding(params, config)
+    return logits + params.b_U if config.unembed_bias else logits
 
 
 # -------------------------------------------------------------------------------------------------

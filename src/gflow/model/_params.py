@@ -25,7 +25,10 @@ from ._config import TransformerConfig
 
 
 class TransformerParams(eqx.Module):
-    """The trainable weights. `W_pos`, `W_V`, `W_O` are `None` when the config has no such path.
+    """The trainable weights; a weight is `None` when the config has no such part (`W_pos` without
+    learned positions, `W_V`/`W_O` without a value path, `W_U` when tied, the LayerNorm weights
+    `ln*_w`/`ln*_b` without LayerNorm, `W_in`/`b_in`/`W_out`/`b_out` without an MLP, `b_U` without an
+    unembedding bias).
 
     A `Trajectory` stores the weights at every saved time in one `TransformerParams` whose arrays
     carry a leading time axis (`*batch`).
@@ -34,10 +37,21 @@ class TransformerParams(eqx.Module):
     W_E: Float[Array, "*batch V d_model"]
     W_Q: Float[Array, "*batch n_heads d_model d_head"]
     W_K: Float[Array, "*batch n_heads d_model d_head"]
-    W_U: Float[Array, "*batch d_model V"]
+    W_U: Float[Array, "*batch d_model V"] | None = None
     W_pos: Float[Array, "*batch T d_model"] | None = None
     W_V: Float[Array, "*batch n_heads d_model d_head"] | None = None
     W_O: Float[Array, "*batch n_heads d_head d_model"] | None = None
+    ln1_w: Float[Array, "*batch d_model"] | None = None
+    ln1_b: Float[Array, "*batch d_model"] | None = None
+    ln2_w: Float[Array, "*batch d_model"] | None = None
+    ln2_b: Float[Array, "*batch d_model"] | None = None
+    lnf_w: Float[Array, "*batch d_model"] | None = None
+    lnf_b: Float[Array, "*batch d_model"] | None = None
+    W_in: Float[Array, "*batch d_model mlp"] | None = None
+    b_in: Float[Array, "*batch mlp"] | None = None
+    W_out: Float[Array, "*batch mlp d_model"] | None = None
+    b_out: Float[Array, "*batch d_model"] | None = None
+    b_U: Float[Array, "*batch V"] | None = None
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransformerParams))
@@ -86,17 +100,45 @@ def _qkv_shape(config: TransformerConfig, V: int, T: int) -> tuple[int, ...]:
     return (config.n_heads, config.d_model, config.head_dim)
 
 
+def _layernorm_shape(which: str):
+    """A LayerNorm's gain or bias, `(d_model,)`: `ln1` and `lnf` with LayerNorm, `ln2` with LayerNorm and an MLP."""
+    def shape(config: TransformerConfig, V: int, T: int) -> tuple[int, ...] | None:
+        has = config.layernorm == "pre" and (which != "ln2" or config.mlp is not None)
+        return (config.d_model,) if has else None
+    return shape
+
+
+def _mlp_shape(*dims: str):
+    """A weight of the MLP (`None` without one), its shape named by `d_model` and `mlp`."""
+    def shape(config: TransformerConfig, V: int, T: int) -> tuple[int, ...] | None:
+        size = {"d_model": config.d_model, "mlp": config.mlp}
+        return None if config.mlp is None else tuple(size[d] for d in dims)
+    return shape
+
+
 PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
     # W_E is indexed by a one-hot token (fan-in V); W_O maps from the head space; the rest from d_model.
     Parameter("W_E", lambda c, V, T: (V, c.d_model), Gaussian(lambda c, V: V)),
     Parameter("W_Q", _qkv_shape, Gaussian(_model_fan_in)),
     Parameter("W_K", _qkv_shape, Gaussian(_model_fan_in)),
-    Parameter("W_U", lambda c, V, T: (c.d_model, V), Gaussian(_model_fan_in)),
+    Parameter("W_U", lambda c, V, T: None if c.tied else (c.d_model, V), Gaussian(_model_fan_in)),
     Parameter("W_pos", lambda c, V, T: (T, c.d_model) if c.positional == "learned" else None,
               Gaussian(_model_fan_in)),
     Parameter("W_V", lambda c, V, T: _qkv_shape(c, V, T) if c.value else None, Gaussian(_model_fan_in)),
     Parameter("W_O", lambda c, V, T: (c.n_heads, c.head_dim, c.d_model) if c.value else None,
               Gaussian(lambda c, V: c.head_dim)),
+    # LayerNorm gains start at 1 and every bias at 0 (PyTorch's initialisation), whatever the scale.
+    Parameter("ln1_w", _layernorm_shape("ln1"), Constant(1.0)),
+    Parameter("ln1_b", _layernorm_shape("ln1"), Constant(0.0)),
+    Parameter("ln2_w", _layernorm_shape("ln2"), Constant(1.0)),
+    Parameter("ln2_b", _layernorm_shape("ln2"), Constant(0.0)),
+    Parameter("lnf_w", _layernorm_shape("lnf"), Constant(1.0)),
+    Parameter("lnf_b", _layernorm_shape("lnf"), Constant(0.0)),
+    Parameter("W_in", _mlp_shape("d_model", "mlp"), Gaussian(_model_fan_in)),
+    Parameter("b_in", _mlp_shape("mlp"), Constant(0.0)),
+    Parameter("W_out", _mlp_shape("mlp", "d_model"), Gaussian(lambda c, V: c.mlp)),
+    Parameter("b_out", _mlp_shape("d_model"), Constant(0.0)),
+    Parameter("b_U", lambda c, V, T: (V,) if c.unembed_bias else None, Constant(0.0)),
 )}
 """Shape and initialiser of every weight, one row per field of `TransformerParams`."""
 
@@ -130,7 +172,8 @@ def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: Abstra
     """Initial weights, float64, each by its initialiser (`PARAMETERS`).
 
     Gaussian weights are $N(0, \\sigma^2)$ with $\\sigma$ = `scale`, or $\\sigma = \\text{fan\\_in}^{-\\gamma}$
-    (fan-in `V` for `W_E`, `d_head` for `W_O`, `d_model` otherwise). Small initialisation is
+    (fan-in `V` for `W_E`, `d_head` for `W_O`, `mlp` for `W_out`, `d_model` otherwise); LayerNorm gains
+    are 1 and biases 0. Small initialisation is
     `gamma > 0.5` (or a small `scale`); the condensation regime of the focus–dilution paper needs it.
     With neither given, `gamma = 0.5` (the usual $1/\\sqrt{\\text{fan\\_in}}$). `key` is a PRNG key or
     an integer seed; it is split once per Gaussian weight, in field order.
@@ -153,6 +196,9 @@ def check_params(params: TransformerParams, config: TransformerConfig, spec: Abs
         w = getattr(params, name)
         want = shapes.get(name)
         if want is None and w is not None:
+            if name == "W_U" and config.tied:
+                raise ValueError("`params.W_U` is set but the config is tied (tied=True: the unembedding is W_E^T); "
+                                 "set W_U to None, or use tied=False.")
             raise ValueError(f"`params.{name}` is set but the config has no such part; set it to None or change "
                              f"the config ({config}).")
         if want is not None:

@@ -112,7 +112,7 @@ def overview_figure(m: Metrics, events: list[Event], *, entropy_rate: float | No
         for k in range(m.sv_U.shape[1]):
             ax.plot(t, m.sv_U[idx, k], color=VIRIDIS(k / max(1, m.sv_U.shape[1] - 1)), lw=1, ls="--")
         ax.set_yscale("log")
-        ax.set_ylabel("singular values\n(solid $W_E$, dashed $W_U$)")
+        ax.set_ylabel("singular values\n(solid $W_E$, dashed " + ("$W_U = W_E^\\top$)" if m.tied else "$W_U$)"))
         mark_events(ax, events)
         ax.legend(**OUTSIDE)
 
