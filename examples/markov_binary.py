@@ -21,7 +21,6 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 import gflow
+from conftest import BAD_TYPE
 from gflow.app import main
 from gflow.model import sequence_logits, type_logits
-
-from conftest import BAD_TYPE
 
 ERF = np.vectorize(math.erf)
 
