@@ -61,6 +61,7 @@ def cell(p: float, q: float, tied: bool) -> dict:
     closed = (unigram - traj.loss[-1]) / gap if gap > 1e-9 else np.nan
     half = np.flatnonzero(traj.loss < unigram - 0.5 * gap) if gap > 1e-9 else []
     return {"p": p, "q": q, "tied": tied, "lambda_min": float(lin.eigenvalues[0]), "negative": lin.saddle_index,
+            "lambda_max": float(lin.eigenvalues[-1]),
             "closed": float(closed), "half_time": float(traj.times[half[0]]) if len(half) else np.inf,
             "final": float(traj.loss[-1]), "unigram": unigram, "rate": rate, "status": str(traj.status)}
 
@@ -85,33 +86,44 @@ def main():
 
     import gflow.plot
 
-    fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8.5), constrained_layout=True)
     n = len(grid)
+    x_line = np.interp(1 - np.array(grid), grid, range(n))  # p + q = 1 on the cells' index axes
     for col, tied in enumerate((True, False)):
         rows = [r for r in results if r["tied"] == tied]
-        closed = np.array([r["closed"] for r in rows]).reshape(n, n)
-        lam = np.array([r["lambda_min"] for r in rows]).reshape(n, n)
+        # a flow that never got half-way is drawn at the horizon, labelled "stuck"
+        when = np.log10([min(r["half_time"], T_END) if np.isfinite(r["closed"]) else np.nan
+                         for r in rows]).reshape(n, n)
+        stuck = np.array([not np.isfinite(r["half_time"]) and np.isfinite(r["closed"]) for r in rows]).reshape(n, n)
+        # eigenvalues within round-off of zero (1e-8 of the largest) print as 0: the Hessian is then PSD
+        lam = np.array([0.0 if abs(r["lambda_min"]) <= 1e-8 * abs(r["lambda_max"]) else r["lambda_min"]
+                        for r in rows]).reshape(n, n)
+        negative = np.array([r["negative"] for r in rows]).reshape(n, n)
         name = "tied" if tied else "untied"
-        for row, (values, title, cmap, limits) in enumerate((
-                (closed, f"{name}: fraction of H(pi) - entropy rate closed", "viridis", (0, 1)),
-                (np.sign(lam) * np.log10(1 + np.abs(lam)), f"{name}: lambda_min at the unigram point\n"
-                 "(sign(l) log10(1 + |l|))", "coolwarm", (-2.5, 2.5)))):
+        panels = ((when, f"{name}: log10 of the time to close half of\nH(pi) - entropy rate (small init)",
+                   "viridis", (-1, np.log10(T_END)),
+                   lambda i, j: "i.i.d." if np.isnan(when[i, j]) else
+                   ("stuck" if stuck[i, j] else f"{when[i, j]:.1f}")),
+                  (np.sign(lam) * np.log10(1 + np.abs(lam)), f"{name}: smallest Hessian eigenvalue at the unigram "
+                   "point\n(colour: sign(l) log10(1 + |l|); text: l, negative count)", "coolwarm", (-2.5, 2.5),
+                   lambda i, j: f"{lam[i, j]:.2g}\n{negative[i, j]} neg." if lam[i, j] < 0 else "0\nPSD"))
+        for row, (values, title, cmap, limits, text) in enumerate(panels):
             ax = axes[row, col]
-            im = ax.imshow(values, origin="lower", cmap=cmap, vmin=limits[0], vmax=limits[1])
+            im = ax.imshow(np.ma.masked_invalid(values), origin="lower", cmap=cmap, vmin=limits[0], vmax=limits[1])
+            ax.set_facecolor("0.85")
             ax.set_xticks(range(n), [str(q) for q in grid])
             ax.set_yticks(range(n), [str(p) for p in grid])
-            ax.set_xlabel("q")
-            ax.set_ylabel("p")
-            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("q (switch 1 -> 0)")
+            ax.set_ylabel("p (switch 0 -> 1)")
+            ax.set_title(title, fontsize=9)
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, "-" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}", ha="center",
-                            va="center", fontsize=8, color="w")
-            # p + q = 1 on the grid's index axes (cells are equally spaced in index, not in value)
-            x = np.interp(1 - np.array(grid), grid, range(n))
-            ax.plot(x, range(n), "w--", lw=1.2, label="p + q = 1")
-            ax.legend(loc="upper right", fontsize=8)
+                    ax.text(j, i, text(i, j), ha="center", va="center", fontsize=7.5,
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
+            ax.plot(x_line, range(n), "k--", lw=1.2)
             fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"Binary chains, full block, exact flow from scale-{SCALE:g} initialisation to t = {T_END:g} "
+                 "(dashed: p + q = 1)", fontsize=10)
     written = gflow.plot.save_figure(fig, args.out)
     print("wrote", ", ".join(written))
 
