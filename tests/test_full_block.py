@@ -191,3 +191,15 @@ def test_a_file_with_an_unknown_model_field_is_refused_by_name(tmp_path, key):
     toml = tmp_path / "bad.toml"
     toml.write_text("[model]\nmlp = 0\n")
     assert main(["run", str(toml), "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.parametrize("name", ["full_block.toml", "markov_binary.toml"])
+def test_the_example_settings_files_build_the_block_they_describe(name):
+    import os
+
+    settings = gflow.ExperimentSettings.from_toml(os.path.join(os.path.dirname(__file__), "..", "examples", name))
+    cfg = settings.record.config
+    assert cfg.layernorm == "pre" and cfg.mlp is not None and cfg.activation == "gelu" and cfg.residual
+    if name == "markov_binary.toml":
+        assert cfg.tied and cfg.unembed_bias and settings.record.source.V == 2
+        assert settings.record.loss.method == "enumerate"
