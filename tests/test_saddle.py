@@ -83,3 +83,20 @@ def test_escape_times_match_an_explicit_reference(pi, eps):
         assert default.ok and reference.ok
         assert escape_time(default) == pytest.approx(escape_time(reference), rel=3e-3), solver
     assert default.loss[-1] == pytest.approx(default.spec.entropy_rate(), abs=1e-6)
+
+
+@pytest.mark.parametrize("solver", [None, "GradientFlowKrylovBDF", "GradientFlowRosenbrock"])
+def test_an_exact_stationary_start_is_integrated(solver):
+    """All-zero weights are a critical point (a saddle of the demo's loss): the flow stays there, and
+    the solvers must say so in a few hundred steps, not reject steps until max_steps (the 0 / 0 of
+    the unstable-direction error test, whose subnormal floor XLA flushed to zero)."""
+    spec = gflow.MarkovSpec.sticky((0.75, 0.19, 0.05, 0.01), 0.5, T=10)
+    config = gflow.TransformerConfig(d_model=8)
+    zero = jax.tree.map(jnp.zeros_like, gflow.init_params(0, config, spec, scale=1e-3))
+    traj = gflow.simulate(zero, spec, (0.0, 100.0), config=config, loss="meanfield", n_save=21, progress=False,
+                          solver=solver)
+    assert traj.ok, traj.message
+    assert np.all(traj.flat_params() == 0.0) and np.all(traj.loss == traj.loss[0])
+    assert traj.stats["num_rejected_steps"] == 0 and traj.stats["num_accepted_steps"] < 1000
+    with pytest.warns(UserWarning, match="underflow to 0"):
+        gflow.init_params(0, config, spec, gamma=1000.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -181,6 +182,13 @@ def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: Abstra
     key = as_prng_key("key", key)
     scale, gamma = check_init_scale(scale, gamma)
     shapes = param_shapes(config, spec)
+    if gamma is not None:
+        underflow = [name for name, p in PARAMETERS.items() if name in shapes and p.init.random
+                     and p.init.fan_in(config, spec.V) ** (-gamma) == 0.0]
+        if underflow:
+            warnings.warn(f"`gamma` = {gamma:g} makes sigma = fan_in**-gamma underflow to 0 in float64 for "
+                          f"{', '.join(underflow)}: those weights are exactly 0 (a stationary point of the flow, "
+                          "which it never leaves). Use a smaller gamma, or `scale`.", stacklevel=2)
     random = [name for name in shapes if PARAMETERS[name].init.random]
     keys = dict(zip(random, jax.random.split(key, len(random)), strict=True))
     return TransformerParams(**{name: PARAMETERS[name].init.draw(keys.get(name), shape, config, spec.V, scale, gamma)

@@ -61,5 +61,10 @@ def unstable_error_norm(error_in_basis: Float[Array, " n"], curvature: Float[Arr
     """
     unstable = -curvature * jnp.abs(t) >= NEGLIGIBLE_GROWTH
     floor = ROUNDOFF_DEVIATIONS * jnp.finfo(y_in_basis.dtype).eps * y_max
-    ratio = jnp.abs(error_in_basis) / (rtol * jnp.maximum(jnp.abs(y_in_basis), floor))
+    # At an exact stationary point (every weight 0: a symmetric or zero initialisation) both the state
+    # and the error are exactly 0 along every direction; the smallest normal number keeps 0 / 0 from
+    # rejecting every step there (it is below any deviation the flow could ever grow from; a
+    # subnormal floor would not do: XLA flushes subnormals to zero on CPUs).
+    denominator = jnp.maximum(rtol * jnp.maximum(jnp.abs(y_in_basis), floor), jnp.finfo(y_in_basis.dtype).tiny)
+    ratio = jnp.abs(error_in_basis) / denominator
     return jnp.max(jnp.where(unstable, ratio, 0.0))
