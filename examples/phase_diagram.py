@@ -27,9 +27,11 @@ def main():
     batch = gflow.stack_params([gflow.init_params(jax.random.key(seed), config, spec, scale=float(s))
                                 for s, seed in members])
     # one worker process per CPU core (the fastest path on CPUs; docs/performance.md)
+    print(f"solving {len(members)} flows (init scale x seed) on worker processes ...", flush=True)
     trajs = gflow.simulate_many(batch, spec, (0.0, 2e4), config=config, loss="meanfield", n_save=161,
                                 batching="processes")
 
+    print("detecting the stages of each run ...", flush=True)
     first_escape, cycles, all_escapes = [], [], []
     for traj in trajs:
         events = detect_stages(traj)
@@ -50,7 +52,8 @@ def main():
         reached = [int(c) for (s, _), c in zip(members, cycles, strict=True) if s == scale]
         print(f"scale {scale:.1e}: cycles reached by t = 2e4, seeds {list(seeds)}: {reached}")
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
+    print("drawing phase-diagram.png ...", flush=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.4), constrained_layout=True)
     ax = axes[0]
     ax.scatter(log_inv, first_escape, s=14, color="tab:blue", label="runs (3 seeds per scale)")
     x = np.linspace(log_inv.min(), log_inv.max(), 50)
@@ -59,7 +62,7 @@ def main():
             label=f"1/|$\\lambda_{{min}}$(0)| = {1 / rate:.2f}")
     ax.set_xlabel("log(1 / init scale)")
     ax.set_ylabel("first escape time")
-    ax.legend(frameon=False, fontsize=7)
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=2)
     ax = axes[1]
     member_scales = np.array([s for s, _ in members])
     for k in range(max(len(e) for e in all_escapes)):
@@ -70,7 +73,7 @@ def main():
     ax.set_xlabel("init scale")
     ax.set_ylabel("escape time")
     ax.set_title(f"cycles reached by t = 2e4: {int(cycles.min())}-{int(cycles.max())}", fontsize=8)
-    ax.legend(frameon=False, fontsize=7)
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, "phase-diagram")
 
 

@@ -13,9 +13,11 @@ import os
 import sys
 import time
 
+from ..common import DiskFullError, claim_output_folder
+from ..flow import make_optimizer
 from ..record import RunStatus
-from ._comparison import run_comparison
-from ._experiment import resume_experiment, run_experiment, unfinished_run
+from ._comparison import DEFAULT_RUNS, run_comparison
+from ._experiment import check_checkpoint_matches, resume_experiment, run_experiment, unfinished_run
 from ._settings import ExperimentSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -69,14 +71,25 @@ def _exit_status(traj) -> int:
 
 
 def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str | None:
-    """What to do with an interrupted run already in `out_dir`: "resume", "restart", or an error message."""
-    found = unfinished_run(out_dir)
-    if found is None or args.restart:
+    """What to do with an interrupted run already in `out_dir`: "resume", "restart", or an error message.
+    With `--restart` the folder's checkpoint is not even read (it may be the unreadable file that
+    stops everything else)."""
+    if args.restart:
+        return "restart"
+    try:
+        found = unfinished_run(out_dir)
+    except ValueError as e:
+        return str(e)
+    if found is None:
         return "restart"
     same = found[0].to_dict() == settings.to_dict()
     where = f"{out_dir!r} holds an interrupted run ({found[1].status.value} at t = {found[1].times[-1]:.6g})"
     if not same:
         return (f"{where} of other settings; choose another --out, or pass --restart to overwrite it.")
+    try:
+        check_checkpoint_matches(settings, found[1], out_dir)
+    except ValueError as e:
+        return str(e)
     if args.resume:
         return "resume"
     if sys.stdin.isatty():
@@ -89,6 +102,22 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     progress = False if args.no_progress else None
     try:
+        return _command(args, progress)
+    except DiskFullError as e:
+        where = getattr(args, "out", None) or getattr(args, "dir", None)
+        then = f"; then finish with: gflow resume {where}" if where and args.command != "compare" else ""
+        print(f"gflow: error: {e.strerror}{then}.", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # outside the flow (which keeps its points itself): analysis, figures, report
+        where = getattr(args, "out", None) or getattr(args, "dir", None)
+        again = f" Finish it with: gflow resume {where}" if where and args.command != "compare" else ""
+        print(f"\ngflow: interrupted; every file written so far is complete (each is replaced only when "
+              f"whole).{again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _command(args, progress) -> int:
+    try:
         if args.command == "resume":
             tic = time.perf_counter()
             result = resume_experiment(args.dir, progress=progress)
@@ -98,25 +127,31 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = ExperimentSettings.from_toml(args.config)
         if args.command == "compare":
-            if not (math.isfinite(args.t_end) and args.t_end > 0):
-                return _error(f"--t-end must be a finite number > 0; got {args.t_end!r}.")
+            shortest = max(make_time_per_step(opt, lr) for opt, lr, _ in DEFAULT_RUNS)
+            if not (math.isfinite(args.t_end) and args.t_end >= shortest):
+                return _error(f"--t-end must be a finite number > 0 and at least {shortest:g} (one step of every "
+                              f"discrete run); got {args.t_end!r}.")
             run_comparison(settings, args.out, t_end=args.t_end, progress=progress)
             return EXIT_OK
         out_dir = os.fspath(args.out or settings.output["dir"])
-        decision = _settle_unfinished(settings, out_dir, args)
+        print(f"gflow: writing to {os.path.abspath(out_dir)}", file=sys.stderr)
+        with claim_output_folder(out_dir):  # held from the decision to the last file
+            decision = _settle_unfinished(settings, out_dir, args)
+            tic = time.perf_counter()
+            if decision == "resume":
+                result = resume_experiment(out_dir, progress=progress)
+            elif decision == "restart":
+                result = run_experiment(settings, out_dir, progress=progress)
+            else:
+                return _error(decision)
+            return _finish(result, tic)
     except ValueError as e:
         return _error(str(e))
-    tic = time.perf_counter()
-    if decision == "resume":
-        result = resume_experiment(out_dir, progress=progress)
-    elif decision == "restart":
-        try:
-            result = run_experiment(settings, out_dir, progress=progress)
-        except ValueError as e:
-            return _error(str(e))
-    else:
-        return _error(decision)
-    return _finish(result, tic)
+
+
+def make_time_per_step(optimizer: str, lr: float) -> float:
+    """Flow time of one step of a discrete run (`gflow compare`'s)."""
+    return make_optimizer(optimizer, lr)[2]
 
 
 def _finish(result, tic: float) -> int:

@@ -1,7 +1,10 @@
 """One experiment end to end: simulate, mark the stages, linearise at plateaus, draw, report.
 
 This is what `gflow demo`, `gflow run CONFIG.toml` and examples/focus_dilution.py do. The output
-folder holds `trajectory.npz`, the figures (PNG and PDF) and `report.md` embedding them.
+folder holds `settings.json`, `trajectory.npz`, the figures (PNG and PDF) and `report.md` embedding
+them. The run holds the folder for itself while it works (`claim_output_folder`: a second run into it
+is refused), writes every file atomically (an interruption leaves the old file or the new one), and
+`resume_experiment` continues only a checkpoint whose record is the one the settings describe.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..analysis import (
     plateau_linearization,
     stage_table,
 )
-from ..common import check_writable_folder
+from ..common import atomic_file, check_writable_folder, claim_output_folder
 from ..data import SparseLagSpec
 from ..flow import resume, run_record
 from ..losses import MAX_ENUMERATED_SEQUENCES
@@ -49,50 +52,88 @@ class ExperimentResult:
 
 SETTINGS_FILE = "settings.json"
 TRAJECTORY_FILE = "trajectory.npz"
+REPORT_FILE = "report.md"
 
 
 def run_experiment(settings: ExperimentSettings, out_dir: str | None = None, *, progress: bool | None = None,
                    echo=print) -> ExperimentResult:
     """Run `settings` and write everything to `out_dir` (default: `[output].dir`): the settings
     (`settings.json`), the trajectory (also the checkpoint while it runs), figures and `report.md`.
-    The folder is checked for writing before anything is computed."""
-    out_dir = check_writable_folder("out_dir", out_dir or settings.output["dir"])
-    with open(os.path.join(out_dir, SETTINGS_FILE), "w") as fh:
-        json.dump(settings.to_dict(), fh, indent=1)
-    with FigureWriter() as writer:  # its helper process starts now, while the flow runs
-        tic = time.perf_counter()
-        traj = run_record(settings.record, settings.initial_params(), progress=progress,
-                          checkpoint=os.path.join(out_dir, TRAJECTORY_FILE))
-        return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
+    The folder is checked (writable, not another program's files, not in use) before anything is
+    computed; a previous run's checkpoint and report in it are discarded."""
+    out_dir = os.fspath(out_dir or settings.output["dir"])
+    with claim_output_folder(out_dir):
+        check_writable_folder("out_dir", out_dir)
+        for stale in (TRAJECTORY_FILE, REPORT_FILE):  # a restart: nothing of the old run may look current
+            if os.path.exists(os.path.join(out_dir, stale)):
+                os.remove(os.path.join(out_dir, stale))
+        with atomic_file(os.path.join(out_dir, SETTINGS_FILE)) as fh:
+            json.dump(settings.to_dict(), fh, indent=1)
+        with FigureWriter() as writer:  # its helper process starts now, while the flow runs
+            tic = time.perf_counter()
+            traj = run_record(settings.record, settings.initial_params(), progress=progress,
+                              checkpoint=os.path.join(out_dir, TRAJECTORY_FILE))
+            return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
+
+
+def read_settings(out_dir: str) -> ExperimentSettings:
+    """The settings a `gflow run` wrote into `out_dir` (`settings.json`); `ValueError` naming the file."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read as the settings of a gflow run ({e}); start afresh with "
+                         "`gflow run ... --restart`.") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: is not the settings of a gflow run (not a JSON object).")
+    return ExperimentSettings.from_dict(raw, source=path)
 
 
 def unfinished_run(out_dir: str) -> tuple[ExperimentSettings, Trajectory] | None:
-    """The settings and checkpoint of an interrupted (or still running) experiment in `out_dir`, if any."""
+    """The settings and checkpoint of an interrupted (or still running) experiment in `out_dir`, if
+    any. An unreadable checkpoint is a `ValueError` saying so (and that `--restart` discards it)."""
     settings_path, path = os.path.join(out_dir, SETTINGS_FILE), os.path.join(out_dir, TRAJECTORY_FILE)
     if not (os.path.isfile(settings_path) and os.path.isfile(path)):
         return None
-    traj = load(path)
+    try:
+        traj = load(path)
+    except ValueError as e:
+        raise ValueError(f"{e} Pass --restart to discard it and start afresh.") from None
     if traj.ok or traj.status not in (RunStatus.INTERRUPTED, RunStatus.RUNNING):
         return None
-    with open(settings_path) as fh:
-        settings = ExperimentSettings.from_dict(json.load(fh), source=settings_path)
-    return settings, traj
+    return read_settings(out_dir), traj
+
+
+def check_checkpoint_matches(settings: ExperimentSettings, traj: Trajectory, where: str) -> None:
+    """Refuse a checkpoint whose record is not the one the settings describe, naming what differs."""
+    differences = settings.record.differences(traj.record)
+    if differences:
+        shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+        raise ValueError(f"{where}: its checkpoint {TRAJECTORY_FILE} belongs to another run than its "
+                         f"{SETTINGS_FILE} ({shown}); it cannot be resumed. Start afresh with --restart.")
 
 
 def resume_experiment(out_dir: str, *, progress: bool | None = None, echo=print) -> ExperimentResult:
     """Finish the interrupted experiment in `out_dir` (written by `run_experiment`, `gflow run` or
-    `gflow demo`) and write the same report and figures as an uninterrupted run."""
+    `gflow demo`), or draw what an interrupted report left out, and write the same report and
+    figures as an uninterrupted run."""
     out_dir = os.fspath(out_dir)
     if not os.path.isfile(os.path.join(out_dir, SETTINGS_FILE)):
         raise ValueError(f"{out_dir!r} holds no {SETTINGS_FILE}: it is not a folder written by `gflow run` or "
                          "`gflow demo` (a Python checkpoint resumes with gflow.resume(path)).")
-    with open(os.path.join(out_dir, SETTINGS_FILE)) as fh:
-        settings = ExperimentSettings.from_dict(json.load(fh), source=os.path.join(out_dir, SETTINGS_FILE))
-    check_writable_folder("out_dir", out_dir)
-    with FigureWriter() as writer:
-        tic = time.perf_counter()
-        traj = resume(os.path.join(out_dir, TRAJECTORY_FILE), progress=progress)
-        return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
+    with claim_output_folder(out_dir):
+        settings = read_settings(out_dir)
+        check_writable_folder("out_dir", out_dir)
+        path = os.path.join(out_dir, TRAJECTORY_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"{out_dir!r} holds no {TRAJECTORY_FILE} (the run stopped before its first checkpoint); "
+                             "start afresh with `gflow run ... --restart`.")
+        check_checkpoint_matches(settings, load(path), out_dir)
+        with FigureWriter() as writer:
+            tic = time.perf_counter()
+            traj = resume(path, progress=progress)
+            return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
 
 
 def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir: str, t_flow: float,
@@ -104,6 +145,7 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
          f"{traj.stats['num_rejected_steps']} rejected steps; loss {traj.loss[0]:.5f} -> {traj.loss[-1]:.5f} "
          f"({levels})")
     tic = time.perf_counter()
+    echo("analysis: metrics, stage events (re-solving the flow around each), plateau linearisations ...")
     metrics = compute_metrics(traj)
     events = detect_stages(traj, metrics=metrics)
     plateaus = plateau_linearization(traj, events)
@@ -112,6 +154,7 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
     stages_md, lin_md = stage_table(events), linearization_table(plateaus)
     echo("\nStages of learning\n" + stages_md + "\n\nLinearisation at each plateau\n" + lin_md + task_md)
     tic = time.perf_counter()
+    echo("figures ...")
     figures = {
         "overview": overview_figure(metrics, events, reference_levels=spec.reference_levels()),
         "attention": attention_figure(metrics, events),
@@ -121,7 +164,7 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
     t_fig = time.perf_counter() - tic
     timings = {"flow_s": t_flow, "analysis_s": t_analysis, "figures_s": t_fig}
     _write_report(out_dir, settings, traj, stages_md, lin_md + task_md, timings)
-    echo(f"\nwrote {out_dir}/report.md, {TRAJECTORY_FILE} and figures ({', '.join(figures)}; PNG and PDF)")
+    echo(f"\nwrote {out_dir}/{REPORT_FILE}, {TRAJECTORY_FILE} and figures ({', '.join(figures)}; PNG and PDF)")
     return ExperimentResult(traj, events, plateaus, out_dir, timings)
 
 
@@ -142,13 +185,33 @@ def _task_analysis(traj: Trajectory) -> tuple[str, dict]:
     return md, {"ladder": lag_figure(probes, events), "attention-maps": lag_attention_maps(probes, events)}
 
 
+def _settings_table(settings: ExperimentSettings) -> str:
+    """The settings that make the run, one row per key (unset keys left out), values as TOML writes them."""
+    rows = ["| section | key | value |", "|---|---|---|"]
+    for section, values in settings.to_dict().items():
+        if section == "output":
+            continue
+        for key, value in values.items():
+            rows.append(f"| [{section}] | `{key}` | `{_toml_value(value)}` |")
+    return "\n".join(rows)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        text = "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return text if len(text) <= 80 else text[:77] + "..."
+    return repr(value)
+
+
 def _write_report(out_dir, settings, traj, stages_md, lin_md, timings):
     s, solver = traj.stats, traj.record.solver
     levels = ", ".join(f"{name} {v:.6f}" for name, v in traj.spec.reference_levels().items())
     lines = [
-        "# gflow report", "",
-        f"Chain: `{settings.chain}`  ", f"Model: `{settings.model}`  ", f"Init: `{settings.init}`  ",
-        f"Flow: `{settings.flow}`", "",
+        "# gflow report", "", _settings_table(settings), "",
         f"Status: **{traj.status}** ({traj.message}). Solver {solver.name}, rtol {solver.rtol:g},"
         f" atol {solver.atol:g}: {s['num_accepted_steps']} accepted, {s['num_rejected_steps']} rejected "
         f"steps, {s['wall_time_s']:.1f} s of integration (flow stage {timings['flow_s']:.1f} s with compilation).",
@@ -160,5 +223,5 @@ def _write_report(out_dir, settings, traj, stages_md, lin_md, timings):
         "with the Hessian taken at the plateau's log-midpoint (docs/analysis.md says what this assumes).", "",
         "![Hessian spectra](hessian.png)", "",
     ]
-    with open(os.path.join(out_dir, "report.md"), "w") as fh:
+    with atomic_file(os.path.join(out_dir, REPORT_FILE), encoding="utf-8") as fh:
         fh.write("\n".join(lines))

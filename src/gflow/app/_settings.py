@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import tomllib
 from collections.abc import Callable
 from typing import Any
@@ -184,15 +185,30 @@ class ExperimentSettings:
 
     @classmethod
     def from_toml(cls, path: str) -> ExperimentSettings:
+        """The settings of a TOML file (UTF-8; a byte-order mark is skipped). A relative `[output].dir`
+        is relative to the file's folder, not to where gflow runs."""
         try:
             with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
+                data = fh.read()
         except FileNotFoundError:
             raise ValueError(f"config file {path!r} does not exist.") from None
         except IsADirectoryError:
             raise ValueError(f"config file {path!r} is a directory; pass the path of a TOML file.") from None
+        except OSError as e:
+            raise ValueError(f"config file {path!r} cannot be read ({e.strerror}).") from None
+        try:
+            text = data.decode("utf-8-sig")  # TOML is UTF-8; editors on some systems add a byte-order mark
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); TOML files "
+                             "must be UTF-8: save it again as UTF-8 (in most editors: 'Save with encoding').") from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: not valid TOML ({e}).") from None
+        output = raw.get("output")
+        if isinstance(output, dict) and isinstance(output.get("dir"), str) and not os.path.isabs(output["dir"]):
+            raw = {**raw, "output": {**output, "dir": os.path.normpath(os.path.join(os.path.dirname(
+                os.path.abspath(path)), output["dir"]))}}
         return cls.from_dict(raw, source=path)
 
     # ------------------------------------------------------------------------------------------

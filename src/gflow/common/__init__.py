@@ -17,7 +17,14 @@ from ._checks import checking as checking
 from ._checks import is_integer as is_integer
 from ._checks import is_real as is_real
 from ._checks import key_data as key_data
-from ._checks import user_file_mode as user_file_mode
+from ._files import DiskFullError as DiskFullError
+from ._files import atomic_file as atomic_file
+from ._files import check_output_folder as check_output_folder
+from ._files import claim_output_folder as claim_output_folder
+from ._files import user_file_mode as user_file_mode
+from ._memory import available_bytes as available_bytes
+from ._memory import check_memory as check_memory
+from ._memory import format_bytes as format_bytes
 from ._pool import shutdown_pool as shutdown_pool
 from ._pool import worker_pool as worker_pool
 from ._programs import stored_program as stored_program
@@ -27,3 +34,4 @@ from ._progress import save_point_loop as save_point_loop
 from ._warm import cache_folder as cache_folder
 from ._warm import enable_compilation_cache as enable_compilation_cache
 from ._warm import prepare_environment as prepare_environment
+from ._warm import solve_checks_off as solve_checks_off

@@ -80,6 +80,8 @@ def check_choice(name: str, value: Any, choices) -> str:
 def as_prng_key(name: str, key: Any) -> jax.Array:
     """A typed PRNG key from a key (typed or raw `uint32` data) or from an integer seed."""
     if is_integer(key):
+        if not -(2**63) <= int(key) < 2**64:
+            raise ValueError(f"`{name}`: the integer seed {int(key)} is out of range; use a seed in [0, 2**64).")
         return jax.random.key(int(key))
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0:
         return key
@@ -120,10 +122,3 @@ def check_writable_folder(name: str, folder) -> str:
         raise ValueError(f"`{name}`: cannot write into {folder!r} ({reason}); choose a folder you can write "
                          "to.") from None
     return folder
-
-
-def user_file_mode() -> int:
-    """The permissions a new file gets under the user's umask (`0o666 & ~umask`)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask

@@ -20,6 +20,9 @@ work is a cache hit on its compilation.
   ordinary compiled function, with the same results.
 - **Where.** `<compilation cache folder>/programs/`; `GFLOW_COMPILATION_CACHE=off` turns both off.
   A file that cannot be read (truncated, from an incompatible JAX) is ignored and rewritten.
+- **Trust.** Each file starts with the SHA-256 of its program, checked on every read: a damaged or
+  altered file is exported again, never run. The folder must not be writable by others (someone who
+  can write there can also write a matching digest); `_warm.py` refuses a cache folder that is.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._warm import cache_folder
+from ._warm import cache_folder, solve_error_mode
 
 SUFFIX = ".jaxexport"
 PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "lineax", "optimistix")
@@ -77,7 +80,7 @@ def build_fingerprint() -> str:
         except PackageNotFoundError:
             h.update(f"{pkg}=none;".encode())
     h.update(f"{jax.default_backend()};x64={jax.config.jax_enable_x64};"
-             f"eqx={os.environ.get('EQX_ON_ERROR', '')}".encode())
+             f"eqx={solve_error_mode()}".encode())
     return h.hexdigest()
 
 
@@ -149,10 +152,20 @@ def _export(fn, static, treedef, specs):
         return None
 
 
+DIGEST = hashlib.sha256().digest_size
+
+
 def _read(path: str):
+    """The program stored at `path`, or `None` when it is missing, unreadable or fails its check: the
+    file starts with the SHA-256 of the rest, so a truncated or tampered program is exported again,
+    never run."""
     try:
         with open(path, "rb") as fh:
-            return jax.export.deserialize(bytearray(fh.read()))
+            data = fh.read()
+        digest, payload = data[:DIGEST], data[DIGEST:]
+        if len(data) <= DIGEST or hashlib.sha256(payload).digest() != digest:
+            return None
+        return jax.export.deserialize(bytearray(payload))
     except Exception:  # noqa: BLE001 - missing, truncated or from another JAX: export again
         return None
 
@@ -160,8 +173,9 @@ def _read(path: str):
 def _write(folder: str, filename: str, exported) -> None:
     """Atomically (a temporary file renamed over the target), so a reader never sees half a file."""
     try:
-        data = exported.serialize()
-        os.makedirs(folder, exist_ok=True)
+        payload = exported.serialize()
+        data = hashlib.sha256(payload).digest() + payload
+        os.makedirs(folder, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".program-")
     except Exception:  # noqa: BLE001 - a read-only cache or missing flatbuffers: run without storing
         return

@@ -4,12 +4,17 @@ problem in a new process skips XLA compilation (docs/performance.md).
 - **Where.** `$GFLOW_COMPILATION_CACHE` if set (a folder; `0`, `off` or an empty value turn the
   cache off), else `$XDG_CACHE_HOME/gflow/jax` (default `~/.cache/gflow/jax`). A cache folder the
   user gave JAX already (`jax_compilation_cache_dir`, `JAX_COMPILATION_CACHE_DIR`) is kept as it is.
+  The folder is created private (0700); one that other users can write to, or that another user owns,
+  is refused with a warning (JAX runs what it reads from there). gflow's own stored programs carry a
+  digest that is checked on every read (`_programs.py`); JAX's compiled entries do not, so the
+  folder's permissions are what protects them.
 - **What can be cached.** JAX does not store executables that call back into Python. Equinox's
-  runtime checks (`eqx.error_if`) are such callbacks, so gflow sets `EQX_ON_ERROR=off` unless the
-  user set it: gflow checks every input in Python before it traces anything, and reports solver
-  failures through the solve's result code (`throw=False`), so the in-graph checks add nothing to a
-  gflow solve. It must be set before equinox is imported, which is why this module runs first. The
-  progress bar is updated from Python between chunks, not from inside the solve.
+  runtime checks (`eqx.error_if`) are such callbacks, so gflow traces its own solves with them off
+  (`solve_checks_off`), unless the user set `EQX_ON_ERROR`: gflow checks every input in Python
+  before it traces anything, and reports solver failures through the solve's result code
+  (`throw=False`), so the in-graph checks add nothing to a gflow solve. This is scoped to gflow's
+  solves: a user's own `eqx.error_if` in the same process still raises. The progress bar is updated
+  from Python between chunks, not from inside the solve.
 - **What it buys.** Compilation is most of a small run's first call (the demo: about 9 s of 10);
   the cache replaces it by reading a file. Tracing (building the program in Python) is not cached
   by JAX; gflow stores its traced solves itself, next to the cache (`_programs.py`).
@@ -17,7 +22,10 @@ problem in a new process skips XLA compilation (docs/performance.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import warnings
 
 OFF = ("0", "off", "false", "no", "")
 MIN_COMPILE_SECONDS = 0.0
@@ -36,8 +44,45 @@ def cache_folder() -> str | None:
 
 
 def prepare_environment() -> None:
-    """Before equinox is imported: no host callbacks from its runtime checks (unless the user chose)."""
-    os.environ.setdefault("EQX_ON_ERROR", "off")
+    """Before equinox is imported. Nothing to do since the runtime checks are scoped to gflow's own
+    solves (`solve_checks_off`); kept so that the import order stays explicit."""
+
+
+def solve_error_mode() -> str:
+    """How equinox's runtime checks behave inside gflow's solves: the user's `EQX_ON_ERROR` if set,
+    else `"off"` (so that the compiled solve can be cached)."""
+    return os.environ.get("EQX_ON_ERROR") or "off"
+
+
+_SCOPE = {"depth": 0, "previous": None, "lock": threading.Lock()}
+"""Nested and concurrent scopes (threads solving ensemble members) share one setting: the first to
+enter sets it, the last to leave restores the process's own."""
+
+
+@contextlib.contextmanager
+def solve_checks_off():
+    """Trace the block's programs with equinox's runtime checks as `solve_error_mode()` says, and
+    restore the process's own setting afterwards (equinox reads it when a program is traced)."""
+    try:
+        from equinox import _errors
+    except ImportError:  # a future equinox without the module: run with its own setting
+        yield
+        return
+    if getattr(_errors, "EQX_ON_ERROR", None) is None:
+        yield
+        return
+    with _SCOPE["lock"]:
+        if _SCOPE["depth"] == 0:
+            _SCOPE["previous"] = _errors.EQX_ON_ERROR
+            _errors.EQX_ON_ERROR = solve_error_mode()
+        _SCOPE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _SCOPE["lock"]:
+            _SCOPE["depth"] -= 1
+            if _SCOPE["depth"] == 0:
+                _errors.EQX_ON_ERROR = _SCOPE["previous"]
 
 
 def enable_compilation_cache() -> str | None:
@@ -52,8 +97,15 @@ def enable_compilation_cache() -> str | None:
     if folder is None:
         return None
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.stat(folder)
     except OSError:  # a read-only home: run without the cache rather than fail
+        return None
+    if info.st_mode & 0o022 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        # compiled programs are run as they are read: a folder others can write is a way in
+        warnings.warn(f"gflow: not using the compilation cache {folder!r}: it is writable by other users or owned "
+                      "by another; make it yours alone (chmod 700) or set GFLOW_COMPILATION_CACHE to another folder.",
+                      stacklevel=2)
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

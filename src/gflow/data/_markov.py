@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ..common import as_prng_key, is_integer, is_real
+from ..common import as_prng_key, check_memory, is_integer, is_real
 from ._corpora import default_corpus
 from ._source import LEVEL_BUDGET, AbstractDataSource, check_context_length, check_labels, check_positions
 from ._text import tokenize
@@ -72,6 +72,11 @@ def _as_distribution(p, V: int, name: str) -> np.ndarray:
             f"`{name}` must sum to 1 (tolerance {ROW_SUM_TOL:g}); it sums to {p.sum()!r}. Divide it by its sum."
         )
     return p
+
+
+def check_transition_memory(V: int) -> None:
+    """Refuse a vocabulary whose (V, V) transition matrix (and the few copies its laws take) cannot fit."""
+    check_memory(f"a transition matrix over V = {V} tokens", 4 * 8 * V * V, "use a smaller vocabulary")
 
 
 def stationary_distribution(P) -> np.ndarray:
@@ -173,6 +178,7 @@ class MarkovSpec(AbstractDataSource):
                 "lam = 1 would freeze the chain on its first token."
             )
         V = pi.shape[0]
+        check_transition_memory(V)
         P = float(lam) * np.eye(V) + (1.0 - float(lam)) * np.outer(np.ones(V), pi)
         return cls.from_matrix(P, T, init=pi, positions=positions, labels=labels)
 
@@ -199,6 +205,7 @@ class MarkovSpec(AbstractDataSource):
             raise ValueError(f"`V` (the vocabulary size) must be an integer >= 2; got {V!r}.")
         if not (is_real(alpha) and math.isfinite(float(alpha)) and float(alpha) > 0):
             raise ValueError(f"`alpha` (the Dirichlet concentration) must be a finite number > 0; got {alpha!r}.")
+        check_transition_memory(int(V))
         P = np.asarray(jax.random.dirichlet(key, jnp.full((int(V),), float(alpha), dtype=jnp.float64),
                                             shape=(int(V),)))
         P = P / P.sum(axis=1, keepdims=True)
@@ -277,15 +284,33 @@ class MarkovSpec(AbstractDataSource):
             logp = logp + log_P[tokens[:, t - 1], tokens[:, t]]
         return tokens, np.exp(logp), P[tokens]
 
+    def has_unique_stationary_law(self) -> bool:
+        """Whether `P` has one closed class (else its stationary law is not unique, and the levels and
+        frequencies that assume one are replaced by those of the laws of the scored positions)."""
+        try:
+            self.stationary()
+        except ValueError:
+            return False
+        return True
+
     def token_frequencies(self) -> Float[np.ndarray, " V"]:
-        """The stationary law $\\pi$: how often each token occurs, far into a sequence."""
-        return self.stationary()
+        """The stationary law $\\pi$: how often each token occurs, far into a sequence (for a chain with
+        several closed classes, the mean law of the context positions under `init`)."""
+        if self.has_unique_stationary_law():
+            return self.stationary()
+        return self.position_laws().mean(axis=0)
 
     def reference_levels(self, budget: int = LEVEL_BUDGET) -> dict[str, float]:
         """The best loss on the scored positions (the entropy rate when `init` is stationary), and
         the unigram entropy (the best loss without context, at stationarity). Closed forms: `budget`
-        is never reached."""
-        best, rate = self.conditional_entropy(), self.entropy_rate()
+        is never reached. For a chain with several closed classes (no unique stationary law; `init`
+        says where it starts) the levels are those of the scored positions: the best possible loss,
+        and the best loss without context (the entropy of their mean law)."""
+        best = self.conditional_entropy()
+        if not self.has_unique_stationary_law():
+            mean_law = self.position_weights() @ self.position_laws()
+            return {"best possible": best, "no context": _entropy(mean_law)}
+        rate = self.entropy_rate()
         first = {"entropy rate": rate} if abs(best - rate) <= 1e-12 * max(1.0, rate) else {"best possible": best}
         return {**first, "unigram entropy": self.unigram_entropy()}
 

@@ -70,6 +70,10 @@ def check_labels(labels, V: int) -> tuple[str, ...]:
     labels = tuple(labels) if isinstance(labels, (list, tuple)) else labels
     if not isinstance(labels, tuple) or len(labels) != V or not all(isinstance(x, str) for x in labels):
         raise ValueError(f"`labels` must be {V} strings, one per token (or None for '0'..'{V - 1}'); got {labels!r}.")
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ValueError(f"`labels` must name each token once; {repeated} name several (tables and figures could "
+                         "not tell them apart).")
     return labels
 
 

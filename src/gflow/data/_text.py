@@ -29,7 +29,9 @@ from ..common import as_prng_key, check_int
 OTHER = "⟨other⟩"
 SPACE = "␣"
 LEVELS = ("char", "word")
-WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+"""A word: letters and digits of any script (Unicode word characters but `_`), with one inner
+apostrophe ("don't"); "é", "à", "ß" or "я" belong to words, as they do in the languages that use them."""
 WHITESPACE = re.compile(r"\s+")
 TEXT_SUFFIXES = (".txt", ".raw", ".json", ".jsonl", ".md", ".tokens")
 
@@ -41,7 +43,8 @@ def read_text(text_or_path, name: str = "text_or_path") -> str:
     if isinstance(text_or_path, os.PathLike) or (isinstance(text_or_path, str) and _looks_like_path(text_or_path)):
         path = os.fspath(text_or_path)
         if not os.path.isfile(path):
-            what = "is a directory" if os.path.isdir(path) else "does not exist"
+            what = ("is a directory" if os.path.isdir(path) else "is not a regular file (a device, a pipe or a "
+                    "socket)" if os.path.exists(path) else "does not exist")
             raise ValueError(f"`{name}`: the file {path!r} {what}; pass the path of a UTF-8 text file, or the text.")
         with open(path, "rb") as fh:
             data = fh.read()

@@ -13,12 +13,12 @@ import math
 
 import numpy as np
 
-from ..common import check_positive, checking
+from ..common import check_memory, check_positive, checking, is_real
 from ..data import AbstractDataSource
 from ..losses import LossSpec, resolve_loss_spec
 from ..model import ParamLayout, TransformerConfig, TransformerParams, check_params
 from ..record import RunRecord, SolverSpec
-from ..solvers import default_solver, solver_name
+from ..solvers import DENSE_HESSIAN_LIMIT, default_solver, solver_memory, solver_name
 
 DEFAULT_RTOL = 1e-6
 DEFAULT_ATOL = 1e-9
@@ -37,16 +37,21 @@ def default_save_times(t_span: tuple[float | int, float | int], n_save: int = DE
     """
     t0, t1 = t_span
     start = t0 if t0 > 0 else t1 * 10.0 ** (-decades)
+    if not start >= np.finfo(np.float64).tiny:
+        raise ValueError(f"`t_span` ends at t1 = {t1!r}: the log-spaced save grid would start at {start!r}, below the "
+                         "smallest normal float; use a larger t1 or give `save_times`.")
     grid = np.logspace(math.log10(start), math.log10(t1), n_save - 1 if t0 == 0 else n_save)
     grid[-1] = t1
     return np.concatenate([[t0], grid]) if t0 == 0 else grid
 
 
 def _check_t_span(t_span) -> tuple[float, float]:
-    try:
-        t0, t1 = (float(t) for t in t_span)
-    except (TypeError, ValueError):
-        raise ValueError(f"`t_span` must be a pair (t0, t1) of numbers; got {t_span!r}.") from None
+    # a string is a sequence too ("09" would be (0, 9)), and bools are numbers to Python: refuse both
+    pair = None if isinstance(t_span, str | bytes) else (tuple(t_span) if isinstance(t_span, list | tuple | np.ndarray)
+                                                         else None)
+    if pair is None or len(pair) != 2 or not all(is_real(t) for t in pair):
+        raise ValueError(f"`t_span` must be a pair (t0, t1) of numbers; got {t_span!r}.")
+    t0, t1 = (float(t) for t in pair)
     if not (math.isfinite(t0) and math.isfinite(t1)) or t0 < 0 or t1 <= t0:
         raise ValueError(f"`t_span` must satisfy 0 <= t0 < t1 < inf; got {t_span!r}.")
     return t0, t1
@@ -79,6 +84,8 @@ def check_flow_arguments(t_span, *, rtol, atol, max_steps, save_times, n_save, c
     """Check the time span, tolerances, step budget and save grid; an `ArgumentError` naming the bad one."""
     with checking("t_span"):
         t0, t1 = _check_t_span(t_span)
+        if save_times is None:
+            default_save_times((t0, t1), 2)  # refuses a span too short for a log-spaced grid
     with checking("rtol"):
         rtol = check_positive("rtol", rtol)
     with checking("atol"):
@@ -87,7 +94,9 @@ def check_flow_arguments(t_span, *, rtol, atol, max_steps, save_times, n_save, c
         max_steps = check_positive("max_steps", max_steps, integer=True)
     if save_times is None:
         with checking("n_save"):
-            grid = default_save_times((t0, t1), max(check_positive("n_save", n_save, integer=True), 2))
+            n_save = max(check_positive("n_save", n_save, integer=True), 2)
+            check_memory(f"a save grid of n_save = {n_save} times", 8 * 4 * n_save, "use a smaller n_save")
+            grid = default_save_times((t0, t1), n_save)
     else:
         with checking("save_times"):
             grid = _check_save_times(save_times, t0, t1)
@@ -95,7 +104,8 @@ def check_flow_arguments(t_span, *, rtol, atol, max_steps, save_times, n_save, c
         chunk_size = max(1, math.ceil((len(grid) - 1) / DEFAULT_CHUNKS))
     with checking("chunk_size"):
         chunk_size = check_positive("chunk_size", chunk_size, integer=True)
-    return FlowArguments((t0, t1), grid, rtol, atol, max_steps, chunk_size)
+    # a chunk longer than the grid holds the grid's points (and pads nothing): same solve, no huge buffers
+    return FlowArguments((t0, t1), grid, rtol, atol, max_steps, min(chunk_size, max(1, len(grid) - 1)))
 
 
 def check_finite_start(y: np.ndarray, what: str = "params0") -> None:
@@ -133,9 +143,17 @@ def flow_record(source: AbstractDataSource, config: TransformerConfig, *, t_span
     with checking("loss"):
         spec = resolve_loss_spec(source, config, loss, n_samples=n_samples, key=key, dataset=dataset,
                                  stacklevel=stacklevel)
+    size = ParamLayout.of(config, source).size
+    members = 1 if ensemble_size is None else ensemble_size
+    with checking("n_save"):  # the saved states, kept, concatenated and unflattened: about three copies
+        check_memory(f"{len(args.grid)} saved states of {size:,} parameters" + (f" for {members} members"
+                     if members > 1 else ""), 3 * 8 * len(args.grid) * size * members,
+                     "use a smaller n_save (or fewer save_times)")
     with checking("solver"):
-        size = ParamLayout.of(config, source).size
         name = solver_name(solver, default_solver(size, ensemble=vmapped))
+        check_memory(f"the solver {name} on {size:,} parameters", solver_memory(name, size),
+                     "use the matrix-free GradientFlowKrylovBDF (the default above "
+                     f"{DENSE_HESSIAN_LIMIT} parameters) or an explicit solver such as Tsit5")
         solver_spec = SolverSpec(name=name, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps,
                                  chunk_size=args.chunk_size,
                                  instance=None if solver is None or isinstance(solver, str) else solver)

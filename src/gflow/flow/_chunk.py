@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
-from ..common import stored_program
+from ..common import solve_checks_off, stored_program
 from ..solvers import AbstractGradientFlowSolver, last_step, last_step_recorded, solver_counters
 
 
@@ -106,6 +106,10 @@ class SingleState(AbstractChunkStrategy):
         self._programs: dict[tuple, object] = {}  # by argument shapes, decided at the first chunk of each
 
     def solve(self, plan, states, t0, t1, ts) -> ChunkResult:
+        with solve_checks_off():
+            return self._solve(plan, states, t0, t1, ts)
+
+    def _solve(self, plan, states, t0, t1, ts) -> ChunkResult:
         dynamic, static = plan.partitioned
         # device_put, not jnp.asarray: the latter compiles a small program per new shape
         args = tuple(jax.device_put(np.asarray(a, dtype=np.float64)) for a in (states[0], t0, t1, ts))
@@ -132,8 +136,9 @@ class ShardedBatch(AbstractChunkStrategy):
     def solve(self, plan, states, t0, t1, ts) -> ChunkResult:
         n = len(states)
         padded = np.concatenate([states, np.repeat(states[-1:], (-n) % self.n_devices, axis=0)])
-        out = solve_many(plan.field, plan.setup.solver, plan.setup.controller, _to_devices(padded, self.sharding),
-                         t0, t1, jnp.asarray(ts), plan.max_steps)
+        with solve_checks_off():
+            out = solve_many(plan.field, plan.setup.solver, plan.setup.controller, _to_devices(padded, self.sharding),
+                             t0, t1, jnp.asarray(ts), plan.max_steps)
         return jax.tree.map(lambda a: _to_host(a)[:n], out)
 
 

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
-from ..common import as_prng_key, check_int, is_integer, key_data
+from ..common import as_prng_key, check_int, check_memory, is_integer, key_data
 from ..data import AbstractDataSource
 from ..model import ParamLayout, TransformerConfig, TransformerParams, check_params, sequence_logits, type_logits
-from ._data import SequenceData, TypeData
+from ._data import SequenceData, TypeData, sequence_loss_bytes
 from ._methods import DEFAULT_SAMPLES, LOSS_METHODS, METHOD_NAMES, resolve_auto
 
 _CACHE_SIZE = 32
@@ -203,11 +203,16 @@ def resolve_loss_spec(source: AbstractDataSource, config: TransformerConfig, met
         raise ValueError(reason + ".")
     if method == "sampled":
         n_samples = check_int("n_samples", DEFAULT_SAMPLES if n_samples is None else n_samples, 1)
+        check_memory(f"a sampled loss on n_samples = {n_samples} sequences",
+                     sequence_loss_bytes(n_samples, source.T, source.V, config), "use a smaller n_samples")
         return LossSpec(method, n_samples=n_samples, key=key_data(as_prng_key("key", 0 if key is None else key)))
     if method == "dataset":
         if dataset is None:
             raise ValueError("method='dataset' needs `dataset`: an int array (N, T+1) of token sequences.")
-        return LossSpec(method, dataset=check_dataset(dataset, source))
+        dataset = check_dataset(dataset, source)
+        check_memory(f"a dataset loss on {len(dataset)} sequences",
+                     sequence_loss_bytes(len(dataset), source.T, source.V, config), "use fewer sequences")
+        return LossSpec(method, dataset=dataset)
     return LossSpec(method)
 
 

@@ -72,6 +72,12 @@ def _counts_over_budget(source: MarkovSpec) -> str | None:
         "method='meanfield' (the T -> infinity limit) or method='sampled'")
 
 
+def _meanfield_limit(source: MarkovSpec) -> str | None:
+    return None if source.has_unique_stationary_law() else (
+        "method='meanfield' is the T -> infinity limit, which needs a unique stationary law; this chain has several "
+        "closed classes (where it ends depends on where it starts). Use method='counts' or 'enumerate'")
+
+
 def _enumerate_unsupported(source, config) -> str | None:
     return source.enumeration_over_budget(MAX_ENUMERATED_SEQUENCES)
 
@@ -86,7 +92,7 @@ LOSS_METHODS: dict[str, LossMethod] = {m.name: m for m in (
     LossMethod("counts", "exact, polynomial in T; first-order chains, no positional encoding", True, (),
                _counts_unsupported, lambda source, o: counts_data(source)),
     LossMethod("meanfield", "the T -> infinity limit; first-order chains, no positional encoding", False, (),
-               lambda source, config: _needs_type_level("meanfield", source, config),
+               lambda source, config: _needs_type_level("meanfield", source, config) or _meanfield_limit(source),
                lambda source, o: meanfield_data(source)),
     LossMethod("sampled", "empirical risk on n_samples sequences drawn with key; every source", False,
                ("n_samples", "key"), _always_supported,

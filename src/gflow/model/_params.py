@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Real
 
-from ..common import as_prng_key, is_real
+from ..common import as_prng_key, check_memory, is_real
 from ..data import AbstractDataSource
 from ._config import TransformerConfig
 
@@ -182,6 +182,8 @@ def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: Abstra
     key = as_prng_key("key", key)
     scale, gamma = check_init_scale(scale, gamma)
     shapes = param_shapes(config, spec)
+    check_memory(f"the initial weights ({sum(math.prod(s) for s in shapes.values()):,} parameters)",
+                 8 * sum(math.prod(s) for s in shapes.values()), "use a smaller d_model, d_head, n_heads, mlp or V")
     if gamma is not None:
         underflow = [name for name, p in PARAMETERS.items() if name in shapes and p.init.random
                      and p.init.fan_in(config, spec.V) ** (-gamma) == 0.0]

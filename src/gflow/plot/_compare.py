@@ -47,8 +47,12 @@ def comparison_figure(flow, runs: list, comparisons: list):
         ax.plot(c0.sharpness_times, c0.sharpness_flow, color="0.55", lw=3.0, marker="o", ms=3, label="flow")
         for c, style in zip(comparisons, styles, strict=True):
             ax.plot(c.sharpness_times, c.sharpness_discrete, marker=".", ms=3, **style)
-            if c.eos_line is not None:
-                ax.axhline(c.eos_line, color=style["color"], ls=":", lw=1)
+        # One edge-of-stability line per learning rate, grey and labelled: runs that share an lr share
+        # the line, so no run's colour can stand for another's.
+        for level in sorted({c.eos_line for c in comparisons if c.eos_line is not None}):
+            ax.axhline(level, color="0.35", ls=":", lw=1)
+            ax.annotate(f"2/lr, lr = {2 / level:g}", (1.0, level), xycoords=("axes fraction", "data"),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=6.5, color="0.35")
         ax.set_yscale("log")
         ax.set_ylabel("sharpness $\\lambda_{max}$\n(dotted: 2/lr)")
         ax.set_xscale("log")

@@ -47,18 +47,36 @@ def _log_times(m: Metrics) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(keep), m.times[keep]
 
 
+COINCIDENT = 1e-3
+"""Events closer than this in log time share one line: its dashes alternate between their colours."""
+
+
 def mark_events(ax, events: list[Event]):
-    for e in events:
-        if e.kind in EVENT_COLORS and e.time > 0:
-            ax.axvline(e.time, color=EVENT_COLORS[e.kind], lw=0.9 if not e.weak else 0.7,
-                       ls=":" if e.weak else "--", alpha=0.85)
+    """A vertical line per event, dashed (dotted when weak). Events at the same time (within
+    `COINCIDENT` in log time) share the line: each draws every n-th dash, so all colours show."""
+    shown = [e for e in events if e.kind in EVENT_COLORS and e.time > 0]
+    groups: list[list[Event]] = []
+    for e in sorted(shown, key=lambda e: e.time):
+        if groups and abs(math.log(e.time / groups[-1][0].time)) < COINCIDENT:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    for group in groups:
+        n = len(group)
+        for k, e in enumerate(group):
+            on, off = (1.0, 1.5) if e.weak else (4.0, 3.0)
+            dashes = (k * (on + off), (on, off + (n - 1) * (on + off)))  # dash k of every n
+            ax.axvline(e.time, color=EVENT_COLORS[e.kind], lw=0.9 if not e.weak else 0.7, ls=dashes, alpha=0.85)
 
 
 def event_legend(ax, events: list[Event]):
+    """Legend handles of the event kinds drawn, as vertical ticks (a horizontal dashed line would read
+    as a reference level), and a text-only note when some events are weak."""
     kinds = [k for k in EVENT_COLORS if any(e.kind == k for e in events)]
-    handles = [Line2D([], [], color=EVENT_COLORS[k], ls="--", lw=0.9, label=k.replace("_", " ")) for k in kinds]
+    handles = [Line2D([], [], color=EVENT_COLORS[k], ls="", marker="|", ms=9, mew=1.2, label=k.replace("_", " "))
+               for k in kinds]
     if any(e.weak for e in events):
-        handles.append(Line2D([], [], color="0.4", ls=":", lw=0.7, label="(dotted: weak)"))
+        handles.append(Line2D([], [], ls="", marker="", label="weak events: dotted vertical lines"))
     return handles
 
 
@@ -179,8 +197,22 @@ def _panels(events: list[Event], m: Metrics) -> list[tuple[str, float]]:
     rest = [x for x in merged if not x[2]][: MAX_PANELS - len(first)]
     chosen = sorted(first + rest, key=lambda x: x[1])
     if not chosen:
-        return [(f"last saved state (no event)\n$t$ = {m.times[-1]:.3g}", float(m.times[-1]))]
-    return [(f"{name}\n$t$ = {t:.3g}", t) for name, t, _ in chosen]
+        return [(f"last saved state (no event)\n$t$ = {time_label(float(m.times[-1]))}", float(m.times[-1]))]
+    return [(f"{name}\n$t$ = {time_label(t)}", t) for name, t, _ in chosen]
+
+
+def time_label(t: float) -> str:
+    """A time for a panel title, in one format whatever its size: three significant digits, written
+    out between 0.01 and 10^4, as $m \\times 10^{k}$ outside (never Python's `1e+04`)."""
+    if t == 0:
+        return "0"
+    if 1e3 <= abs(t) < 1e4:
+        return f"{t:.0f}"
+    if 1e-2 <= abs(t) < 1e3:
+        return f"{t:.3g}"
+    exponent = math.floor(math.log10(abs(t)))
+    mantissa = f"{t / 10.0**exponent:.3g}"
+    return f"$10^{{{exponent}}}$" if mantissa == "1" else f"${mantissa} \\times 10^{{{exponent}}}$"
 
 
 def attention_figure(m: Metrics, events: list[Event]):
@@ -219,18 +251,20 @@ def hessian_figure(rows: list[PlateauEscape]):
     """Sorted Hessian eigenvalues at each plateau (symlog axis: negative directions are the saddle's);
     the legend says where each spectrum was taken."""
     with matplotlib.rc_context(STYLE):
-        fig, ax = new_figure(figsize=(6.4, 3.0))
+        fig, ax = new_figure(figsize=(6.4, 3.4 + 0.16 * len(rows)))
         for r in rows:
             end = ", where the run ends" if r.final else ""
+            negative = f"{r.saddle_index} negative" if r.saddle_index else "none negative"
             ax.plot(np.arange(len(r.spectrum)), r.spectrum, marker=".", ms=3, lw=0.8,
-                    label=f"plateau {r.plateau}: Hessian at t = {r.at:.3g}{end} (index {r.saddle_index})")
+                    label=f"plateau {r.plateau}: at t = {r.at:.3g}{end} ({negative})")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_xlabel("eigenvalue index (ascending)")
+        ax.set_xlabel("eigenvalue number, in ascending order")
         ax.set_ylabel("Hessian eigenvalue")
         ax.set_title("Hessian spectrum at each plateau")
-        if rows:
-            ax.legend(**OUTSIDE)
+        if rows:  # below the axes: the full width for the data, the labels as long as they need
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1 if len(rows) > 3 else len(rows),
+                      frameon=False, fontsize=7)
         else:
             ax.text(0.5, 0.5, "no plateau before the end of the run", transform=ax.transAxes, ha="center")
     return fig

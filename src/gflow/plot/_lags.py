@@ -46,6 +46,8 @@ def lag_figure(probes: LagProbes, events: list[Event], *, title: str | None = No
                        label=f"{k}-block teacher")
         ax_kl.set_yscale("log")
         ax_kl.set_ylabel("KL(teacher$_k$ ‖ model)")
+        for ax in (ax_loss, ax_kl):  # shared time axis, but each panel keeps its own tick labels
+            ax.tick_params(labelbottom=True)
         mark_events(ax_kl, events)
         ax_kl.legend(**OUTSIDE)
         for h, ax in enumerate(heads):

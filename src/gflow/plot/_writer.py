@@ -18,6 +18,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 
 HELPER_TIMEOUT = 300.0
 """Seconds the helper may take over its figure before this process draws it itself."""
@@ -26,7 +27,9 @@ PARENT_ONLY_RC = ("backend", "backend_fallback", "interactive", "webagg.port", "
 
 
 def write_png_and_pdf(fig, path_stem: str | os.PathLike) -> list[str]:
-    """Write `fig` as `<stem>.png` and `<stem>.pdf`; returns both paths.
+    """Write `fig` as `<stem>.png` and `<stem>.pdf`; returns both paths. Each file is written to a
+    temporary file beside it and renamed over it when complete: an interruption leaves the old
+    figure or the new one, never a truncated file.
 
     The figure is laid out once: the PDF keeps the PNG's positions (a second constrained layout would
     find the same ones, in figure fractions, and costs a third of a save)."""
@@ -35,12 +38,29 @@ def write_png_and_pdf(fig, path_stem: str | os.PathLike) -> list[str]:
     paths = [stem + ".png", stem + ".pdf"]
     engine = fig.get_layout_engine()
     try:
-        fig.savefig(paths[0])
+        _save_atomically(fig, paths[0])
         fig.set_layout_engine("none")
-        fig.savefig(paths[1])
+        _save_atomically(fig, paths[1])
     finally:
         fig.set_layout_engine(engine)
     return paths
+
+
+def _save_atomically(fig, path: str) -> None:
+    # (this file runs as the helper without gflow, so it does not use gflow.common's atomic_file)
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=os.path.splitext(name)[1])
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class FigureWriter:
@@ -110,9 +130,15 @@ class FigureWriter:
     def close(self) -> None:
         """Stop the helper if it was not used (a run that failed, or drew one figure)."""
         for proc in (self._proc, self._handed):
-            if proc is not None:
-                proc.kill()
-                proc.communicate()
+            if proc is not None:  # (not communicate(): it flushes stdin, which may be closed already, and
+                proc.kill()       # would turn the Ctrl-C that brought us here into "flush of closed file")
+                proc.wait()
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None and not pipe.closed:
+                        try:
+                            pipe.close()
+                        except OSError:
+                            pass
         self._proc = self._handed = None
 
     def __enter__(self) -> FigureWriter:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 
 import jax
 import numpy as np
 
-from ..common import user_file_mode
+from ..common import atomic_file
 from ..model import check_params, params_from_arrays, params_to_arrays
 from ._record import RunRecord
 from ._status import STATUSES
@@ -39,18 +38,8 @@ def write_trajectory(path: str | os.PathLike, traj) -> None:
     meta = {"format": FORMAT_VERSION, "record": traj.record.to_json(), "stats": _jsonable(traj.stats),
             "status": traj.status.value, "message": traj.message, "versions": package_versions()}
     arrays["meta"] = np.array(json.dumps(meta))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gflow-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.chmod(tmp, user_file_mode())  # mkstemp makes it private (0600); give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path, "wb") as fh:  # a crash or a full disk never leaves half a file
+        np.savez(fh, **arrays)
 
 
 def read_trajectory(path: str | os.PathLike) -> dict:
@@ -73,10 +62,13 @@ def read_trajectory(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path!r} is not a readable gflow trajectory: {_reason(e)}") from None
 
 
-_UNREADABLE = (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError)
+_UNREADABLE = (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError,
+               RecursionError, OverflowError, MemoryError)
 
 
 def _reason(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "its metadata is nested too deeply to be a gflow record."
     if isinstance(e, KeyError):
         return f"it lacks the entry {e.args[0]!r}."
     if isinstance(e, zipfile.BadZipFile | EOFError):
@@ -116,6 +108,8 @@ def _from_file(meta: dict, arrays: dict[str, np.ndarray]) -> dict:
         raise ValueError(f"its arrays disagree on the number of saved points: {lengths}.")
     if n < 1:
         raise ValueError("it holds no saved point.")
+    if not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
+        raise ValueError("its saved times are not finite and strictly increasing (a damaged or edited file).")
     check_params(jax.tree.map(lambda a: a[0], params), record.config, record.source)
     if meta.get("status") not in STATUSES:
         raise ValueError(f"its status {meta.get('status')!r} is not one of {STATUSES}.")

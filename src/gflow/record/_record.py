@@ -68,6 +68,14 @@ class TrainingSpec:
     time_per_step: float
     dataset_size: int | None = None
 
+    def __post_init__(self):
+        if not (is_real(self.lr) and math.isfinite(float(self.lr)) and float(self.lr) > 0):
+            raise ValueError(f"`lr` must be a number > 0; got {self.lr!r}.")
+        if not (is_integer(self.steps) and self.steps >= 1):
+            raise ValueError(f"`steps` must be an integer >= 1; got {self.steps!r}.")
+        if self.batch_size is not None and not (is_integer(self.batch_size) and self.batch_size >= 1):
+            raise ValueError(f"`batch_size` must be an integer >= 1 or None; got {self.batch_size!r}.")
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -97,10 +105,25 @@ class RunRecord:
     devices: int | None = None
 
     def __post_init__(self):
+        """The same rules on every path (a run's arguments or a file's record): a crafted or damaged
+        file cannot smuggle in a save grid, a chunk or a step budget that no run could have."""
         if self.kind not in RUN_KINDS:
             raise ValueError(f"`kind` must be one of {RUN_KINDS}; got {self.kind!r}.")
         if (self.training is None) == (self.kind == "discrete"):
             raise ValueError("a discrete run's record needs `training`, and a flow's record must not have it.")
+        times = np.asarray(self.save_times, dtype=np.float64)
+        if times.ndim != 1 or times.size < 1 or not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
+            raise ValueError("a record's `save_times` must be finite and strictly increasing.")
+        t0, t1 = (float(t) for t in self.t_span)
+        if not (math.isfinite(t0) and math.isfinite(t1) and 0 <= t0 <= times[0] and times[-1] <= t1 and t0 < t1):
+            raise ValueError(f"a record's `t_span` {self.t_span} must be finite and hold its save times.")
+        if self.solver is not None and self.solver.chunk_size > max(1, times.size - 1):
+            # a chunk longer than the grid holds the grid (files written before chunks were capped)
+            object.__setattr__(self, "solver", dataclasses.replace(self.solver, chunk_size=max(1, times.size - 1)))
+        for name in ("ensemble_size", "devices"):
+            value = getattr(self, name)
+            if value is not None and not (is_integer(value) and value >= 1):
+                raise ValueError(f"a record's `{name}` must be an integer >= 1 or None; got {value!r}.")
 
     @functools.cached_property
     def layout(self) -> ParamLayout:
@@ -114,6 +137,14 @@ class RunRecord:
     def with_save_times(self, save_times: np.ndarray) -> RunRecord:
         times = np.asarray(save_times, dtype=np.float64)
         return dataclasses.replace(self, save_times=times, t_span=(float(times[0]), float(times[-1])))
+
+    def differences(self, other: RunRecord) -> list[str]:
+        """What differs between two records, as `key: this != other` lines (dotted keys of `to_json`,
+        plus a dataset's contents): empty exactly when both describe the same run."""
+        out = _differences(self.to_json(), other.to_json(), "")
+        if self.loss != other.loss and not any(line.startswith("loss") for line in out):
+            out.append("loss.dataset: the sequences differ")
+        return out
 
     def same_problem(self, other: RunRecord) -> bool:
         """Same data, model and loss (what two runs need to be compared)."""
@@ -179,6 +210,20 @@ class RunRecord:
         return cls(kind, source, config, loss, tuple(float(t) for t in settings["t_span"]),
                    np.asarray(settings["save_grid"], dtype=np.float64), solver=solver,
                    ensemble_size=settings.get("ensemble_size"), devices=settings.get("devices"))
+
+
+def _differences(a, b, where: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    if a == b:
+        return []
+    def short(x):
+        text = repr(x)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return [f"{where}: {short(a)} != {short(b)}"]
 
 
 def _seed0_key() -> tuple[int, ...]:

@@ -33,5 +33,6 @@ from ._policy import check_solver_name as check_solver_name
 from ._policy import default_solver as default_solver
 from ._policy import make_solver as make_solver
 from ._policy import solver_counters as solver_counters
+from ._policy import solver_memory as solver_memory
 from ._policy import solver_name as solver_name
 from ._rosenbrock import GradientFlowRosenbrock as GradientFlowRosenbrock

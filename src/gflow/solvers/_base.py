@@ -16,6 +16,7 @@ never tests for a concrete solver.
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -27,6 +28,9 @@ class AbstractGradientFlowSolver(diffrax.AbstractSolver):
 
     rtol: eqx.AbstractVar[Float[Array, ""] | float]
     atol: eqx.AbstractVar[Float[Array, ""] | float]
+
+    dense_hessian: ClassVar[bool] = False
+    """It assembles the dense Hessian (n x n): its memory grows with the square of the parameters."""
 
     def with_tolerances(self, rtol, atol):
         """A copy of this solver with the given tolerances (those of its controller)."""

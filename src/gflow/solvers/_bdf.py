@@ -117,6 +117,7 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar[Callable[..., BDFInterpolation]] = BDFInterpolation
+    dense_hessian: ClassVar[bool] = True
 
     def order(self, terms) -> int:
         return MAX_ORDER

@@ -26,6 +26,8 @@ Memory is O(n LANCZOS_STEPS); a step costs the dense solver's gradients plus the
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -92,6 +94,8 @@ def lanczos_eigenpairs(product, n: int, steps: int, dtype) -> tuple[Float[Array,
 class GradientFlowKrylovBDF(GradientFlowBDF):
     """`GradientFlowBDF`'s steps with matrix-free Newton solves (module docstring): for flows with
     thousands of parameters and more, where a dense Hessian costs too much time and memory."""
+
+    dense_hessian: ClassVar[bool] = False
 
     def counters(self, solver_state) -> dict:
         return super().counters(solver_state) | {"num_hessian_vector_products": solver_state.products}

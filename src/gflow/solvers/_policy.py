@@ -79,6 +79,16 @@ def check_solver_name(name: str) -> str:
     return name
 
 
+def solver_memory(solver, n_params: int) -> int:
+    """Bytes a solver's linear algebra holds for `n_params` parameters: a dense Hessian, its
+    eigenvectors and `eigh`'s workspace (about four n x n matrices) for gflow's dense solvers and
+    diffrax's implicit ones; a few vectors otherwise (the Krylov solver's kept pairs are counted too)."""
+    cls = type(solver) if not isinstance(solver, str) else (SOLVERS.get(solver) or getattr(diffrax, solver, None))
+    dense = isinstance(cls, type) and (getattr(cls, "dense_hessian", False) or
+                                        issubclass(cls, diffrax.AbstractImplicitSolver))
+    return 8 * (4 * n_params * n_params if dense else 64 * n_params)
+
+
 def check_solver(solver):
     """`solver` if gflow can run it (a name it can build, or an adaptive solver instance), else
     `ValueError` saying what it takes. Nothing is built."""

@@ -83,6 +83,8 @@ class GradientFlowRosenbrock(AbstractGradientFlowSolver, diffrax.AbstractAdaptiv
     no gain, so only steps whose error is far above the threshold (a W far from the Jacobian) retry.
     """
 
+    dense_hessian: ClassVar[bool] = True
+
     rtol: Float[Array, ""] | float
     atol: Float[Array, ""] | float
     max_age: int = eqx.field(static=True, default=20)
