@@ -256,14 +256,14 @@ def hessian_figure(rows: list[PlateauEscape]):
             end = ", where the run ends" if r.final else ""
             negative = f"{r.saddle_index} negative" if r.saddle_index else "none negative"
             ax.plot(np.arange(len(r.spectrum)), r.spectrum, marker=".", ms=3, lw=0.8,
-                    label=f"plateau {r.plateau}: at t = {r.at:.3g}{end} ({negative})")
+                    label=f"plateau {r.plateau}: at $t$ = {time_label(r.at)}{end} ({negative})")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_yscale("symlog", linthresh=1e-4)
         ax.set_xlabel("eigenvalue number, in ascending order")
         ax.set_ylabel("Hessian eigenvalue")
         ax.set_title("Hessian spectrum at each plateau")
         if rows:  # below the axes: the full width for the data, the labels as long as they need
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1 if len(rows) > 3 else len(rows),
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1 if len(rows) > 3 else len(rows),
                       frameon=False, fontsize=7)
         else:
             ax.text(0.5, 0.5, "no plateau before the end of the run", transform=ax.transAxes, ha="center")

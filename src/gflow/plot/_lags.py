@@ -46,8 +46,6 @@ def lag_figure(probes: LagProbes, events: list[Event], *, title: str | None = No
                        label=f"{k}-block teacher")
         ax_kl.set_yscale("log")
         ax_kl.set_ylabel("KL(teacher$_k$ ‖ model)")
-        for ax in (ax_loss, ax_kl):  # shared time axis, but each panel keeps its own tick labels
-            ax.tick_params(labelbottom=True)
         mark_events(ax_kl, events)
         ax_kl.legend(**OUTSIDE)
         for h, ax in enumerate(heads):
@@ -64,8 +62,8 @@ def lag_figure(probes: LagProbes, events: list[Event], *, title: str | None = No
         heads[-1].legend(**OUTSIDE)
         for ax in (ax_loss, ax_kl, *heads):
             _format_time_axis(ax)
-        ax_loss.tick_params(labelbottom=False)
-        ax_kl.tick_params(labelbottom=False)
+        for ax in (ax_loss, ax_kl):  # a shared time axis, and each panel keeps its own time labels
+            ax.tick_params(labelbottom=True)
     return fig
 
 
