@@ -35,6 +35,7 @@ from . import solvers as solvers
 from .analysis import Comparison as Comparison
 from .analysis import compare as compare
 from .app import ExperimentSettings as ExperimentSettings
+from .app import sweep as sweep
 from .data import AbstractDataSource as AbstractDataSource
 from .data import MarkovSpec as MarkovSpec
 from .data import SparseLagSpec as SparseLagSpec

@@ -15,10 +15,13 @@ import time
 
 from ..common import DiskFullError, claim_output_folder
 from ..flow import make_optimizer
+from ..plot import PHASE_COLUMNS
 from ..record import RunStatus
 from ._comparison import DEFAULT_RUNS, run_comparison
+from ._executors import EXECUTORS
 from ._experiment import check_checkpoint_matches, resume_experiment, run_experiment, unfinished_run
 from ._settings import ExperimentSettings
+from ._sweep import sweep
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -54,7 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("config", nargs="?", default=None, help="TOML file (default: the demo settings)")
     cmp.add_argument("--out", default="gflow-compare", help="output folder (default: ./gflow-compare)")
     cmp.add_argument("--t-end", type=float, default=3000.0, help="flow time to compare over (default 3000)")
-    for s in (demo, run, res, cmp):
+    swp = sub.add_parser("sweep", help="a grid of settings (a TOML file with a [sweep] table), one run per point; "
+                         "resumable; summary.csv and phase.png (docs/sweeps.md)")
+    swp.add_argument("config", help="the sweep file: settings plus a [sweep] table of dotted keys and value lists")
+    swp.add_argument("--out", default="gflow-sweep", help="output folder (default: ./gflow-sweep)")
+    swp.add_argument("--executor", default="local", choices=EXECUTORS, help="where the runs are computed")
+    swp.add_argument("--workers", type=int, default=None, help="worker processes (default: the CPU cores)")
+    swp.add_argument("--address", default=None, help="a Dask scheduler or Ray cluster to run on")
+    swp.add_argument("--plot", default="loss_gap", choices=tuple(PHASE_COLUMNS), help="the summary column of phase.png")
+    for s in (demo, run, res, cmp, swp):
         s.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -118,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args, progress) -> int:
     try:
+        if args.command == "sweep":
+            if args.workers is not None and args.workers < 1:
+                return _error(f"--workers must be at least 1; got {args.workers}.")
+            result = sweep(args.config, out=args.out, executor=args.executor, workers=args.workers,
+                           address=args.address, plot=args.plot, progress=progress)
+            return EXIT_OK if all(r["status"] == "success" for r in result.rows) else EXIT_FAILED
         if args.command == "resume":
             tic = time.perf_counter()
             result = resume_experiment(args.dir, progress=progress)

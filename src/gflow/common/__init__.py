@@ -17,6 +17,7 @@ from ._checks import checking as checking
 from ._checks import is_integer as is_integer
 from ._checks import is_real as is_real
 from ._checks import key_data as key_data
+from ._files import MARKER_FILE as MARKER_FILE
 from ._files import DiskFullError as DiskFullError
 from ._files import atomic_file as atomic_file
 from ._files import check_output_folder as check_output_folder

@@ -22,7 +22,9 @@ _POOL: dict[str, object] = {"pool": None, "size": 0}
 
 
 def _pin(counter, lock) -> None:
-    """Worker initialiser: confine this process to one core (its turn in `counter`)."""
+    """Worker initialiser: confine this process to one core (its turn in `counter`), and keep JAX
+    from taking a GPU's whole memory (the workers share it), before JAX starts its backend."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     with lock:
         index = counter.value
         counter.value += 1
