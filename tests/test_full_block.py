@@ -126,6 +126,11 @@ def test_the_loss_never_increases_along_a_flow_of_the_full_block(key):
     assert traj.loss[-1] < traj.loss[0] - 0.05
 
 
+FULL_TOML = ('[chain]\nkind = "binary"\np = 0.3\nq = 0.6\nT = 4\n[model]\nd_model = 3\nlayernorm = "pre"\n'
+             'mlp = 4\nactivation = "relu"\ntied = true\nunembed_bias = true\nresidual = true\n'
+             '[flow]\nt_end = 5.0\nn_save = 5\nloss = "counts"\n')
+
+
 def test_files_and_settings_round_trip_the_full_block(tmp_path, key):
     spec = gflow.MarkovSpec.binary(0.3, 0.6, T=4)
     cfg = gflow.TransformerConfig(d_model=3, layernorm="pre", mlp=4, activation="relu", tied=True,
@@ -137,14 +142,19 @@ def test_files_and_settings_round_trip_the_full_block(tmp_path, key):
     assert back.config == cfg
     np.testing.assert_array_equal(back.flat_params(), traj.flat_params())
     toml = tmp_path / "full.toml"
-    toml.write_text('[chain]\nkind = "binary"\np = 0.3\nq = 0.6\nT = 4\n[model]\nd_model = 3\nlayernorm = "pre"\n'
-                    'mlp = 4\nactivation = "relu"\ntied = true\nunembed_bias = true\nresidual = true\n'
-                    '[flow]\nt_end = 5.0\nn_save = 5\nloss = "counts"\n')
+    toml.write_text(FULL_TOML)
     settings = gflow.ExperimentSettings.from_toml(str(toml))
     assert settings.record.config == gflow.TransformerConfig(d_model=3, layernorm="pre", mlp=4, activation="relu",
                                                              tied=True, unembed_bias=True, residual=True)
+    assert gflow.ExperimentSettings.from_dict(settings.to_dict()).record.config == settings.record.config
+
+
+@pytest.mark.slow
+def test_gflow_run_runs_the_full_block(tmp_path):
+    toml = tmp_path / "full.toml"
+    toml.write_text(FULL_TOML)
     assert main(["run", str(toml), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    assert gflow.load(tmp_path / "out" / "trajectory.npz").config == settings.record.config
+    assert gflow.load(tmp_path / "out" / "trajectory.npz").config.tied
 
 
 @pytest.mark.parametrize(("fields", "match"), [

@@ -72,12 +72,12 @@ def test_a_folder_of_other_files_is_never_written_into(tmp_path, capsys):
 
 
 def test_resume_refuses_a_checkpoint_of_another_run_naming_what_differs(tmp_path, capsys):
-    a, b = tmp_path / "a", tmp_path / "b"
+    a = tmp_path / "a"
     assert main(["run", _toml(tmp_path), "--out", str(a), "--no-progress"]) == 0
-    other = SMALL.replace("lam = 0.5", "lam = 0.3")
-    assert main(["run", _toml(tmp_path, other, "other.toml"), "--out", str(b), "--no-progress"]) == 0
-    # a's settings with b's trajectory, marked as an interrupted checkpoint
-    traj = gflow.load(b / "trajectory.npz")
+    # a's settings beside the checkpoint of another chain (lam 0.3), marked as interrupted
+    other = gflow.ExperimentSettings.from_toml(_toml(tmp_path, SMALL.replace("lam = 0.5", "lam = 0.3"), "o.toml"))
+    traj = gflow.simulate(other.initial_params(), other.record.source, (0.0, 100.0), config=other.record.config,
+                          loss="meanfield", n_save=21, progress=False)
     gflow.Trajectory(**{**vars(traj), "status": "interrupted"}).save(a / "trajectory.npz")
     assert main(["resume", str(a), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -125,6 +125,7 @@ def test_an_interrupted_or_failed_write_leaves_the_old_file_and_no_debris(tmp_pa
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["report.md"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_any_moment_of_a_run_leaves_a_folder_that_resume_completes(tmp_path):
     """SIGINT at moments spread over a whole `gflow run` (flow, analysis, figures, report): exit 130
     (or 0 if it had finished), no truncated file, and `gflow resume` then finishes the same report."""

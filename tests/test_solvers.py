@@ -70,7 +70,8 @@ def stiff_exact():
     return _solve("Dopri8", 1e-13, 1e-15)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "GradientFlowKrylovBDF" else n
+                                  for n in NAMES])  # (the Krylov solver's own problem: test_krylov.py)
 def test_the_error_falls_with_the_tolerance(stiff_exact, name):
     """Each 100x tighter tolerance gives at least 10x smaller global error on a stiff flow (dense
     output included: most save times fall inside steps)."""

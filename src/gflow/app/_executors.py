@@ -21,7 +21,7 @@ import os
 EXECUTORS = ("local", "dask", "ray", "submitit")
 EXTRAS = {"dask": ("distributed", "distributed"), "ray": ("ray", "ray"), "submitit": ("submitit", "slurm")}
 """engine -> (module it needs, gflow extra that installs it)."""
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
 """Seconds to reach a scheduler given by `--address` before giving up, naming it."""
 
 
