@@ -309,7 +309,8 @@ def test_settings_files_in_other_encodings(tmp_path, capsys):
 
 def test_a_truncated_settings_file_is_named(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["run", _toml(tmp_path), "--out", str(out), "--no-progress"]) == 0
+    out.mkdir()
+    (out / ".gflow-output").write_text("")
     (out / "settings.json").write_text('{"chain": {"pi": [0.6,')
     assert main(["resume", str(out), "--no-progress"]) == 2
     assert "settings.json: cannot be read" in capsys.readouterr().err
@@ -368,3 +369,20 @@ def test_sizes_refused_before_allocating_never_crash_the_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "refused" in out.stdout, out.stderr[-2000:]
 
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["d_model", "n_heads", "mlp", "V"]), st.one_of(st.sampled_from([2, 5, 17]),
+                                                                       st.integers(10**10, 10**14)))
+def test_random_sizes_are_refused_before_allocating_or_built(name, size):
+    """Any size either builds (small) or is refused with the estimate, quickly (never an abort)."""
+    tic = time.perf_counter()
+    spec_V = size if name == "V" else 3
+    try:
+        spec = gflow.MarkovSpec.dirichlet(0, spec_V, 1.0, T=2) if name == "V" else \
+            gflow.MarkovSpec.sticky([0.5, 0.3, 0.2], 0.2, T=2)
+        fields = {"d_model": 4, name: size} if name != "V" else {"d_model": 4}
+        gflow.init_params(0, gflow.TransformerConfig(**fields), spec, scale=0.1)
+    except ValueError as e:
+        assert "would need about" in str(e), str(e)
+    assert time.perf_counter() - tic < 20.0
