@@ -47,6 +47,14 @@ def _loop_losses(grid=GRID):
     return out
 
 
+def _assert_same(rows, reference):
+    """Each run's final loss is the in-process run's: to the last bit when both processes run XLA on
+    the same number of threads, to a few ulps otherwise (docs/sweeps.md)."""
+    assert set(reference) == {r["run_id"] for r in rows}
+    for r in rows:
+        assert r["final_loss"] == pytest.approx(reference[r["run_id"]], rel=1e-13, abs=0), r["run_id"]
+
+
 @pytest.mark.parametrize(("grid", "mode", "match"), [
     ({"init.scal": [1e-3]}, "grid", r"'init.scal' is not a setting.*\[init\] has"),
     ({"scale": [1e-3]}, "grid", "'section.key'"),
@@ -78,7 +86,7 @@ def test_a_local_sweep_resumes_and_recomputes_only_what_is_missing(tmp_path):
     result = gflow.sweep(BASE, GRID, out=str(tmp_path / "s"), workers=2, progress=False, echo=printed.append)
     assert result.computed == 4 and all(r["status"] == "success" for r in result.rows)
     reference = _loop_losses()
-    assert {r["run_id"]: r["final_loss"] for r in result.rows} == reference  # bit for bit
+    _assert_same(result.rows, reference)
     with open(tmp_path / "s" / "summary.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and {"init.scale", "chain.lam", "run_id", "first_escape", "loss_gap"} <= set(rows[0])
@@ -92,7 +100,7 @@ def test_a_local_sweep_resumes_and_recomputes_only_what_is_missing(tmp_path):
         os.remove(tmp_path / "s" / "runs" / gone / name)
     third = gflow.sweep(BASE, GRID, out=str(tmp_path / "s"), workers=2, progress=False, echo=printed.append)
     assert third.computed == 1 and "3 of 4 done, 1 to run" in printed[-2]
-    assert {r["run_id"]: r["final_loss"] for r in third.rows} == reference
+    _assert_same(third.rows, reference)
 
 
 def test_a_dask_cluster_that_loses_a_worker_completes_every_run_once(tmp_path):
@@ -118,7 +126,8 @@ def test_a_dask_cluster_that_loses_a_worker_completes_every_run_once(tmp_path):
         thread.join(timeout=300)
     result = done["result"]
     reference = _loop_losses(grid)
-    assert len(result.rows) == 6 and {r["run_id"]: r["final_loss"] for r in result.rows} == reference
+    assert len(result.rows) == 6
+    _assert_same(result.rows, reference)
     for run_id in reference:
         assert sorted(os.listdir(out / "runs" / run_id)).count("summary.json") == 1
 

@@ -57,6 +57,11 @@ def phase_diagram(rows: list[dict], keys: list[str], *, column: str = "loss_gap"
     values = np.array([_number(r.get(column)) for r in rows])
     finite = values[np.isfinite(values)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    # a column spanning decades (a loss gap from 1e-16 to 1e-3) is coloured on a log scale, floored at
+    # 1e-12 of its largest value: below that the difference is round-off, not a phase
+    norm = None
+    if finite.size and vmax > 0 and vmin >= 0 and vmax > 100 * max(vmin, vmax * 1e-12):
+        norm = matplotlib.colors.LogNorm(vmin=max(vmin, vmax * 1e-12), vmax=vmax)
     with matplotlib.rc_context(STYLE):
         cols = min(len(facets), 3)
         n_rows = math.ceil(len(facets) / cols)
@@ -70,7 +75,7 @@ def phase_diagram(rows: list[dict], keys: list[str], *, column: str = "loss_gap"
             if len(axis_keys) == 1:
                 _line(ax, chosen, axis_keys[0], column)
             else:
-                image = _heat(ax, chosen, axis_keys, column, vmin, vmax)
+                image = _heat(ax, chosen, axis_keys, column, vmin, vmax, norm)
             if name:
                 ax.set_title(name, fontsize=8)
         if image is not None:
@@ -94,7 +99,7 @@ def _line(ax, rows, key, column):
     ax.legend(**OUTSIDE)
 
 
-def _heat(ax, rows, keys, column, vmin, vmax):
+def _heat(ax, rows, keys, column, vmin, vmax, norm=None):
     xs, ys = _distinct(rows, keys[0]), _distinct(rows, keys[1])
     grid = np.full((len(ys), len(xs)), np.nan)
     failed = np.zeros_like(grid, dtype=bool)
@@ -102,8 +107,9 @@ def _heat(ax, rows, keys, column, vmin, vmax):
         i, j = ys.index(r[keys[1]]), xs.index(r[keys[0]])
         grid[i, j] = _number(r[column])
         failed[i, j] = r.get("status") != "success"
-    image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap="viridis", vmin=vmin, vmax=vmax,
-                      aspect="auto")
+    shown = grid if norm is None else np.clip(grid, norm.vmin, None)
+    image = ax.imshow(np.ma.masked_invalid(shown), origin="lower", cmap="viridis", aspect="auto",
+                      **({"norm": norm} if norm is not None else {"vmin": vmin, "vmax": vmax}))
     ax.set_facecolor("0.85")
     for i in range(len(ys)):
         for j in range(len(xs)):
