@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import warnings
 
 EXECUTORS = ("local", "dask", "ray", "submitit")
 EXTRAS = {"dask": ("distributed", "distributed"), "ray": ("ray", "ray"), "submitit": ("submitit", "slurm")}
@@ -51,8 +52,10 @@ class _Ray(concurrent.futures.Executor):
     def __init__(self, ray, workers: int | None, address: str | None):
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=workers if address is None else None, include_dashboard=False,
-                     runtime_env={"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}})
+            with warnings.catch_warnings():  # Ray starts its daemons by fork + exec: no JAX state is shared
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                ray.init(address=address, num_cpus=workers if address is None else None, include_dashboard=False,
+                         runtime_env={"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}})
         self._remote = {}
 
     def submit(self, fn, /, *args, **kwargs):
