@@ -37,6 +37,7 @@ from .analysis import compare as compare
 from .app import ExperimentSettings as ExperimentSettings
 from .app import sweep as sweep
 from .data import AbstractDataSource as AbstractDataSource
+from .data import InContextMarkovSpec as InContextMarkovSpec
 from .data import MarkovSpec as MarkovSpec
 from .data import SparseLagSpec as SparseLagSpec
 from .flow import GradientField as GradientField

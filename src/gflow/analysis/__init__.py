@@ -15,6 +15,9 @@ from ._hessian import dense_hessian as dense_hessian
 from ._hessian import hessian_vector_product as hessian_vector_product
 from ._hessian import lanczos_extremes as lanczos_extremes
 from ._hessian import linearize as linearize
+from ._induction import InductionProbes as InductionProbes
+from ._induction import detect_induction_events as detect_induction_events
+from ._induction import induction_probes as induction_probes
 from ._lag_blocks import lag_block_attention as lag_block_attention
 from ._lag_events import LEAN as LEAN
 from ._lag_events import LagProbes as LagProbes

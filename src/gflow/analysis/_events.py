@@ -52,6 +52,10 @@ EVENT_KINDS: dict[str, EventKind] = {k.name: k for k in (
     EventKind("competition", "tab:pink", "sparse tasks: two or more heads lean on the same lag block"),
     EventKind("block_acquired", "tab:brown", "sparse tasks: the loss falls half-way to the k-block level"),
     EventKind("specialisation", "tab:cyan", "sparse tasks: the leaning heads cover two or more lag blocks"),
+    EventKind("previous_token_head", "tab:olive", "a first-layer head has gone half-way from uniform attention to "
+              "attending to the previous position"),
+    EventKind("induction_head", "black", "a second-layer head has gone half-way from uniform attention to attending "
+              "to the tokens that followed earlier occurrences of the current token"),
 )}
 """Every event kind, in the order events at equal times are listed."""
 

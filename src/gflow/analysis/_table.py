@@ -67,6 +67,9 @@ def _describe(e: Event) -> str:
         shared = f"; block(s) {d['shared_blocks']} still shared" if d["shared_blocks"] else ""
         final = (f" (block(s) {d['shared_at_end']} shared)" if d["shared_at_end"] else " (fully specialised)")
         return f"{now} ({after}{shared}); at the end: {end}{final}"
+    if e.kind in ("previous_token_head", "induction_head"):
+        return (f"layer {d['layer']}, head {d['head']}: score {d['final_score']:.3f} at the end (uniform attention: "
+                f"{d['baseline']:.3f})")
     return str(d)
 
 

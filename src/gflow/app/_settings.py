@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..common import ArgumentError
-from ..data import AbstractDataSource, MarkovSpec, SparseLagSpec
+from ..data import AbstractDataSource, InContextMarkovSpec, MarkovSpec, SparseLagSpec
 from ..flow import flow_record, simulate
 from ..losses import METHOD_NAMES
 from ..model import TransformerConfig, TransformerParams, check_init_scale, init_params
@@ -38,6 +38,7 @@ from ..record import RunRecord
 CHAIN_KINDS: dict[str, Callable[..., AbstractDataSource]] = {
     "sticky": MarkovSpec.sticky, "binary": MarkovSpec.binary, "dirichlet": MarkovSpec.dirichlet,
     "matrix": MarkovSpec.from_matrix, "text": MarkovSpec.from_text, "sparse_lag": SparseLagSpec.random,
+    "in_context_markov": InContextMarkovSpec,
 }
 """`[chain].kind` -> the constructor it calls (a new kind is one row)."""
 

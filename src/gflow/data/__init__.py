@@ -13,6 +13,7 @@ from ._corpora import load_wikitext as load_wikitext
 from ._enumerate import count_text as count_text
 from ._enumerate import enumerate_contexts as enumerate_contexts
 from ._enumerate import over_budget as over_budget
+from ._in_context import InContextMarkovSpec as InContextMarkovSpec
 from ._markov import MarkovSpec as MarkovSpec
 from ._markov import stationary_distribution as stationary_distribution
 from ._source import LEVEL_BUDGET as LEVEL_BUDGET
@@ -28,6 +29,7 @@ from ._text import tokenize as tokenize
 SOURCE_KINDS: dict[str, type[AbstractDataSource]] = {
     MarkovSpec.kind: MarkovSpec,
     SparseLagSpec.kind: SparseLagSpec,
+    InContextMarkovSpec.kind: InContextMarkovSpec,
 }
 
 

@@ -54,6 +54,10 @@ class LossMethod:
 def _needs_type_level(name: str, source, config) -> str | None:
     if not isinstance(source, MarkovSpec):
         return f"method={name!r} needs a first-order Markov chain (a MarkovSpec); got a {type(source).__name__}"
+    if config.n_layers > 1:
+        return (f"method={name!r} works at the level of token types, which holds for one attention layer only (a "
+                "second layer attends from a stream that depends on the order of the context); use "
+                "method='enumerate' or 'sampled' with n_layers=2")
     if config.positional != "none":
         return (f"method={name!r} works at the level of token types, so it needs positional='none'; the config has "
                 f"positional={config.positional!r}. Use method='enumerate' (small V**T) or 'sampled'")

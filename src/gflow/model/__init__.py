@@ -15,7 +15,9 @@ from ._forward import layernorm as layernorm
 from ._forward import mlp as mlp
 from ._forward import readout as readout
 from ._forward import sequence_attention as sequence_attention
+from ._forward import sequence_attention_layers as sequence_attention_layers
 from ._forward import sequence_logits as sequence_logits
+from ._forward import stream_readout as stream_readout
 from ._forward import type_attention as type_attention
 from ._forward import type_logits as type_logits
 from ._forward import type_scores as type_scores

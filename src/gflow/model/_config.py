@@ -38,6 +38,9 @@ class TransformerConfig(eqx.Module):
     - `activation`: `"gelu"` (exact, the erf form, PyTorch's default) or `"relu"`.
     - `tied`: the unembedding is `W_E`ᵀ (no `W_U` weight).
     - `unembed_bias`: a bias `b_U` on the logits.
+    - `n_layers`: 1 (default) or 2 attention layers. A second layer (`W_Q2`, `W_K2`, and `W_V2`,
+      `W_O2` with a value path) reads the residual stream the first one wrote, which is what an
+      induction head needs; two-layer models are attention-only with a residual stream.
     """
 
     n_heads: int = eqx.field(static=True, default=1)
@@ -52,6 +55,7 @@ class TransformerConfig(eqx.Module):
     activation: str = eqx.field(static=True, default="gelu")
     tied: bool = eqx.field(static=True, default=False)
     unembed_bias: bool = eqx.field(static=True, default=False)
+    n_layers: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
         for name in ("n_heads", "d_model"):
@@ -74,6 +78,15 @@ class TransformerConfig(eqx.Module):
                                      or self.mlp < 1):
             raise ValueError(f"`mlp` must be an integer >= 1 (the MLP's hidden width) or None (no MLP); "
                              f"got {self.mlp!r}.")
+        if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, (int, np.integer)) or \
+                self.n_layers not in (1, 2):
+            raise ValueError(f"`n_layers` must be 1 or 2; got {self.n_layers!r}.")
+        if self.n_layers == 2 and not self.residual:
+            raise ValueError("a two-layer model needs the residual stream (the second layer reads what the first "
+                             "wrote there): set residual=True.")
+        if self.n_layers == 2 and (self.layernorm != "none" or self.mlp is not None):
+            raise ValueError("two-layer models are attention-only here: use layernorm='none' and no mlp with "
+                             "n_layers=2.")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"`activation` must be one of {ACTIVATIONS}; got {self.activation!r}.")
         if self.attn_scale is not None and not (

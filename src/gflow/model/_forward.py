@@ -65,10 +65,11 @@ def mlp(params: TransformerParams, z: Float[Array, "*batch d_model"], config: Tr
 
 
 def values(params: TransformerParams, a: Float[Array, "*batch d_model"],
-           config: TransformerConfig) -> Float[Array, "n_heads *batch d_model"]:
+           config: TransformerConfig, layer: int = 1) -> Float[Array, "n_heads *batch d_model"]:
     """Per-head value vectors in model space: `a W_V[k] W_O[k]` with a value path, else `a` itself."""
     if config.value:
-        return jnp.einsum("...d,kde,kef->k...f", a, params.W_V, params.W_O)
+        _, _, W_V, W_O = _layer(params, layer)
+        return jnp.einsum("...d,kde,kef->k...f", a, W_V, W_O)
     return jnp.broadcast_to(a, (config.n_heads, *a.shape))
 
 
@@ -85,7 +86,12 @@ def readout(params: TransformerParams, attended: Float[Array, "*batch d_model"],
     stream, replacing it without); the final LayerNorm; the unembedding and its bias.
 
     Nothing here mixes positions, which is why the type formulation holds for the full block."""
-    z = attended + h if config.residual else attended
+    return stream_readout(params, attended + h if config.residual else attended, config)
+
+
+def stream_readout(params: TransformerParams, z: Float[Array, "*batch d_model"], config: TransformerConfig
+                   ) -> Float[Array, "*batch V"]:
+    """`readout` from the residual stream after the last attention layer (its residual added)."""
     if config.mlp is not None:
         m = mlp(params, z, config)
         z = z + m if config.residual else m
@@ -99,16 +105,39 @@ def readout(params: TransformerParams, attended: Float[Array, "*batch d_model"],
 # keys are positions: causal attention over a sequence
 
 
+def _layer(params: TransformerParams, layer: int):
+    """The attention weights of layer 1 or 2: `(W_Q, W_K, W_V, W_O)`."""
+    if layer == 1:
+        return params.W_Q, params.W_K, params.W_V, params.W_O
+    return params.W_Q2, params.W_K2, params.W_V2, params.W_O2
+
+
 def sequence_attention(params: TransformerParams, tokens: Int[Array, "batch T"],
                        config: TransformerConfig) -> Float[Array, "batch n_heads T T"]:
-    """Causal attention weights `alpha[b, k, t, s]` (query t, key s <= t; the query sees itself)."""
+    """Causal attention weights `alpha[b, k, t, s]` of the first layer (query t, key s <= t; the
+    query sees itself)."""
     return _causal_weights(params, attention_input(params, embed(params, tokens, config), config), config)
 
 
-def _causal_weights(params: TransformerParams, a: Float[Array, "batch T d_model"], config: TransformerConfig):
+def sequence_attention_layers(params: TransformerParams, tokens: Int[Array, "batch T"],
+                              config: TransformerConfig) -> tuple[Float[Array, "batch n_heads T T"], ...]:
+    """The causal attention weights of every layer, first layer first (what the induction-head
+    probes read: a second layer attends from the stream the first one wrote)."""
+    h = embed(params, tokens, config)
+    a = attention_input(params, h, config)
+    alpha = _causal_weights(params, a, config)
+    if config.n_layers == 1:
+        return (alpha,)
+    z = jnp.einsum("bkts,kbsd->btd", alpha, values(params, a, config)) + h
+    return alpha, _causal_weights(params, z, config, layer=2)
+
+
+def _causal_weights(params: TransformerParams, a: Float[Array, "batch T d_model"], config: TransformerConfig,
+                    layer: int = 1):
+    W_Q, W_K, _, _ = _layer(params, layer)
     T = a.shape[-2]
-    q = jnp.einsum("btd,kde->bkte", a, params.W_Q)
-    k = jnp.einsum("btd,kde->bkte", a, params.W_K)
+    q = jnp.einsum("btd,kde->bkte", a, W_Q)
+    k = jnp.einsum("btd,kde->bkte", a, W_K)
     scores = config.score_scale * jnp.einsum("bkte,bkse->bkts", q, k)
     causal = jnp.tril(jnp.ones((T, T), dtype=bool))
     return jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
@@ -116,12 +145,18 @@ def _causal_weights(params: TransformerParams, a: Float[Array, "batch T d_model"
 
 def sequence_logits(params: TransformerParams, tokens: Int[Array, "batch T"],
                     config: TransformerConfig) -> Float[Array, "batch T V"]:
-    """Logits for predicting $x_{t+1}$ at every position $t$ of each sequence (causal attention)."""
+    """Logits for predicting $x_{t+1}$ at every position $t$ of each sequence (causal attention; with
+    two layers, the second attends from the stream the first wrote)."""
     h = embed(params, tokens, config)
     a = attention_input(params, h, config)
     alpha = _causal_weights(params, a, config)
     attended = jnp.einsum("bkts,kbsd->btd", alpha, values(params, a, config))
-    return readout(params, attended, h, config)
+    if config.n_layers == 1:
+        return readout(params, attended, h, config)
+    z = attended + h  # two layers always have the residual stream
+    alpha2 = _causal_weights(params, z, config, layer=2)
+    z = z + jnp.einsum("bkts,kbsd->btd", alpha2, values(params, z, config, layer=2))
+    return stream_readout(params, z, config)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ class TransformerParams(eqx.Module):
     W_out: Float[Array, "*batch mlp d_model"] | None = None
     b_out: Float[Array, "*batch d_model"] | None = None
     b_U: Float[Array, "*batch V"] | None = None
+    W_Q2: Float[Array, "*batch n_heads d_model d_head"] | None = None
+    W_K2: Float[Array, "*batch n_heads d_model d_head"] | None = None
+    W_V2: Float[Array, "*batch n_heads d_model d_head"] | None = None
+    W_O2: Float[Array, "*batch n_heads d_head d_model"] | None = None
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransformerParams))
@@ -140,6 +144,13 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
     Parameter("W_out", _mlp_shape("mlp", "d_model"), Gaussian(lambda c, V: c.mlp)),
     Parameter("b_out", _mlp_shape("d_model"), Constant(0.0)),
     Parameter("b_U", lambda c, V, T: (V,) if c.unembed_bias else None, Constant(0.0)),
+    # the second attention layer (n_layers = 2): the first layer's weights, again
+    Parameter("W_Q2", lambda c, V, T: _qkv_shape(c, V, T) if c.n_layers == 2 else None, Gaussian(_model_fan_in)),
+    Parameter("W_K2", lambda c, V, T: _qkv_shape(c, V, T) if c.n_layers == 2 else None, Gaussian(_model_fan_in)),
+    Parameter("W_V2", lambda c, V, T: _qkv_shape(c, V, T) if c.n_layers == 2 and c.value else None,
+              Gaussian(_model_fan_in)),
+    Parameter("W_O2", lambda c, V, T: (c.n_heads, c.head_dim, c.d_model) if c.n_layers == 2 and c.value else None,
+              Gaussian(lambda c, V: c.head_dim)),
 )}
 """Shape and initialiser of every weight, one row per field of `TransformerParams`."""
 
@@ -206,6 +217,9 @@ def check_params(params: TransformerParams, config: TransformerConfig, spec: Abs
         w = getattr(params, name)
         want = shapes.get(name)
         if want is None and w is not None:
+            if name.endswith("2") and config.n_layers == 1:
+                raise ValueError(f"`params.{name}` belongs to a second attention layer, but the config has n_layers=1; "
+                                 "use the config these weights were made for (n_layers=2).")
             if name == "W_U" and config.tied:
                 raise ValueError("`params.W_U` is set but the config is tied (tied=True: the unembedding is W_E^T); "
                                  "set W_U to None, or use tied=False.")
@@ -213,7 +227,9 @@ def check_params(params: TransformerParams, config: TransformerConfig, spec: Abs
                              f"the config ({config}).")
         if want is not None:
             if w is None:
-                raise ValueError(f"`params.{name}` is None but the config needs shape {want}.")
+                hint = (" (the weights are a one-layer model's; a two-layer config needs its second layer)"
+                        if name.endswith("2") else "")
+                raise ValueError(f"`params.{name}` is None but the config needs shape {want}{hint}.")
             if tuple(jnp.shape(w)) != want:
                 raise ValueError(f"`params.{name}` has shape {tuple(jnp.shape(w))}; the config and spec need {want} "
                                  "(V from the spec, d_model/d_head/n_heads from the config).")
