@@ -146,3 +146,20 @@ def test_in_context_chains_in_settings_files():
                                             "model": {"d_model": 3, "n_layers": 2, "residual": True}})
 
 
+
+
+def test_a_head_forms_when_it_is_half_way_from_uniform_to_its_pattern():
+    """The rule of `detect_induction_events`, on probes whose scores cross it at known times."""
+    from gflow.analysis import InductionProbes, detect_induction_events
+
+    times = np.geomspace(1.0, 1e4, 41)
+    rise = lambda t0: 1 / (1 + (t0 / times) ** 4)  # noqa: E731 - a sigmoid in log time, 1/2 at t0
+    prev = 0.25 + 0.75 * rise(100.0)[:, None] * np.array([[0.2, 1.0]])   # head 2 forms at t = 100
+    ind = 0.5 + 0.5 * rise(1000.0)[:, None]                               # forms at t = 1000
+    probes = InductionProbes(times, np.zeros(41), prev, ind, previous_baseline=0.25, induction_baseline=0.5)
+    events = detect_induction_events(None, probes)
+    assert [e.kind for e in events] == ["previous_token_head", "induction_head"]
+    assert events[0].details["head"] == 2 and events[0].time == pytest.approx(100.0, rel=0.05)
+    assert events[1].details["layer"] == 2 and events[1].time == pytest.approx(1000.0, rel=0.05)
+    flat = InductionProbes(times, np.zeros(41), prev * 0 + 0.3, None, previous_baseline=0.25, induction_baseline=0.5)
+    assert detect_induction_events(None, flat) == []

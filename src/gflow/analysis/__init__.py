@@ -18,6 +18,7 @@ from ._hessian import linearize as linearize
 from ._induction import InductionProbes as InductionProbes
 from ._induction import detect_induction_events as detect_induction_events
 from ._induction import induction_probes as induction_probes
+from ._induction import position_maps as position_maps
 from ._lag_blocks import lag_block_attention as lag_block_attention
 from ._lag_events import LEAN as LEAN
 from ._lag_events import LagProbes as LagProbes

@@ -116,10 +116,14 @@ def _crossing(times, values, level):
     return t, 0.5 * (t1 - t0)
 
 
-def detect_induction_events(traj: Trajectory, probes: InductionProbes | None = None) -> list[Event]:
+def detect_induction_events(traj: Trajectory | None, probes: InductionProbes | None = None) -> list[Event]:
     """`previous_token_head` (a first-layer head formed) and, for two-layer models, `induction_head`
-    (a second-layer head formed), each at most once, with the head and its scores in the details."""
-    probes = induction_probes(traj) if probes is None else probes
+    (a second-layer head formed), each at most once, with the head and its scores in the details
+    (`traj` may be `None` when `probes` are given)."""
+    if probes is None:
+        if traj is None:
+            raise ValueError("give the trajectory, or its probes (`induction_probes(traj)`).")
+        probes = induction_probes(traj)
     out = []
     for kind, scores, baseline in (("previous_token_head", probes.previous_token, probes.previous_baseline),
                                    ("induction_head", probes.induction, probes.induction_baseline)):
@@ -137,3 +141,14 @@ def detect_induction_events(traj: Trajectory, probes: InductionProbes | None = N
                                          "final_score": float(scores[-1, head]), "baseline": baseline},
                          uncertainty=uncertainty, strength=float(best[-1])))
     return sort_events(out)
+
+
+def position_maps(traj: Trajectory, index: int) -> list[np.ndarray]:
+    """Per layer, the attention `(heads, T, T)` from query position to key position at saved index
+    `index`, averaged over the contexts of the run's own (sequence) loss with their weights."""
+    data = traj.loss_function().data
+    if not isinstance(data, SequenceData):
+        raise ValueError(f"position maps need a sequence loss; this run used {traj.record.loss.method!r}.")
+    w = jnp.asarray(np.asarray(data.weights) / np.sum(np.asarray(data.weights)))
+    layers = sequence_attention_layers(traj.params_at(index), data.tokens, traj.config)
+    return [np.asarray(jnp.einsum("n,nkts->kts", w, a)) for a in layers]

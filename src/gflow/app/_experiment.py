@@ -18,15 +18,17 @@ from ..analysis import (
     Event,
     PlateauEscape,
     compute_metrics,
+    detect_induction_events,
     detect_lag_events,
     detect_stages,
+    induction_probes,
     lag_probes,
     linearization_table,
     plateau_linearization,
     stage_table,
 )
 from ..common import atomic_file, check_writable_folder, claim_output_folder
-from ..data import SparseLagSpec
+from ..data import InContextMarkovSpec, SparseLagSpec
 from ..flow import resume, run_record
 from ..losses import MAX_ENUMERATED_SEQUENCES
 from ..plot import (
@@ -172,6 +174,16 @@ def _task_analysis(traj: Trajectory) -> tuple[str, dict]:
     """What a source's own task adds to the report: for a `SparseLagSpec`, the lag events (blocks
     acquired, competition, specialisation; docs/tasks.md) and their figures."""
     spec = traj.spec
+    if isinstance(spec, InContextMarkovSpec) and traj.record.loss.method in ("enumerate", "sampled", "dataset"):
+        probes = induction_probes(traj)
+        heads = detect_induction_events(traj, probes)
+        scores = (f"previous-token score (layer 1) {probes.previous_token[0].max():.3f} -> "
+                  f"{probes.previous_token[-1].max():.3f}, uniform attention {probes.previous_baseline:.3f}")
+        if probes.induction is not None:
+            scores += (f"; induction score (layer 2) {probes.induction[0].max():.3f} -> "
+                       f"{probes.induction[-1].max():.3f}, uniform attention {probes.induction_baseline:.3f}")
+        table = stage_table(heads) if heads else "No head went half-way from uniform attention to its pattern."
+        return f"\n\n## Previous-token and induction heads\n\n{scores}.\n\n{table}", {}
     if not isinstance(spec, SparseLagSpec):
         return "", {}
     if spec.n_sequences() > MAX_ENUMERATED_SEQUENCES:
