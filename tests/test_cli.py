@@ -109,7 +109,7 @@ def test_settings_keys_are_the_functions_own_parameters():
         assert flow[key] == defaults[key], key
     assert set(gflow.ExperimentSettings.demo().simulate_arguments()) <= set(defaults)
     assert set(SCHEMA["model"]) == {"n_heads", "d_model", "d_head", "value", "residual", "positional", "attn_scale",
-                                   "layernorm", "mlp", "activation", "tied", "unembed_bias"}
+                                   "layernorm", "mlp", "activation", "tied", "unembed_bias", "n_layers"}
 
 
 def test_gflow_compare_keeps_every_flow_setting(tmp_path):

@@ -279,6 +279,7 @@ def test_damaged_files_are_refused_with_their_reason(tmp_path):
     assert zipfile.is_zipfile(tmp_path / "nested.npz")
 
 
+@pytest.mark.slow
 def test_gflow_leaves_the_users_own_runtime_checks_on():
     """Equinox's checks are off inside gflow's solves only (so those can be cached), not for the process."""
     code = ("import jax, jax.numpy as jnp, equinox as eqx, gflow\n"
@@ -362,6 +363,7 @@ def test_random_record_fields_on_load_are_refused_or_loaded(tmp_path, field, val
         assert traj.record.solver.chunk_size <= len(traj.record.save_times)
 
 
+@pytest.mark.slow
 def test_sizes_refused_before_allocating_never_crash_the_process():
     """The crash class: sizes that aborted the process (SIGABRT in XLA) now raise in Python."""
     code = ("import gflow\ntry:\n    gflow.init_params(0, gflow.TransformerConfig(d_model=200000), "

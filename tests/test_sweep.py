@@ -132,6 +132,7 @@ def test_a_dask_cluster_that_loses_a_worker_completes_every_run_once(tmp_path):
         assert sorted(os.listdir(out / "runs" / run_id)).count("summary.json") == 1
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(SWEEP_TOML)
