@@ -27,12 +27,15 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 
-# Benchmarks (minutes, not part of CI). PyTorch's CPU build is installed for the GD contender.
+# Benchmarks (minutes, not part of CI). scikit-sundae (CVODE) and PyTorch's CPU build are installed
+# for the CVODE and GD contenders.
 bench: $(STAMP)
+	$(BIN)/python -c "import sksundae" 2>/dev/null || $(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==2.13.0+cpu" \
 		--extra-index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/python benchmarks/solvers.py --problem A
 	$(BIN)/python benchmarks/solvers.py --problem B
+	$(BIN)/python benchmarks/scale.py --problem C --contenders default,krylov,cvode-gmres,tsit5
 
 clean:
 	rm -rf $(VENV) gflow-demo .pytest_cache

@@ -169,6 +169,33 @@ class Bench:
                  t_wall / n * steps_eq, 0.0, f"{steps_eq:.1e}", "-", "-", status="extrapolated",
                  err=(target, float("nan"), 0))
 
+    def cvode_rows(self, kind: str, rtols: tuple[float, ...]):
+        """CVODE (`cvode.py`) of `kind` at each rtol (atol = rtol * 1e-3, gflow's ratio)."""
+        import cvode
+
+        if not cvode.available():
+            print("CVODE skipped: scikit-sundae is not installed (pip install -e '.[bench]')")
+            return
+        fns = cvode.functions(self.field)
+        for rtol in rtols:
+            ys, wall, counts, message = cvode.solve(kind, fns, self.y0, self.grid, rtol, rtol * 1e-3)
+            self.add(f"CVODE {kind} rtol {rtol:g}", wall, 0.0, counts["nfev"], "-", counts["njev"] or "-", ys,
+                     "success" if ys is not None else message)
+
+    def equal_accuracy(self):
+        """For each contender family, its fastest run at most as far from the reference as gflow's
+        default (row 0): the ratio the docs quote."""
+        target = self.rows[0][6]
+        print(f"\nat equal accuracy (error <= gflow default's {target:.2e}):")
+        families = {}
+        for name, wall, _, _, _, _, err, _, _, status in self.rows[1:]:
+            family = name.split(" rtol")[0].split(",")[0]
+            if status in ("success", "RunStatus.SUCCESS") or str(status) == "success":
+                if err <= target and (family not in families or wall < families[family][1]):
+                    families[family] = (name, wall)
+        for family, (name, wall) in sorted(families.items(), key=lambda kv: kv[1][1]):
+            print(f"  {name}: {wall:.2f} s, {wall / self.rows[0][1]:.2f}x gflow default's time")
+
     def reference_at(self, times):
         if self.jac is not None:
             return self.scipy("Radau", 1e-10, 1e-13, t_eval=times, t_end=float(times[-1]))[0].y.T
@@ -194,7 +221,8 @@ def problem_a(quick: bool, torch_steps: int):
     b = Bench("A")
     sol, wall = b.scipy("Radau", 1e-10, 1e-13)
     b.set_reference(sol.y.T, f"scipy Radau rtol 1e-10 in {wall:.1f} s, {sol.nfev} evaluations")
-    b.simulate("**gflow default** (GradientFlowBDF, rtol 1e-6)")
+    b.simulate("**gflow default** (GradientFlowSwitching: Tsit5, then GradientFlowBDF; rtol 1e-6)")
+    b.simulate("gflow GradientFlowBDF alone, rtol 1e-6", solver="GradientFlowBDF")
     b.simulate("gflow default at rtol 1e-7", rtol=1e-7, atol=1e-10)
     b.simulate("gflow default at rtol 1e-8", rtol=1e-8, atol=1e-11)
     b.simulate("gflow GradientFlowRosenbrock (previous default), rtol 1e-6", solver="GradientFlowRosenbrock")
@@ -206,8 +234,10 @@ def problem_a(quick: bool, torch_steps: int):
     for method, rtol in [("LSODA", 1e-6), ("LSODA", 1e-7), ("BDF", 1e-6), ("BDF", 1e-7)] + (
             [] if quick else [("Radau", 1e-6)]):
         b.scipy_row(method, rtol)
+    b.cvode_rows("dense", (1e-6, 1e-7, 1e-8))
     b.gd_rows((0.1, 0.05), torch_steps)
     b.table()
+    b.equal_accuracy()
 
 
 def problem_b(quick: bool, torch_steps: int):
@@ -217,15 +247,20 @@ def problem_b(quick: bool, torch_steps: int):
                          solver="Dopri8", rtol=1e-10, atol=1e-13, progress=False, max_steps=500_000)
     b.set_reference(np.asarray(jax.vmap(b.layout.flatten)(ref.params)),
                     f"diffrax Dopri8 rtol 1e-10 in {time.perf_counter() - tic:.1f} s")
-    b.simulate("**gflow default** (above 256 parameters: GradientFlowKrylovBDF, rtol 1e-6)")
+    b.simulate("**gflow default** (GradientFlowSwitching; stiff method above 256 parameters: "
+               "GradientFlowKrylovBDF; rtol 1e-6)")
+    b.simulate("gflow GradientFlowKrylovBDF alone, rtol 1e-6", solver="GradientFlowKrylovBDF")
     b.simulate("diffrax Tsit5, rtol 1e-6 (the default above 2048 parameters before the Krylov BDF)", solver="Tsit5")
     if not quick:
         b.simulate("diffrax Dopri5, rtol 1e-6", solver="Dopri5")
         b.simulate("diffrax Dopri8, rtol 1e-6", solver="Dopri8")
     for method in ("RK45", "DOP853"):
         b.scipy_row(method, 1e-6)
+    b.cvode_rows("adams", (1e-6, 1e-7))
+    b.cvode_rows("gmres", (1e-6,))
     b.gd_rows((0.1, 0.05), torch_steps)
     b.table()
+    b.equal_accuracy()
 
 
 if __name__ == "__main__":

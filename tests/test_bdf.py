@@ -83,7 +83,7 @@ def test_high_orders_are_used(small_setting):
     (Agreement with a tight reference and the kept Hessians: test_solvers.py.)"""
     spec, config, params0 = small_setting
     kw = dict(config=config, loss="counts", n_save=13, progress=False, rtol=1e-9, atol=1e-12)
-    bdf = gflow.simulate(params0, spec, (0.0, 60.0), **kw)
+    bdf = gflow.simulate(params0, spec, (0.0, 60.0), solver="GradientFlowBDF", **kw)
     kvaerno = gflow.simulate(params0, spec, (0.0, 60.0), solver="Kvaerno5", **kw)
     assert bdf.ok and bdf.settings["solver"] == "GradientFlowBDF"
     assert bdf.stats["num_accepted_steps"] < 3 * kvaerno.stats["num_accepted_steps"]

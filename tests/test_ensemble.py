@@ -19,7 +19,7 @@ def test_members_are_the_separate_solves(small_setting, batching, workers):
     ps = [gflow.init_params(jax.random.key(s), config, spec, scale=0.3) for s in range(3)]
     many = gflow.simulate_many(gflow.stack_params(ps), spec, (0, 30.0), config=config, loss="counts", n_save=13,
                                progress=False, batching=batching, workers=workers)
-    assert len(many) == 3 and all(t.record.solver.name == "GradientFlowBDF" for t in many)
+    assert len(many) == 3 and all(t.record.solver.name == gflow.solvers.SWITCHING_SOLVER for t in many)
     for b, (p, traj) in enumerate(zip(ps, many, strict=True)):
         one = gflow.simulate(p, spec, (0, 30.0), config=config, loss="counts", n_save=13, progress=False)
         assert traj.ok and traj.stats["ensemble_member"] == b and traj.settings["devices"] == workers

@@ -150,7 +150,7 @@ def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_se
     attempted = kept["num_accepted_steps"] + kept["num_rejected_steps"]
     assert n_chunks <= kept["num_hessian_evaluations"] < n_chunks + attempted / 5
     assert kept["num_gradient_evaluations_estimate"] == 4 * attempted
-    bdf = run(small_setting).stats  # the default: a new Hessian only when Newton fails; gradients counted
+    bdf = run(small_setting, solver="GradientFlowBDF").stats  # a new Hessian only when Newton fails; gradients counted
     attempted = bdf["num_accepted_steps"] + bdf["num_rejected_steps"]
     assert n_chunks <= bdf["num_hessian_evaluations"] < n_chunks + attempted / 5
     # One to four Newton iterations an attempt (twice that when it renews the Hessian), one gradient each.
@@ -162,13 +162,14 @@ def test_statistics_count_hessian_assemblies_and_estimate_explicit_work(small_se
 
 
 def test_default_solver_by_model_size(small_setting):
-    """Dense BDF up to DENSE_HESSIAN_LIMIT parameters, the matrix-free BDF above (the measured
-    crossover); a simulate records the one it used."""
-    from gflow.solvers import DENSE_HESSIAN_LIMIT, default_solver
+    """The switching default at every size; its stiff method the dense BDF up to DENSE_HESSIAN_LIMIT
+    parameters, the matrix-free BDF above (the measured crossover); a simulate records it."""
+    from gflow.solvers import DENSE_HESSIAN_LIMIT, SWITCHING_SOLVER, default_solver, stiff_solver
 
     spec, config, params0 = small_setting
-    assert run(small_setting, t1=0.1).settings["solver"] == "GradientFlowBDF"
+    assert run(small_setting, t1=0.1).settings["solver"] == SWITCHING_SOLVER
     sizes = {d: gflow.ParamLayout.of(gflow.TransformerConfig(d_model=d), spec).size for d in (8, 12)}
     assert sizes == {8: 176, 12: 360} and sizes[8] <= DENSE_HESSIAN_LIMIT < sizes[12]
-    assert default_solver(sizes[8]) == "GradientFlowBDF" and default_solver(sizes[12]) == "GradientFlowKrylovBDF"
+    assert default_solver(sizes[8]) == default_solver(sizes[12]) == SWITCHING_SOLVER
+    assert stiff_solver(sizes[8]) == "GradientFlowBDF" and stiff_solver(sizes[12]) == "GradientFlowKrylovBDF"
     assert default_solver(sizes[12], ensemble=True) == "Kvaerno4" and default_solver(10**4, ensemble=True) == "Tsit5"

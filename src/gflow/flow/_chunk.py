@@ -9,10 +9,10 @@ afresh: a run resumed from a checkpoint therefore repeats an uninterrupted run b
 **The seam.** A chunk strategy (`AbstractChunkStrategy`) solves one chunk for a batch of states and
 returns a `ChunkResult`; the loop knows nothing else about it. `SingleState` solves one state (the
 compiled program stored on disk for later processes, `common/_programs.py`); `ShardedBatch` solves a
-batch in one vmapped program laid out over devices. A strategy that switches method between chunks,
-or a new backend, is one more subclass (and one row of `flow/_ensemble.py`'s `BATCHING` to offer it
-to ensembles): the result carries the last step size and the rejected steps of every member, the
-signals a stiffness test reads.
+batch in one vmapped program laid out over devices; `SwitchingMethods` (`_switching.py`) hands each
+member to the method its last chunk called for. A new backend is one more subclass (and one row of
+`flow/_ensemble.py`'s `BATCHING` to offer it to ensembles): the result carries the last and largest
+step sizes, the rejected steps and the work of every member, the signals a stiffness test reads.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 from ..common import solve_checks_off, stored_program
-from ..solvers import AbstractGradientFlowSolver, last_step, last_step_recorded, solver_counters
+from ..solvers import AbstractGradientFlowSolver, largest_step, last_step, last_step_recorded, solver_counters
 
 
 class ChunkResult(NamedTuple):
@@ -39,9 +39,12 @@ class ChunkResult(NamedTuple):
     - `times`, `states`, `loss`, `grad_norm`: the saved points (non-finite where a member stopped);
     - `ok`: the solve ended successfully; `hit_max_steps`: it stopped at `max_steps`;
     - `accepted_steps`, `rejected_steps`: step counts over the chunk;
-    - `last_step`: the last accepted step size (the signal of stiffness for an explicit method: it
-      stays near the stability limit $h \\lambda_{max} \\approx$ const);
-    - `work`: what the solver counted in its state (Hessians, gradients, Hessian-vector products).
+    - `last_step`, `largest_step`: the last and the largest accepted step sizes (the signal of
+      stiffness for an explicit method: they stay near the stability limit $h \\lambda_{max} \\approx$
+      const; the last may be cut short to land on the chunk's end);
+    - `work`: what the solver counted in its state (Hessians, gradients, Hessian-vector products);
+    - `methods`, `next_methods`: for a strategy that switches methods, the index of the method each
+      member used in this chunk and the one its next chunk calls for (`None` otherwise).
     """
 
     times: Float[Array | np.ndarray, "B m"]
@@ -53,7 +56,14 @@ class ChunkResult(NamedTuple):
     accepted_steps: Int[Array | np.ndarray, " B"]
     rejected_steps: Int[Array | np.ndarray, " B"]
     last_step: Float[Array | np.ndarray, " B"]
+    largest_step: Float[Array | np.ndarray, " B"]
     work: dict[str, Int[Array | np.ndarray, " B"]]
+    methods: Int[np.ndarray, " B"] | None = None
+    next_methods: Int[np.ndarray, " B"] | None = None
+
+
+SOLVED_FIELDS = len(ChunkResult._fields) - 2
+"""The fields one solve computes (the method fields are the switching strategy's)."""
 
 
 def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> ChunkResult:
@@ -71,7 +81,8 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> Ch
                        ok=sol.result == diffrax.RESULTS.successful,
                        hit_max_steps=sol.result == diffrax.RESULTS.max_steps_reached,
                        accepted_steps=sol.stats["num_accepted_steps"], rejected_steps=sol.stats["num_rejected_steps"],
-                       last_step=last_step(sol.controller_state), work=work)
+                       last_step=last_step(sol.controller_state), largest_step=largest_step(sol.controller_state),
+                       work=work)
 
 
 solve_one = eqx.filter_jit(solve_chunk)
@@ -84,17 +95,19 @@ solve_many = eqx.filter_jit(eqx.filter_vmap(solve_chunk, in_axes=(None, None, No
 def _solve_stored_chunk(static, dynamic, y0, t0, t1, ts):
     field, solver, controller, max_steps = eqx.combine(dynamic, static)
     # a plain tuple: a stored program's outputs must be pytrees that jax.export can serialise
-    return tuple(solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps))
+    return tuple(solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps))[:SOLVED_FIELDS]
 
 
 class AbstractChunkStrategy(abc.ABC):
     """How one chunk of the save grid is solved for a batch of states."""
 
     @abc.abstractmethod
-    def solve(self, plan, states: Float[np.ndarray, "B n"], t0: float, t1: float,
-              ts: Float[np.ndarray, " m"]) -> ChunkResult:
+    def solve(self, plan, states: Float[np.ndarray, "B n"], t0: float, t1: float, ts: Float[np.ndarray, " m"],
+              methods: Int[np.ndarray, " B"] | None = None) -> ChunkResult:
         """The chunk from `t0` to `t1` saved at `ts`, for every row of `states`, under `plan`'s solver
-        and vector field (`RunPlan`); host (numpy) arrays with a leading batch axis `B`."""
+        and vector field (`RunPlan`); host (numpy) arrays with a leading batch axis `B`. `methods`:
+        the method each member's last chunk called for (`ChunkResult.next_methods`; strategies
+        with one method ignore it)."""
 
 
 class SingleState(AbstractChunkStrategy):
@@ -103,9 +116,10 @@ class SingleState(AbstractChunkStrategy):
     without tracing (`common/_programs.py`); otherwise (a solver instance) it is traced as usual."""
 
     def __init__(self):
-        self._programs: dict[tuple, object] = {}  # by argument shapes, decided at the first chunk of each
+        # by argument shapes, decided at the first chunk of each (one plan per instance)
+        self._programs: dict[tuple, object] = {}
 
-    def solve(self, plan, states, t0, t1, ts) -> ChunkResult:
+    def solve(self, plan, states, t0, t1, ts, methods=None) -> ChunkResult:
         with solve_checks_off():
             return self._solve(plan, states, t0, t1, ts)
 
@@ -133,7 +147,7 @@ class ShardedBatch(AbstractChunkStrategy):
         mesh = Mesh(np.asarray(jax.devices()[:n_devices]), ("batch",))
         self.sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
-    def solve(self, plan, states, t0, t1, ts) -> ChunkResult:
+    def solve(self, plan, states, t0, t1, ts, methods=None) -> ChunkResult:
         n = len(states)
         padded = np.concatenate([states, np.repeat(states[-1:], (-n) % self.n_devices, axis=0)])
         with solve_checks_off():

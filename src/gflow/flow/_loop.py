@@ -23,6 +23,9 @@ from ._chunk import ChunkResult
 from ._plan import RunPlan
 
 STEP_COUNTS = ("num_accepted_steps", "num_rejected_steps")
+METHOD_STATS = ("chunk_methods", "next_method", "method_wall_time_s", "method_steps")
+"""What a switching run records per member: the method of every chunk, the one the next chunk calls
+for (which `resume` continues with), and the wall time and attempted steps each method had."""
 
 
 @dataclasses.dataclass
@@ -44,14 +47,29 @@ class _Member:
 
     @classmethod
     def resume(cls, traj: Trajectory) -> _Member:
-        keep = {k: v for k, v in traj.stats.items() if k in (*STEP_COUNTS, "wall_time_s") or k.startswith("num_")
-                and not k.endswith("_estimate")}
+        keep = {k: v for k, v in traj.stats.items() if k in (*STEP_COUNTS, *METHOD_STATS, "wall_time_s")
+                or k.startswith("num_") and not k.endswith("_estimate")}
         return cls([np.asarray(traj.times)], [traj.flat_params()], [np.asarray(traj.loss)],
                    [np.asarray(traj.grad_norm)], {name: 0 for name in STEP_COUNTS} | {"wall_time_s": 0.0} | keep)
 
     @property
     def alive(self) -> bool:
         return self.status == RunStatus.RUNNING
+
+    def next_method(self, names: tuple[str, ...]) -> int:
+        """The index in `names` of the method this member's next chunk calls for (0 at the start)."""
+        return names.index(self.stats["next_method"]) if names and "next_method" in self.stats else 0
+
+    def add_methods(self, chunk: ChunkResult, b: int, names: tuple[str, ...], wall: float) -> None:
+        """Record which method solved member `b`'s chunk, and which its next chunk calls for."""
+        used, following = names[int(chunk.methods[b])], names[int(chunk.next_methods[b])]
+        self.stats["chunk_methods"] = [*self.stats.get("chunk_methods", []), used]
+        self.stats["next_method"] = following
+        for key, value in (("method_wall_time_s", wall),
+                           ("method_steps", int(chunk.accepted_steps[b]) + int(chunk.rejected_steps[b]))):
+            totals = dict.fromkeys(names, 0) | dict(self.stats.get(key, {}))
+            totals[used] += value
+            self.stats[key] = totals
 
     def add(self, chunk: ChunkResult, b: int, grid: np.ndarray, i: int, n_new: int, wall: float,
             max_steps: int) -> np.ndarray | None:
@@ -126,11 +144,14 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
             j = min(i + chunk, len(grid) - 1)
             ts = np.full(chunk, grid[j])
             ts[: j - i] = grid[i + 1: j + 1]
+            methods = np.array([m.next_method(plan.method_names) for m in members])
             tic = time.perf_counter()
-            result = plan.strategy.solve(plan, y, grid[i], grid[j], ts)
+            result = plan.strategy.solve(plan, y, grid[i], grid[j], ts, methods)
             wall = time.perf_counter() - tic
             for b, m in enumerate(members):
                 if m.alive:
+                    if result.methods is not None:
+                        m.add_methods(result, b, plan.method_names, wall)
                     last = m.add(result, b, grid, i, j - i, wall, plan.max_steps)
                     if last is not None:
                         y[b] = last

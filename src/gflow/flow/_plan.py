@@ -18,8 +18,9 @@ from jaxtyping import Array, Float
 from ..losses import LossFunction
 from ..model import ParamLayout
 from ..record import RunRecord
-from ..solvers import SolverSetup, make_solver
+from ..solvers import EXPLICIT_SOLVER, SWITCHING_SOLVER, SolverSetup, make_solver, stiff_solver
 from ._chunk import AbstractChunkStrategy, SingleState
+from ._switching import SwitchingMethods
 
 
 class GradientField(eqx.Module):
@@ -45,8 +46,10 @@ class RunPlan:
     - `storable`: the solver was built by gflow from its name, so its compiled solve may be stored
       on disk (a solver instance may hold code gflow cannot fingerprint);
     - `strategy`: how a chunk is solved (`SingleState` unless the caller chose another). A strategy
-      that the record's solver implies (say, one switching methods between chunks) is chosen here,
-      in `of`, so that every path that runs the record gets it.
+      that the record's solver implies (the switching default's `SwitchingMethods`) is chosen here,
+      in `of`, so that every path that runs the record gets it;
+    - `method_names`: the switching default's methods (explicit, stiff), `()` for one solver; the
+      plan's own `setup` is then the stiff method's.
     """
 
     setup: SolverSetup
@@ -55,12 +58,25 @@ class RunPlan:
     storable: bool
     strategy: AbstractChunkStrategy
 
+    method_names: tuple[str, ...] = ()
+
     @classmethod
     def of(cls, record: RunRecord, strategy: AbstractChunkStrategy | None = None) -> RunPlan:
+        """The plan of `record`; its chunks solved by `strategy` (default `SingleState`). For the
+        switching default, a plan per method, each solved by its own copy of `strategy`, under a
+        `SwitchingMethods` strategy."""
         s = record.solver
-        setup = make_solver(s.name if s.instance is None else s.instance, s.rtol, s.atol)
         field = GradientField(loss=record.loss_function(), layout=record.layout)
-        return cls(setup, field, s.max_steps, s.instance is None, SingleState() if strategy is None else strategy)
+
+        def plan(name_or_instance, strategy):
+            return cls(make_solver(name_or_instance, s.rtol, s.atol), field, s.max_steps, s.instance is None,
+                       SingleState() if strategy is None else strategy)
+
+        if s.instance is not None or s.name != SWITCHING_SOLVER:
+            return plan(s.name if s.instance is None else s.instance, strategy)
+        names = (EXPLICIT_SOLVER, stiff_solver(record.layout.size))
+        methods = tuple(plan(name, strategy) for name in names)
+        return dataclasses.replace(methods[1], strategy=SwitchingMethods(methods, names), method_names=names)
 
     def with_strategy(self, strategy: AbstractChunkStrategy) -> RunPlan:
         """The same plan, its chunks solved by `strategy` (e.g. the single-state strategy wrapped for

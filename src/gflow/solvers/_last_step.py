@@ -4,7 +4,7 @@ A chunk of the save grid ends with its controller's state; diffrax's controllers
 step they took, and that step is the signal a stiffness test needs: an explicit method on a stiff
 stretch takes steps near its stability limit $h \\lambda_{max} \\approx$ const, however loose the
 tolerances. The wrapper runs the controller it holds unchanged (same decisions, same numbers) and
-carries the last accepted step beside its state; `SaveAt(controller_state=True)` hands it back.
+carries the last and the largest accepted steps beside its state; `SaveAt(controller_state=True)` hands it back.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from jaxtyping import Array, Float
 
 
 def _record(inner, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-    state, last = controller_state
+    state, last, largest = controller_state
     keep, t_next, t_next_next, made_jump, state, result = inner.adapt_step_size(
         t0, t1, y0, y1_candidate, args, y_error, error_order, state)
-    return keep, t_next, t_next_next, made_jump, (state, jnp.where(keep, t1 - t0, last)), result
+    taken = jnp.where(keep, t1 - t0, last)
+    return keep, t_next, t_next_next, made_jump, (state, taken, jnp.maximum(largest, taken)), result
 
 
 def _init(inner, terms, t0, t1, y0, dt0, args, func, error_order):
     t_next, state = inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
-    return t_next, (state, jnp.asarray(t_next - t0, dtype=jnp.result_type(t0, t_next)))
+    zero = jnp.zeros((), dtype=jnp.result_type(t0, t_next))
+    return t_next, (state, zero + (t_next - t0), zero)
 
 
 class _LastStepOfAny(diffrax.AbstractStepSizeController):
@@ -74,6 +76,12 @@ def last_step_recorded(controller: diffrax.AbstractStepSizeController) -> diffra
 def last_step(controller_state) -> Float[Array, ""]:
     """The last accepted step of a solve, from the final state of a `last_step_recorded` controller."""
     return controller_state[1]
+
+
+def largest_step(controller_state) -> Float[Array, ""]:
+    """The largest accepted step of a solve (the last one may be cut short to land on the chunk's end;
+    the largest is what a step limit, such as an explicit method's stability limit, holds down)."""
+    return controller_state[2]
 
 
 def is_last_step_recorded(controller) -> bool:

@@ -4,10 +4,14 @@ A solver is named by a string (a row of `SOLVERS`, or any adaptive diffrax solve
 passed as an instance. Names are what trajectory files record, so that `resume` can rebuild the
 same solver.
 
-The default for single solves is gflow's `GradientFlowBDF` (scipy's variable-order BDF/NDF method
-inside diffrax, with Newton solves in one kept eigendecomposition of the Hessian; `_bdf.py`). Ensembles
-(`simulate_many`) default to `Kvaerno4` instead: under `vmap` the "keep or recompute the Hessian"
-branch becomes a select that computes both sides, so every member would pay an `eigh` at every step.
+The default for single solves is `"GradientFlowSwitching"`: chunk by chunk of the save grid, the
+explicit `Tsit5` while the flow is not stiff and gflow's BDF when it is (LSODA's idea; the test is in
+`_stiffness.py`, the switching in `flow/_switching.py`). Its stiff method is `GradientFlowBDF`
+(scipy's variable-order BDF/NDF method inside diffrax, with Newton solves in one kept
+eigendecomposition of the Hessian; `_bdf.py`) up to `DENSE_HESSIAN_LIMIT` parameters and the
+matrix-free `GradientFlowKrylovBDF` above. Vmapped ensembles (`simulate_many(batching="vmap")`)
+default to `Kvaerno4` instead: under `vmap` the "keep or recompute the Hessian" branch becomes a
+select that computes both sides, so every member would pay an `eigh` at every step.
 
 Named diffrax implicit solvers (`Kvaerno4`, ...) stop their simplified-Newton stage solves at
 `NEWTON_FACTOR` (100) times the step tolerances: the Newton iterations of a stage only need to be
@@ -35,7 +39,11 @@ SOLVERS: dict[str, type[AbstractGradientFlowSolver]] = {
 }
 """gflow's own gradient-flow solvers by name (diffrax's adaptive solvers can be named too)."""
 
-DEFAULT_SOLVER = GradientFlowBDF.__name__
+SWITCHING_SOLVER = "GradientFlowSwitching"
+"""The name of the switching default: not a diffrax solver but a pair of them, chosen per chunk."""
+EXPLICIT_SOLVER = "Tsit5"
+"""The switching default's method on stretches that are not stiff."""
+DEFAULT_SOLVER = SWITCHING_SOLVER
 ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
 # Above this many parameters a dense Hessian (n^2 floats, n Hessian-vector products) and its
 # eigendecomposition (n^3) cost more than a few Hessian-vector products per Newton solve, and soon
@@ -52,10 +60,17 @@ NEWTON_FACTOR = 100.0
 
 
 def default_solver(n_params: int, ensemble: bool = False) -> str:
-    """The solver used when none is named, by model size and by whether the solve is vmapped."""
+    """The solver used when none is named: the switching default, or for a vmapped solve one fixed
+    method by model size."""
     if ensemble:
         return LARGE_ENSEMBLE_SOLVER if n_params > VMAPPED_HESSIAN_LIMIT else ENSEMBLE_DEFAULT_SOLVER
-    return LARGE_MODEL_SOLVER if n_params > DENSE_HESSIAN_LIMIT else DEFAULT_SOLVER
+    return DEFAULT_SOLVER
+
+
+def stiff_solver(n_params: int) -> str:
+    """The BDF the switching default uses on stiff stretches: dense Hessian up to
+    `DENSE_HESSIAN_LIMIT` parameters, matrix-free above."""
+    return LARGE_MODEL_SOLVER if n_params > DENSE_HESSIAN_LIMIT else GradientFlowBDF.__name__
 
 
 def solver_name(solver, default: str) -> str:
@@ -69,11 +84,14 @@ def solver_name(solver, default: str) -> str:
 
 def check_solver_name(name: str) -> str:
     """`name` if it names a solver gflow can build, else `ValueError` listing some that it can."""
+    if name == SWITCHING_SOLVER:
+        return name
     cls = (SOLVERS.get(name) or getattr(diffrax, name, None)) if isinstance(name, str) else None
     if not (isinstance(cls, type) and (issubclass(cls, AbstractGradientFlowSolver)
                                        or issubclass(cls, diffrax.AbstractAdaptiveSolver))):
         raise ValueError(
-            f"`solver` {name!r} is not an adaptive solver; use one of {sorted(SOLVERS)}, or a diffrax adaptive "
+            f"`solver` {name!r} is not an adaptive solver; use one of {sorted([*SOLVERS, SWITCHING_SOLVER])}, "
+            "or a diffrax adaptive "
             "solver such as 'Kvaerno4', 'Kvaerno5', 'Tsit5', 'Dopri8', or pass a solver instance."
         )
     return name
@@ -83,6 +101,8 @@ def solver_memory(solver, n_params: int) -> int:
     """Bytes a solver's linear algebra holds for `n_params` parameters: a dense Hessian, its
     eigenvectors and `eigh`'s workspace (about four n x n matrices) for gflow's dense solvers and
     diffrax's implicit ones; a few vectors otherwise (the Krylov solver's kept pairs are counted too)."""
+    if solver == SWITCHING_SOLVER:
+        solver = stiff_solver(n_params)
     cls = type(solver) if not isinstance(solver, str) else (SOLVERS.get(solver) or getattr(diffrax, solver, None))
     dense = isinstance(cls, type) and (getattr(cls, "dense_hessian", False) or
                                         issubclass(cls, diffrax.AbstractImplicitSolver))
@@ -160,6 +180,9 @@ def make_solver(solver, rtol: float, atol: float) -> SolverSetup:
     rtol = jnp.asarray(rtol, dtype=jnp.float64)
     atol = jnp.asarray(atol, dtype=jnp.float64)
     solver = check_solver(solver)
+    if solver == SWITCHING_SOLVER:
+        raise ValueError(f"{SWITCHING_SOLVER!r} is a pair of solvers chosen chunk by chunk; make each of them "
+                         f"({EXPLICIT_SOLVER!r} and `stiff_solver(n_params)`) instead.")
     if isinstance(solver, str):
         solver = _from_name(solver, rtol, atol)
     if isinstance(solver, AbstractGradientFlowSolver):

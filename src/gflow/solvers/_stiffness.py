@@ -1,0 +1,110 @@
+"""When is a gradient flow stiff? The signals the switching default reads between chunks.
+
+An explicit Runge-Kutta method applied to $\\dot y = -H y$ is stable only while $h\\lambda$ stays in
+its stability region for every eigenvalue $\\lambda$ of the Hessian $H$; on the negative real axis
+that region is $[-\\beta, 0]$ (`stability_boundary`, computed from the method's own tableau: 3.5
+for Tsit5). A stretch of the flow is **stiff** when the explicit method's step is held there,
+$h\\,\\rho \\approx \\beta$ with $\\rho$ the largest curvature (`largest_curvature`), rather than by its
+error estimate: its steps are then set by a mode that has long decayed, and an implicit method,
+whose step is limited by accuracy alone, takes far fewer.
+
+Both tests are ratios of the flow's own scales, so they mean the same on any model and any loss:
+
+- `stability_limited`: explicit steps with $h\\rho \\geq \\beta / 2$. A PID controller held by
+  stability oscillates in $[\\beta/2, \\beta]$ (a step beyond $\\beta$ grows the fast mode, its error
+  estimate rises and the step is cut by about half); an accuracy-limited step on a smooth stretch
+  sits far below it.
+- `explicit_cheaper`: an implicit method is worth it only while its steps are longer than the
+  explicit method's stability limit $\\beta/\\rho$ by more than the ratio of their costs per step.
+  The implicit step's cost is counted from its own work counters (gradients, Hessian-vector
+  products, dense Hessians) in gradient evaluations; the explicit one is its stages per step.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+CURVATURE_STEPS = 12
+"""Lanczos steps for the largest curvature: the extreme Ritz value converges first (12 steps give it
+to a few percent on the problems of docs/performance.md, and it is only compared with factors of 2)."""
+
+STABILITY_FRACTION = 0.5
+"""`stability_limited` when $h\\rho \\geq$ this times $\\beta$ (module docstring)."""
+
+SAFETY = 2.0
+"""The explicit method takes over only when it is estimated this many times cheaper: its estimate
+counts stability-limited steps, a lower bound (accuracy may ask for shorter ones)."""
+
+HESSIAN_VECTOR_COST = 2.0
+"""One Hessian-vector product (forward-over-reverse) in gradient evaluations."""
+
+
+def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
+    """The largest $\\beta$ with $|R(-x)| \\leq 1$ for all $x \\in [0, \\beta]$, $R(z) = 1 + z\\,b^\\top(I -
+    zA)^{-1}\\mathbf 1$ the stability function of the explicit tableau (found on a grid of 1e-4)."""
+    s = int(tableau.num_stages)
+    A = np.zeros((s, s))
+    for i, row in enumerate(tableau.a_lower):
+        A[i + 1, : len(row)] = np.asarray(row)
+    b = np.asarray(tableau.b_sol)
+    xs = np.arange(1, 200_001) * 1e-4
+    growth = np.array([abs(1 - x * b @ np.linalg.solve(np.eye(s) + x * A, np.ones(s))) for x in xs])
+    unstable = np.nonzero(growth > 1 + 1e-12)[0]
+    return float(xs[unstable[0] - 1]) if unstable.size else float(xs[-1])
+
+
+def largest_curvature(field, y: Float[Array, " n"]) -> Float[Array, ""]:
+    """$\\max |\\lambda(H)|$ at `y` for the gradient field `field` ($-\\nabla L$), from
+    `CURVATURE_STEPS` Lanczos steps (Hessian-vector products, forward-over-reverse) with full
+    reorthogonalisation, started from a fixed vector: deterministic, so a resumed run decides as the
+    uninterrupted one did. A lower bound that converges quickly from below."""
+    n = y.shape[0]
+    m = min(CURVATURE_STEPS, n)
+
+    def product(v):
+        return -jax.jvp(lambda x: field(0.0, x, None), (y,), (v,))[1]
+
+    start = jnp.cos(jnp.arange(1, n + 1, dtype=y.dtype) * 1.618034)
+    start = start / jnp.linalg.norm(start)
+
+    def body(j, carry):
+        Q, alpha, beta, q = carry
+        Q = Q.at[j].set(q)
+        w = product(q)
+        a = q @ w
+        w = w - Q.T @ (Q @ w)
+        w = w - Q.T @ (Q @ w)
+        norm = jnp.linalg.norm(w)
+        q = jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0)
+        return Q, alpha.at[j].set(a), beta.at[j].set(norm), q
+
+    zeros = jnp.zeros(m, y.dtype)
+    _, alpha, beta, _ = jax.lax.fori_loop(0, m, body, (jnp.zeros((m, n), y.dtype), zeros, zeros, start))
+    T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    return jnp.max(jnp.abs(jnp.linalg.eigvalsh(T)))
+
+
+def stability_limited(step: float, curvature: float, boundary: float) -> bool:
+    """The explicit method's last step was held by stability: $h\\rho \\geq$ `STABILITY_FRACTION` $\\beta$."""
+    return bool(step * curvature >= STABILITY_FRACTION * boundary)
+
+
+def implicit_step_cost(work: dict[str, int], steps: int, n_params: int) -> float:
+    """The implicit method's cost per attempted step in gradient evaluations, from its counters over
+    a chunk: gradients, `HESSIAN_VECTOR_COST` per Hessian-vector product, and a dense Hessian as
+    `n_params` products."""
+    products = work.get("num_hessian_vector_products", 0) + n_params * work.get("num_hessian_evaluations", 0)
+    return (work.get("num_gradient_evaluations", 0) + HESSIAN_VECTOR_COST * products) / max(steps, 1)
+
+
+def explicit_cheaper(step: float, curvature: float, boundary: float, implicit_cost: float,
+                     explicit_cost: float) -> bool:
+    """The explicit method would cover the implicit method's last step `step` at `SAFETY` times less
+    cost: `step` / ($\\beta/\\rho$) stability-limited explicit steps of `explicit_cost` each, against one
+    implicit step of `implicit_cost`."""
+    explicit_steps = step * curvature / boundary
+    return bool(SAFETY * explicit_steps * explicit_cost <= implicit_cost)

@@ -1,0 +1,120 @@
+"""The switching default: Tsit5 where the flow is not stiff, the BDF where it is (issue 23).
+
+Its signals are checked against closed forms (stability boundaries of known tableaux, the largest
+eigenvalue of a dense Hessian); its choices against flows whose stiffness is known (a short,
+smooth horizon; a long plateau whose steps the largest curvature bounds); and its bookkeeping
+against the rules every run keeps (resume is bit-identical across a switch, ensembles run it, a
+failed explicit chunk is solved again instead of failing the run).
+"""
+
+from __future__ import annotations
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gflow
+from gflow.solvers import SWITCHING_SOLVER, largest_curvature, stability_boundary
+
+BDF = "GradientFlowBDF"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = gflow.MarkovSpec.sticky((0.75, 0.19, 0.05, 0.01), 0.5, T=10)
+    config = gflow.TransformerConfig(d_model=8)
+    return spec, config, gflow.init_params(0, config, spec, scale=1e-3)
+
+
+@pytest.fixture(scope="module")
+def long_runs(demo):
+    """The demo flow to t = 1e5 under the switching default and under the BDF alone."""
+    return run(demo, 1e5), run(demo, 1e5, solver=BDF)
+
+
+def run(setting, t1, **kw):
+    spec, config, p0 = setting
+    return gflow.simulate(p0, spec, (0.0, t1), config=config, loss="meanfield", progress=False, **kw)
+
+
+def test_stability_boundaries_of_known_tableaux():
+    """Heun's R(z) = 1 + z + z^2/2 is stable on [-2, 0]; Dopri5's boundary is 3.3066 and the classical
+    RK4's 2.7853 (Hairer & Wanner, Solving ODEs II, fig. IV.2.1)."""
+    assert stability_boundary(diffrax.Heun.tableau) == pytest.approx(2.0, abs=2e-4)
+    assert stability_boundary(diffrax.Dopri5.tableau) == pytest.approx(3.3066, abs=2e-4)
+    rk4 = diffrax.ButcherTableau(c=np.array([0.5, 0.5, 1.0]), b_sol=np.array([1, 2, 2, 1]) / 6,
+                                 b_error=np.zeros(4), a_lower=(np.array([0.5]), np.array([0.0, 0.5]),
+                                                               np.array([0.0, 0.0, 1.0])))
+    assert stability_boundary(rk4) == pytest.approx(2.7853, abs=2e-4)
+
+
+def test_largest_curvature_is_the_hessians_largest_eigenvalue(demo):
+    """Lanczos from below, against eigvalsh of the dense Hessian, at a state after condensation."""
+    spec, config, _ = demo
+    traj = run(demo, 2000.0, n_save=5)
+    field = gflow.GradientField(gflow.loss_function(spec, config, "meanfield"), traj.record.layout)
+    y = jnp.asarray(traj.flat_params()[-1])
+    exact = np.abs(np.linalg.eigvalsh(np.asarray(jax.hessian(field.value)(y)))).max()
+    estimate = float(largest_curvature(field, y))
+    assert estimate <= exact * (1 + 1e-9) and estimate == pytest.approx(exact, rel=0.05)
+
+
+def test_explicit_on_a_smooth_horizon_and_the_bdf_on_a_plateau(demo, long_runs):
+    """t to 20 is the condensation's slow start (steps set by accuracy): every chunk explicit. To
+    t = 1e5 the flow sits on long plateaus where Tsit5's steps are held at 3.5 / lambda_max: the
+    later chunks are the BDF's, and the run ends where the BDF alone ends."""
+    short = run(demo, 20.0)
+    assert short.ok and short.record.solver.name == SWITCHING_SOLVER
+    assert set(short.stats["chunk_methods"]) == {"Tsit5"}
+    assert short.stats["method_steps"]["GradientFlowBDF"] == 0
+    long, bdf = long_runs
+    methods = long.stats["chunk_methods"]
+    assert long.ok and methods[0] == "Tsit5" and methods[-1] == BDF, methods
+    assert sum(long.stats["method_steps"].values()) == (long.stats["num_accepted_steps"]
+                                                       + long.stats["num_rejected_steps"])
+    assert set(long.stats["method_wall_time_s"]) == {"Tsit5", BDF}
+    assert long.loss[-1] == pytest.approx(bdf.loss[-1], abs=1e-6)
+    assert np.all(np.diff(long.loss) <= 1e-9 * np.abs(long.loss[1:]))
+
+
+def test_resume_across_a_switch_is_bit_identical(demo, long_runs, tmp_path, interrupt_chunk):
+    whole = long_runs[0]
+    switch = whole.stats["chunk_methods"].index(BDF)
+    interrupt_chunk(switch + 2)  # after the first BDF chunk
+    part = run(demo, 1e5, checkpoint=tmp_path / "ck.npz")
+    interrupt_chunk(None)
+    assert part.status == "interrupted" and part.stats["chunk_methods"] == whole.stats["chunk_methods"][:switch + 1]
+    resumed = gflow.resume(tmp_path / "ck.npz", progress=False)
+    assert resumed.ok and resumed.stats["chunk_methods"] == whole.stats["chunk_methods"]
+    assert np.array_equal(resumed.flat_params(), whole.flat_params()) and np.array_equal(resumed.loss, whole.loss)
+
+
+def test_ensembles_run_the_switching_default(demo):
+    spec, config, _ = demo
+    batch = gflow.stack_params([gflow.init_params(s, config, spec, scale=1e-3) for s in (0, 1)])
+    many = gflow.simulate_many(batch, spec, (0.0, 1e4), config=config, loss="meanfield", progress=False)
+    one = run((spec, config, gflow.init_params(1, config, spec, scale=1e-3)), 1e4)
+    assert all(t.record.solver.name == SWITCHING_SOLVER for t in many)
+    assert many[1].stats["chunk_methods"] == one.stats["chunk_methods"]
+    assert np.array_equal(many[1].flat_params(), one.flat_params())
+
+
+def test_a_failed_explicit_chunk_is_solved_again_by_the_bdf(demo, long_runs):
+    """From the converged state (largest curvature ~ 1e1), one chunk to t = 1e3 is beyond Tsit5's step
+    budget (its steps held at 3.5 / lambda_max); the switching default solves it again with the BDF
+    and succeeds where the BDF alone does."""
+    spec, config, _ = demo
+    converged = (spec, config, long_runs[0].params_at(-1))
+    budget = dict(max_steps=500, save_times=[1e3])
+    explicit = run(converged, 1e3, solver="Tsit5", **budget)
+    switching, bdf = run(converged, 1e3, **budget), run(converged, 1e3, solver=BDF, **budget)
+    assert explicit.status == "max_steps" and bdf.ok
+    assert switching.ok and switching.stats["chunk_methods"] == [BDF]
+    assert np.array_equal(switching.flat_params(), bdf.flat_params())
+
+
+def test_the_switching_name_is_refused_where_one_solver_is_built():
+    with pytest.raises(ValueError, match="pair of solvers"):
+        gflow.solvers.make_solver(SWITCHING_SOLVER, 1e-6, 1e-9)
