@@ -10,7 +10,7 @@ in JAX (a compiled loop) and in PyTorch (CPU; skipped when torch is not installe
 relative parameter error over the save grid against a tight reference, and the largest shift of
 detected stage-event times, |log(t / t_ref)|. Ratios are against gflow's default in the same run.
 
-    .venv/bin/python benchmarks/solvers.py --problem A [--quick]
+    .venv/bin/python benchmarks/solvers.py --problem A [--quick] [--no-gd]
     .venv/bin/python benchmarks/solvers.py --problem B
 """
 
@@ -217,7 +217,7 @@ class Bench:
                   f"{number(wall / base)} | {status} |")
 
 
-def problem_a(quick: bool, torch_steps: int):
+def problem_a(quick: bool, torch_steps: int | None):
     b = Bench("A")
     sol, wall = b.scipy("Radau", 1e-10, 1e-13)
     b.set_reference(sol.y.T, f"scipy Radau rtol 1e-10 in {wall:.1f} s, {sol.nfev} evaluations")
@@ -235,7 +235,8 @@ def problem_a(quick: bool, torch_steps: int):
             [] if quick else [("Radau", 1e-6)]):
         b.scipy_row(method, rtol)
     b.cvode_rows("dense", (1e-6, 1e-7, 1e-8))
-    b.gd_rows((0.1, 0.05), torch_steps)
+    if torch_steps is not None:
+        b.gd_rows((0.1, 0.05), torch_steps)
     b.table()
     b.equal_accuracy()
 
@@ -258,7 +259,8 @@ def problem_b(quick: bool, torch_steps: int):
         b.scipy_row(method, 1e-6)
     b.cvode_rows("adams", (1e-6, 1e-7))
     b.cvode_rows("gmres", (1e-6,))
-    b.gd_rows((0.1, 0.05), torch_steps)
+    if torch_steps is not None:
+        b.gd_rows((0.1, 0.05), torch_steps)
     b.table()
     b.equal_accuracy()
 
@@ -269,5 +271,8 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="fewer contenders")
     ap.add_argument("--torch-steps", type=int, default=100_000,
                     help="PyTorch GD steps actually timed (the rest extrapolated linearly)")
+    ap.add_argument("--no-gd", action="store_true", help="skip the GD contenders (minutes)")
     args = ap.parse_args()
+    if args.no_gd:
+        args.torch_steps = None
     (problem_a if args.problem == "A" else problem_b)(args.quick, args.torch_steps)

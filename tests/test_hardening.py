@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import gflow
 from conftest import BAD_TYPE
 from gflow.app import main
-from gflow.common import DiskFullError, atomic_file, claim_output_folder
+from gflow.common import MARKER_FILE, DiskFullError, atomic_file, claim_output_folder
 
 SMALL = """[chain]
 pi = [0.6, 0.3, 0.1]
@@ -85,8 +85,11 @@ def test_resume_refuses_a_checkpoint_of_another_run_naming_what_differs(tmp_path
 
 
 def test_restart_discards_a_corrupt_checkpoint(tmp_path, capsys):
-    out = tmp_path / "out"
-    assert main(["run", _toml(tmp_path), "--out", str(out), "--no-progress"]) == 0
+    out = tmp_path / "out"  # an output folder of gflow's whose trajectory file is damaged
+    out.mkdir()
+    (out / MARKER_FILE).write_text("a gflow output\n")
+    settings = gflow.ExperimentSettings.from_toml(_toml(tmp_path))
+    (out / "settings.json").write_text(json.dumps(settings.to_dict()))
     (out / "trajectory.npz").write_bytes(b"PK\x03\x04 damaged")
     assert main(["run", _toml(tmp_path), "--out", str(out), "--no-progress"]) == 2
     assert "--restart" in capsys.readouterr().err

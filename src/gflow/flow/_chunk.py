@@ -11,7 +11,7 @@ returns a `ChunkResult`; the loop knows nothing else about it. `SingleState` sol
 compiled program stored on disk for later processes, `common/_programs.py`); `ShardedBatch` solves a
 batch in one vmapped program laid out over devices; `SwitchingMethods` (`_switching.py`) hands each
 member to the method its last chunk called for. A new backend is one more subclass (and one row of
-`flow/_ensemble.py`'s `BATCHING` to offer it to ensembles): the result carries the last and largest
+`flow/_ensemble.py`'s `BATCHING` to offer it to ensembles): the result carries the last and proposed
 step sizes, the rejected steps and the work of every member, the signals a stiffness test reads.
 """
 
@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 from ..common import solve_checks_off, stored_program
-from ..solvers import AbstractGradientFlowSolver, largest_step, last_step, last_step_recorded, solver_counters
+from ..solvers import AbstractGradientFlowSolver, last_step, last_step_recorded, proposed_step, solver_counters
 
 
 class ChunkResult(NamedTuple):
@@ -39,9 +39,9 @@ class ChunkResult(NamedTuple):
     - `times`, `states`, `loss`, `grad_norm`: the saved points (non-finite where a member stopped);
     - `ok`: the solve ended successfully; `hit_max_steps`: it stopped at `max_steps`;
     - `accepted_steps`, `rejected_steps`: step counts over the chunk;
-    - `last_step`, `largest_step`: the last and the largest accepted step sizes (the signal of
-      stiffness for an explicit method: they stay near the stability limit $h \\lambda_{max} \\approx$
-      const; the last may be cut short to land on the chunk's end);
+    - `last_step`, `next_step`: the last accepted step size (it may be cut short to land on the
+      chunk's end) and the one the controller proposed after it (the signal of stiffness for an
+      explicit method: it stays near the stability limit $h \\lambda_{max} \\approx$ const);
     - `work`: what the solver counted in its state (Hessians, gradients, Hessian-vector products);
     - `methods`, `next_methods`: for a strategy that switches methods, the index of the method each
       member used in this chunk and the one its next chunk calls for (`None` otherwise).
@@ -56,7 +56,7 @@ class ChunkResult(NamedTuple):
     accepted_steps: Int[Array | np.ndarray, " B"]
     rejected_steps: Int[Array | np.ndarray, " B"]
     last_step: Float[Array | np.ndarray, " B"]
-    largest_step: Float[Array | np.ndarray, " B"]
+    next_step: Float[Array | np.ndarray, " B"]
     work: dict[str, Int[Array | np.ndarray, " B"]]
     methods: Int[np.ndarray, " B"] | None = None
     next_methods: Int[np.ndarray, " B"] | None = None
@@ -81,7 +81,7 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> Ch
                        ok=sol.result == diffrax.RESULTS.successful,
                        hit_max_steps=sol.result == diffrax.RESULTS.max_steps_reached,
                        accepted_steps=sol.stats["num_accepted_steps"], rejected_steps=sol.stats["num_rejected_steps"],
-                       last_step=last_step(sol.controller_state), largest_step=largest_step(sol.controller_state),
+                       last_step=last_step(sol.controller_state), next_step=proposed_step(sol.controller_state),
                        work=work)
 
 

@@ -5,10 +5,10 @@ of a batch carries the method its last chunk called for; `SwitchingMethods` solv
 that method and decides the next one from what the chunk showed (`solvers/_stiffness.py`):
 
 - after an **explicit** chunk (Tsit5): stiff when its steps were held by stability, $h\\rho \\geq
-  \\beta/2$, with $h$ its largest accepted step, $\\rho$ the largest curvature of the loss at the
-  chunk's end and $\\beta$ the method's stability boundary;
+  \\beta/2$, with $h$ the step its controller proposed at the chunk's end, $\\rho$ the largest
+  curvature of the loss there and $\\beta$ the method's stability boundary;
 - after a **stiff** chunk (the BDF): explicit again when Tsit5, stepping at its stability limit
-  $\\beta/\\rho$, would cover the BDF's largest step at half the BDF's cost (counted from its work
+  $\\beta/\\rho$, would cover the BDF's proposed step at half the BDF's cost (counted from its work
   counters in gradient evaluations).
 
 A member whose explicit chunk fails (the step budget spent, a non-finite state) solves the same
@@ -55,6 +55,7 @@ class SwitchingMethods(AbstractChunkStrategy):
         tableau = plans[EXPLICIT].setup.solver.tableau
         self.boundary = stability_boundary(tableau)
         self.explicit_cost = float(int(tableau.num_stages) - int(bool(tableau.fsal)))
+        self.dense_hessian = bool(getattr(plans[STIFF].setup.solver, "dense_hessian", False))
         self._programs: dict[tuple, object] = {}  # the curvature program, by batch shape
 
     def curvatures(self, plan, ends: np.ndarray) -> np.ndarray:
@@ -101,12 +102,13 @@ class SwitchingMethods(AbstractChunkStrategy):
         out = used.copy()
         n_params = ends.shape[1]
         for b in np.nonzero(finite)[0]:
-            step = float(chunk.largest_step[b])
+            step = float(chunk.next_step[b])
             if used[b] == EXPLICIT:
                 out[b] = STIFF if stability_limited(step, curvature[b], self.boundary) else EXPLICIT
             else:
                 steps = int(chunk.accepted_steps[b]) + int(chunk.rejected_steps[b])
-                cost = implicit_step_cost({k: int(v[b]) for k, v in chunk.work.items()}, steps, n_params)
+                cost = implicit_step_cost({k: int(v[b]) for k, v in chunk.work.items()}, steps,
+                                          n_params if self.dense_hessian else 0)
                 out[b] = EXPLICIT if explicit_cheaper(step, curvature[b], self.boundary, cost,
                                                       self.explicit_cost) else STIFF
         return out

@@ -11,8 +11,8 @@
   controller filled in at one place. Any adaptive diffrax solver can be named as well.
 - `SWITCHING_SOLVER` (the default): Tsit5 where the flow is not stiff, the BDF where it is, chosen per
   chunk from the signals of `_stiffness.py` (`stability_boundary`, `largest_curvature`, ...).
-- `last_step_recorded`: any controller, also carrying its last and largest accepted steps (the
-  stiffness signal of an explicit method).
+- `last_step_recorded`: any controller, also carrying its last accepted step and the one it
+  proposed next (the stiffness signal of an explicit method).
 """
 
 from ._base import PID_GAINS as PID_GAINS
@@ -24,7 +24,7 @@ from ._chosen_steps import SolverChosenSteps as SolverChosenSteps
 from ._chosen_steps import StepDecision as StepDecision
 from ._hessian import hessian_eigenbasis as hessian_eigenbasis
 from ._krylov import GradientFlowKrylovBDF as GradientFlowKrylovBDF
-from ._last_step import largest_step as largest_step
+from ._last_step import proposed_step as proposed_step
 from ._last_step import last_step as last_step
 from ._last_step import last_step_recorded as last_step_recorded
 from ._policy import DEFAULT_SOLVER as DEFAULT_SOLVER

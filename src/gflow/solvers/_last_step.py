@@ -4,7 +4,7 @@ A chunk of the save grid ends with its controller's state; diffrax's controllers
 step they took, and that step is the signal a stiffness test needs: an explicit method on a stiff
 stretch takes steps near its stability limit $h \\lambda_{max} \\approx$ const, however loose the
 tolerances. The wrapper runs the controller it holds unchanged (same decisions, same numbers) and
-carries the last and the largest accepted steps beside its state; `SaveAt(controller_state=True)` hands it back.
+carries the last accepted step and the step it proposed next beside its state; `SaveAt(controller_state=True)` hands it back.
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from jaxtyping import Array, Float
 
 
 def _record(inner, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-    state, last, largest = controller_state
+    state, last, proposed, t_end = controller_state
     keep, t_next, t_next_next, made_jump, state, result = inner.adapt_step_size(
         t0, t1, y0, y1_candidate, args, y_error, error_order, state)
     taken = jnp.where(keep, t1 - t0, last)
-    return keep, t_next, t_next_next, made_jump, (state, taken, jnp.maximum(largest, taken)), result
+    whole = keep & (t_next_next < t_end)  # a proposal not cut short to land on the end
+    return (keep, t_next, t_next_next, made_jump,
+            (state, taken, jnp.where(whole, t_next_next - t_next, proposed), t_end), result)
 
 
 def _init(inner, terms, t0, t1, y0, dt0, args, func, error_order):
     t_next, state = inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
     zero = jnp.zeros((), dtype=jnp.result_type(t0, t_next))
-    return t_next, (state, zero + (t_next - t0), zero)
+    return t_next, (state, zero + (t_next - t0), zero + (t_next - t0), zero + t1)
 
 
 class _LastStepOfAny(diffrax.AbstractStepSizeController):
@@ -78,9 +80,10 @@ def last_step(controller_state) -> Float[Array, ""]:
     return controller_state[1]
 
 
-def largest_step(controller_state) -> Float[Array, ""]:
-    """The largest accepted step of a solve (the last one may be cut short to land on the chunk's end;
-    the largest is what a step limit, such as an explicit method's stability limit, holds down)."""
+def proposed_step(controller_state) -> Float[Array, ""]:
+    """The last step the controller proposed that was not cut short to land on the solve's end (the
+    last accepted steps may be): what it wanted to take near the end, so it shows a step limit, such
+    as an explicit method's stability limit, there."""
     return controller_state[2]
 
 
