@@ -65,16 +65,16 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
     - `config`: the architecture (default `TransformerConfig()`); must match `params0`.
     - `loss`: the population-loss method (`"auto"`, `"enumerate"`, `"counts"`, `"meanfield"`,
       `"sampled"` with `n_samples` and `key`, `"dataset"` with `dataset`; see `gflow.loss_function`).
-    - `solver`: a name (`"GradientFlowBDF"`, `"GradientFlowKrylovBDF"`, `"GradientFlowRosenbrock"`,
-      or an adaptive diffrax solver's class name such as `"Kvaerno4"`, `"Tsit5"`), an instance
-      (`gflow.solvers.GradientFlowBDF(...)`, a diffrax solver), or `None` for gflow's default:
-      `GradientFlowBDF` (scipy's variable-order BDF method with Newton solves in a kept eigenbasis of
-      the Hessian; docs/flow.md) up to 256 parameters, above it `GradientFlowKrylovBDF` (the same
-      steps, matrix-free Newton solves: no dense Hessian). On a short horizon that is not yet stiff,
-      a large model runs faster with `"Tsit5"` (docs/flow.md). The BDF solvers choose their own steps
-      and orders within `rtol`, `atol`; the others run under a PID controller
-      with `rtol`, `atol`. A gflow solver instance gets these `rtol`, `atol` (its own are replaced),
-      so solver and controller cannot disagree.
+    - `solver`: a name (`"GradientFlowSwitching"`, `"GradientFlowBDF"`, `"GradientFlowKrylovBDF"`,
+      `"GradientFlowRosenbrock"`, or an adaptive diffrax solver's class name such as `"Kvaerno4"`,
+      `"Tsit5"`), an instance (`gflow.solvers.GradientFlowBDF(...)`, a diffrax solver), or `None`
+      for gflow's default, `"GradientFlowSwitching"`: chunk by chunk, `Tsit5` while the flow is not
+      stiff and the BDF while it is (`GradientFlowBDF`, scipy's variable-order BDF method with
+      Newton solves in a kept eigenbasis of the Hessian, up to 256 parameters; the matrix-free
+      `GradientFlowKrylovBDF` above; docs/flow.md). The BDF solvers choose their own steps and
+      orders within `rtol`, `atol`; the others run under a PID controller with `rtol`, `atol`. A
+      gflow solver instance gets these `rtol`, `atol` (its own are replaced), so solver and
+      controller cannot disagree.
     - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
     - `progress`: a tqdm bar (default: on when stderr is a terminal).

@@ -9,7 +9,9 @@ that method and decides the next one from what the chunk showed (`solvers/_stiff
   curvature of the loss there and $\\beta$ the method's stability boundary;
 - after a **stiff** chunk (the BDF): explicit again when Tsit5, stepping at its stability limit
   $\\beta/\\rho$, would cover the BDF's proposed step at half the BDF's cost (counted from its work
-  counters in gradient evaluations).
+  counters in gradient evaluations), with $\\rho$ extrapolated over the next chunk by its growth over
+  this one (on problem C the curvature grew tenfold in the chunk after a switch back that its end
+  value alone had called for).
 
 A member whose explicit chunk fails (the step budget spent, a non-finite state) solves the same
 chunk again with the stiff method, so the switch never fails where the BDF alone would succeed.
@@ -84,21 +86,28 @@ class SwitchingMethods(AbstractChunkStrategy):
                 parts = {EXPLICIT: None if keep.size == 0 else (keep, _rows(result, ~failed)),
                          STIFF: self._solve(STIFF, states, np.nonzero(used == STIFF)[0], t0, t1, ts)}
         merged = _merge([p for p in parts.values() if p is not None], n)
-        return merged._replace(methods=used, next_methods=self._next(merged, used, plan))
+        return merged._replace(methods=used, next_methods=self._next(merged, used, plan, states))
 
     def _solve(self, k: int, states, idx, t0, t1, ts):
         if idx.size == 0:
             return None
         return idx, self.plans[k].strategy.solve(self.plans[k], states[idx], t0, t1, ts)
 
-    def _next(self, chunk: ChunkResult, used, plan) -> np.ndarray:
+    def _next(self, chunk: ChunkResult, used, plan, starts) -> np.ndarray:
         """The method each member's next chunk calls for, from this chunk's steps and work and the
-        curvature at its end."""
+        curvature at its end (for a stiff chunk, extrapolated over the next chunk by its growth
+        over this one: the curvature grows as attention sharpens, and a chunk of the log-spaced
+        grid spans as many e-folds of time as the next)."""
         ends = np.asarray(chunk.states[:, -1])
         finite = np.all(np.isfinite(ends), axis=1)
         curvature = np.zeros(len(used))
         if finite.any():
             curvature[finite] = self.curvatures(plan, ends[finite])
+        stiff = finite & (used == STIFF)
+        if stiff.any():
+            before = self.curvatures(plan, np.asarray(starts)[stiff])
+            growth = np.where(before > 0, curvature[stiff] / np.where(before > 0, before, 1.0), 1.0)
+            curvature[stiff] *= np.maximum(growth, 1.0)
         out = used.copy()
         n_params = ends.shape[1]
         for b in np.nonzero(finite)[0]:
