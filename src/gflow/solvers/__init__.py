@@ -24,9 +24,9 @@ from ._chosen_steps import SolverChosenSteps as SolverChosenSteps
 from ._chosen_steps import StepDecision as StepDecision
 from ._hessian import hessian_eigenbasis as hessian_eigenbasis
 from ._krylov import GradientFlowKrylovBDF as GradientFlowKrylovBDF
-from ._last_step import proposed_step as proposed_step
 from ._last_step import last_step as last_step
 from ._last_step import last_step_recorded as last_step_recorded
+from ._last_step import proposed_step as proposed_step
 from ._policy import DEFAULT_SOLVER as DEFAULT_SOLVER
 from ._policy import DENSE_HESSIAN_LIMIT as DENSE_HESSIAN_LIMIT
 from ._policy import ENSEMBLE_DEFAULT_SOLVER as ENSEMBLE_DEFAULT_SOLVER

@@ -4,7 +4,8 @@ A chunk of the save grid ends with its controller's state; diffrax's controllers
 step they took, and that step is the signal a stiffness test needs: an explicit method on a stiff
 stretch takes steps near its stability limit $h \\lambda_{max} \\approx$ const, however loose the
 tolerances. The wrapper runs the controller it holds unchanged (same decisions, same numbers) and
-carries the last accepted step and the step it proposed next beside its state; `SaveAt(controller_state=True)` hands it back.
+carries the last accepted step and the step it proposed next beside its state;
+`SaveAt(controller_state=True)` hands them back.
 """
 
 from __future__ import annotations
