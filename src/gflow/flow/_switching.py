@@ -75,17 +75,16 @@ class SwitchingMethods(AbstractChunkStrategy):
     def solve(self, plan, states, t0, t1, ts, methods=None) -> ChunkResult:
         n = len(states)
         used = np.zeros(n, dtype=np.int64) if methods is None else np.array(methods, dtype=np.int64)
-        parts = {k: self._solve(k, states, np.nonzero(used == k)[0], t0, t1, ts) for k in (EXPLICIT, STIFF)}
-        explicit = parts[EXPLICIT]
-        if explicit is not None:  # an explicit chunk that failed is solved again by the stiff method
-            idx, result = explicit
+        parts = [self._solve(k, states, np.nonzero(used == k)[0], t0, t1, ts) for k in (EXPLICIT, STIFF)]
+        if parts[EXPLICIT] is not None:  # an explicit chunk that failed is solved again by the stiff method
+            idx, result = parts[EXPLICIT]
             failed = ~(np.asarray(result.ok) & np.all(np.isfinite(result.states[:, -1]), axis=1))
             if failed.any():
                 used[idx[failed]] = STIFF
-                keep = idx[~failed]
-                parts = {EXPLICIT: None if keep.size == 0 else (keep, _rows(result, ~failed)),
-                         STIFF: self._solve(STIFF, states, np.nonzero(used == STIFF)[0], t0, t1, ts)}
-        merged = _merge([p for p in parts.values() if p is not None], n)
+                kept = idx[~failed]
+                parts[EXPLICIT] = None if kept.size == 0 else (kept, _rows(result, ~failed))
+                parts.append(self._solve(STIFF, states, idx[failed], t0, t1, ts))
+        merged = _merge([p for p in parts if p is not None], n)
         return merged._replace(methods=used, next_methods=self._next(merged, used, plan, states))
 
     def _solve(self, k: int, states, idx, t0, t1, ts):
