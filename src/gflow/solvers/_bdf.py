@@ -45,8 +45,8 @@ local error test (whose bound is 1). CVODE's value (SUNDIALS' nonlinear converge
 0.1): the iteration error is then a tenth of what the step may carry, so the error estimate stays
 the truncation error's. scipy asks for min(0.03, sqrt(rtol)), 1e-3 at rtol 1e-6: a hundred times
 less, which makes Newton fail and the Hessian be renewed more often, at no gain in accuracy
-(measured on problems A, C and the untuned E of docs/performance.md: 23-27% less time, the same or
-smaller errors). `GradientFlowBDF(newton_tolerance=None)` is scipy's rule."""
+(measured on problems A, C and the untuned E of docs/performance.md: 13-27% less time, errors within
+6% of scipy's rule's, 2.6x smaller on C). `GradientFlowBDF(newton_tolerance=None)` is scipy's rule."""
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 # NDF coefficients kappa_k (Shampine & Reichelt 1997, table 1; zero for order 5: plain BDF5), and
