@@ -34,6 +34,15 @@ from ._chunk import AbstractChunkStrategy, ChunkResult
 EXPLICIT, STIFF = 0, 1
 """Method indices, as `ChunkResult.methods` and the trajectories' `chunk_methods` use them."""
 
+MIN_EXPLICIT_STEPS = 24
+"""An explicit chunk of fewer attempted steps stays explicit without a stiffness test (whose 12
+Hessian-vector products would cost a good part of such a chunk: 15-30% of the whole run on problem
+B). The BDF restarts at order 1 in every chunk and raises its order only after k + 1 equal steps, so
+it spends at least 2 + 3 + 4 + 5 = 14 steps at low order, each with a Newton solve, before it can
+take long ones: a chunk Tsit5 covers in fewer than 24 steps is not one it could do more cheaply. A
+chunk that turns stiff inside it is caught by the next chunk's test, or, if it spends the step
+budget, solved again by the BDF."""
+
 def _curvatures(field, ys):
     return jax.vmap(largest_curvature, in_axes=(None, 0))(field, ys)
 
@@ -99,6 +108,9 @@ class SwitchingMethods(AbstractChunkStrategy):
         grid spans as many e-folds of time as the next)."""
         ends = np.asarray(chunk.states[:, -1])
         finite = np.all(np.isfinite(ends), axis=1)
+        attempted = np.asarray(chunk.accepted_steps) + np.asarray(chunk.rejected_steps)
+        # an explicit chunk too short for the BDF to pay keeps its method without a curvature
+        finite &= (used == STIFF) | (attempted >= MIN_EXPLICIT_STEPS)
         curvature = np.zeros(len(used))
         if finite.any():
             curvature[finite] = self.curvatures(plan, ends[finite])
@@ -109,7 +121,7 @@ class SwitchingMethods(AbstractChunkStrategy):
             curvature[stiff] *= np.maximum(growth, 1.0)
         out = used.copy()
         n_params = ends.shape[1]
-        for b in np.nonzero(finite)[0]:
+        for b in np.nonzero(finite)[0]:  # the others keep their method
             step = float(chunk.next_step[b])
             if used[b] == EXPLICIT:
                 out[b] = STIFF if stability_limited(step, curvature[b], self.boundary) else EXPLICIT
