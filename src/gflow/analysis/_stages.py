@@ -26,6 +26,8 @@ its own range or float64 round-off, never from one run's numbers (docs/analysis.
   attention of at least 5% of the attention (`VISIBLE_MASS`) that falls to half or less on both
   sides (`MASS_SPIKE`) is a focus peak too, with its dilution. A final rise of $F$ that levels off is
   reported as the focus it settles at, timed half-way up that rise.
+- **resolved**: an escape must release more than the flow's `rtol` times the loss (below that
+  the run does not claim to resolve it; `resolved_loss_change`).
 - **weak**: an escape releasing less than 1% of the run's total loss drop, a focus peak or dilution
   whose fall is under 10%, or a dilution that does not reduce the focused tokens' mass: below what a
   figure of the run shows clearly.
@@ -113,14 +115,25 @@ def episodes(times: np.ndarray, X: np.ndarray) -> list[Episode]:
     return out
 
 
+def resolved_loss_change(traj: Trajectory | None, loss: np.ndarray) -> float:
+    """The smallest loss change a flow's escape may be: its `rtol` times the loss's size. The run was
+    asked for states to that relative accuracy; a drop below it (a drift of 3.6e-9 nats on a loss
+    of 1.39 at rtol 1e-6, say) is below what the run claims to resolve, and below anything its
+    figures or tables show. 0 for discrete runs (their noise floor is their own) and bare metrics."""
+    if traj is None or traj.record.solver is None or traj.record.training is not None:
+        return 0.0
+    return float(traj.record.solver.rtol) * float(np.max(np.abs(loss)))
+
+
 class _Detector:
-    def __init__(self, m: Metrics, traj: Trajectory | None):
+    def __init__(self, m: Metrics, traj: Trajectory | None, resolution: float = 0.0):
         self.m, self.traj = m, traj
         self.refiner = Refiner(traj, compute_metrics)
         self.t = m.times
         stochastic = traj is not None and traj.record.training is not None and traj.record.training.batch_size
         L = m.loss
-        self.loss_noise = max(ROUNDOFF * float(np.max(np.abs(L))), 10 * fluctuation_scale(L) if stochastic else 0.0)
+        self.loss_noise = max(ROUNDOFF * float(np.max(np.abs(L))), 10 * fluctuation_scale(L) if stochastic else 0.0,
+                              resolution)
         self.total_drop = float(L[0] - L.min())
         self.openings: list[dict] = []
 
@@ -363,7 +376,7 @@ def detect_stages(traj: Trajectory | Metrics, *, refine: bool = True, metrics: M
     """
     m = traj if isinstance(traj, Metrics) else metrics if metrics is not None else compute_metrics(traj)
     source = None if isinstance(traj, Metrics) or not refine else traj
-    d = _Detector(m, source)
+    d = _Detector(m, source, resolved_loss_change(traj if isinstance(traj, Trajectory) else None, m.loss))
     d.find_openings()
     events = d.escapes_and_plateaus()
     if isinstance(traj, Trajectory) and traj.record.kind != "discrete":
