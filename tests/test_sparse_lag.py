@@ -147,6 +147,8 @@ def test_lag_block_attention_probe():
     assert np.abs(mass[-1] - [1 / 3, 2 / 3]).max() > 1e-3  # not the uniform shares: the scores are not zero
     with pytest.raises(ValueError, match="T = 3.*T = 4"):
         lag_block_attention(compute_metrics(traj), spec)
+    with pytest.raises(ValueError, match="must be the run's Metrics.*compute_metrics"):  # was an AttributeError
+        lag_block_attention(traj, last)
 
 
 def test_kl_to_restricted_teachers_closed_form():

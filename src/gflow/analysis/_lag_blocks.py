@@ -10,13 +10,17 @@ from ..data import SparseLagSpec, block_lags
 from ._metrics import Metrics
 
 
-def lag_block_attention(m: Metrics, spec: SparseLagSpec) -> Float[np.ndarray, "n heads K"]:
-    """`mass[i, h, k]`: the attention head h pays, at saved time i, to the positions of lag block k,
+def lag_block_attention(m, spec: SparseLagSpec) -> Float[np.ndarray, "n heads K"]:
+    """`mass[i, h, k]`: from the run's `Metrics` `m` (checked here, so that a `Trajectory` gets a message, not an
+    AttributeError), the attention head h pays, at saved time i, to the positions of lag block k,
     averaged over the contexts and the scored queries after the burn-in (queries inside it cannot
     see every block). A query predicting $x_{t+1}$ sees lag j at position $t + 1 - j$. From the
     position map of the run's own (sequence) loss, so exact under `enumerate`."""
     if not isinstance(spec, SparseLagSpec):
         raise ValueError(f"`spec` must be a SparseLagSpec; got {type(spec).__name__}.")
+    if not isinstance(m, Metrics):
+        raise ValueError(f"`m` must be the run's Metrics (`gflow.analysis.compute_metrics(traj)`); got "
+                         f"{type(m).__name__}.")
     if m.position_attention is None:
         raise ValueError("`m` has no position map: compute the metrics of a run with a sequence loss "
                          "('enumerate', 'sampled' or 'dataset').")
