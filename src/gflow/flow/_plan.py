@@ -63,8 +63,9 @@ class RunPlan:
     @classmethod
     def of(cls, record: RunRecord, strategy: AbstractChunkStrategy | None = None) -> RunPlan:
         """The plan of `record`; its chunks solved by `strategy` (default `SingleState`). For the
-        switching default, a plan per method, each solved by its own copy of `strategy`, under a
-        `SwitchingMethods` strategy."""
+        switching default, a plan per method under a `SwitchingMethods` strategy, each with its own
+        `SingleState` (which keeps programs per plan), or both with the `strategy` given (one that
+        keeps no per-plan state, as `ShardedBatch`)."""
         s = record.solver
         field = GradientField(loss=record.loss_function(), layout=record.layout)
 
