@@ -72,8 +72,10 @@ def test_a_folder_of_other_files_is_never_written_into(tmp_path, capsys):
 
 
 def test_resume_refuses_a_checkpoint_of_another_run_naming_what_differs(tmp_path, capsys):
-    a = tmp_path / "a"
-    assert main(["run", _toml(tmp_path), "--out", str(a), "--no-progress"]) == 0
+    a = tmp_path / "a"  # an output folder of gflow's with a run's settings
+    a.mkdir()
+    (a / MARKER_FILE).write_text("a gflow output\n")
+    (a / "settings.json").write_text(json.dumps(gflow.ExperimentSettings.from_toml(_toml(tmp_path)).to_dict()))
     # a's settings beside the checkpoint of another chain (lam 0.3), marked as interrupted
     other = gflow.ExperimentSettings.from_toml(_toml(tmp_path, SMALL.replace("lam = 0.5", "lam = 0.3"), "o.toml"))
     traj = gflow.simulate(other.initial_params(), other.record.source, (0.0, 100.0), config=other.record.config,
