@@ -62,10 +62,11 @@ def _hessian_product(terms, t, y, args):
     return product
 
 
-def lanczos_eigenpairs(product, n: int, steps: int, dtype) -> tuple[Float[Array, "n m"], Float[Array, " m"]]:
-    """Ritz pairs of the symmetric operator `product` from `steps` Lanczos steps with full
-    reorthogonalisation; pairs that have not converged (`RITZ_TOLERANCE`) come back as zero vectors
-    with zero values, so they act as absent."""
+def lanczos_tridiagonal(product, n: int, steps: int, dtype) -> tuple[Float[Array, "m n"], Float[Array, "m m"],
+                                                                       Float[Array, ""]]:
+    """`min(steps, n)` Lanczos steps of the symmetric operator `product` with full reorthogonalisation,
+    from a fixed start vector: the basis $Q$ (rows), the tridiagonal $T = Q A Q^\\top$ and the last
+    off-diagonal $\\beta_m$ (the residual scale of the Ritz pairs). Deterministic, so a rerun repeats it."""
     m = min(steps, n)
     start = jnp.cos(jnp.arange(1, n + 1, dtype=dtype) * 1.618034)  # fixed, no zero entries in practice
     start = start / jnp.linalg.norm(start)
@@ -83,9 +84,16 @@ def lanczos_eigenpairs(product, n: int, steps: int, dtype) -> tuple[Float[Array,
 
     Q0 = jnp.zeros((m, n), dtype)
     Q, alpha, beta, _ = jax.lax.fori_loop(0, m, body, (Q0, jnp.zeros(m, dtype), jnp.zeros(m, dtype), start))
-    T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    return Q, jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1), beta[-1]
+
+
+def lanczos_eigenpairs(product, n: int, steps: int, dtype) -> tuple[Float[Array, "n m"], Float[Array, " m"]]:
+    """Ritz pairs of the symmetric operator `product` from `steps` Lanczos steps with full
+    reorthogonalisation; pairs that have not converged (`RITZ_TOLERANCE`) come back as zero vectors
+    with zero values, so they act as absent."""
+    Q, T, beta_last = lanczos_tridiagonal(product, n, steps, dtype)
     theta, S = jnp.linalg.eigh(T)
-    residual = jnp.abs(beta[-1] * S[-1])
+    residual = jnp.abs(beta_last * S[-1])
     scale = jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(dtype).tiny)
     good = residual <= RITZ_TOLERANCE * scale
     return jnp.where(good[None, :], Q.T @ S, 0.0), jnp.where(good, theta, 0.0)

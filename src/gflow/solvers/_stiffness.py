@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._krylov import lanczos_tridiagonal
+
 CURVATURE_STEPS = 12
 """Lanczos steps for the largest curvature: the extreme Ritz value converges first (12 steps give it
 to a few percent on the problems of docs/performance.md, and it is only compared with factors of 2)."""
@@ -69,29 +71,10 @@ def largest_curvature(field, y: Float[Array, " n"]) -> Float[Array, ""]:
     `CURVATURE_STEPS` Lanczos steps (Hessian-vector products, forward-over-reverse) with full
     reorthogonalisation, started from a fixed vector: deterministic, so a resumed run decides as the
     uninterrupted one did. A lower bound that converges quickly from below."""
-    n = y.shape[0]
-    m = min(CURVATURE_STEPS, n)
-
     def product(v):
         return -jax.jvp(lambda x: field(0.0, x, None), (y,), (v,))[1]
 
-    start = jnp.cos(jnp.arange(1, n + 1, dtype=y.dtype) * 1.618034)
-    start = start / jnp.linalg.norm(start)
-
-    def body(j, carry):
-        Q, alpha, beta, q = carry
-        Q = Q.at[j].set(q)
-        w = product(q)
-        a = q @ w
-        w = w - Q.T @ (Q @ w)
-        w = w - Q.T @ (Q @ w)
-        norm = jnp.linalg.norm(w)
-        q = jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0)
-        return Q, alpha.at[j].set(a), beta.at[j].set(norm), q
-
-    zeros = jnp.zeros(m, y.dtype)
-    _, alpha, beta, _ = jax.lax.fori_loop(0, m, body, (jnp.zeros((m, n), y.dtype), zeros, zeros, start))
-    T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    _, T, _ = lanczos_tridiagonal(product, y.shape[0], CURVATURE_STEPS, y.dtype)
     return jnp.max(jnp.abs(jnp.linalg.eigvalsh(T)))
 
 
