@@ -6,6 +6,8 @@ from ._compare import Comparison as Comparison
 from ._compare import compare as compare
 from ._compare import event_shift_table as event_shift_table
 from ._compare import sharpness as sharpness
+from ._escape_prediction import EscapePrediction as EscapePrediction
+from ._escape_prediction import predict_escape as predict_escape
 from ._events import EVENT_COLORS as EVENT_COLORS
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import Event as Event
@@ -34,6 +36,8 @@ from ._metrics import compute_metrics as compute_metrics
 from ._metrics import log_time_slope as log_time_slope
 from ._metrics import open_directions as open_directions
 from ._metrics import stable_rank as stable_rank
+from ._saddle import CriticalPoint as CriticalPoint
+from ._saddle import locate_critical_point as locate_critical_point
 from ._stages import Episode as Episode
 from ._stages import detect_stages as detect_stages
 from ._stages import episodes as episodes

@@ -231,8 +231,10 @@ def _write_report(out_dir, settings, traj, stages_md, lin_md, timings):
         "![overview](overview.png)", "", "## Stages of learning", "", stages_md, "",
         "Cycle k is the stretch of time during which k embedding directions are open.", "",
         "![attention at each event](attention.png)", "", "## Linearisation at each plateau", "", lin_md, "",
-        "Predicted escape: plateau entry + log(|unstable component at escape| / |at entry|) / |lambda_min|, "
-        "with the Hessian taken at the plateau's log-midpoint (docs/analysis.md says what this assumes).", "",
+        "Predicted escape, a priori: the saddle located by Newton from the state at the plateau's entry (or the "
+        "first later state from which a prediction holds), the flow from the saddle plus that state's unstable "
+        "component alone (the unstable manifold), timed half-way down its drop; 'linear only' grows the component "
+        "exponentially to the same exit scale (docs/analysis.md says what this assumes).", "",
         "![Hessian spectra](hessian.png)", "",
     ]
     with atomic_file(os.path.join(out_dir, REPORT_FILE), encoding="utf-8") as fh:

@@ -248,20 +248,21 @@ def attention_figure(m: Metrics, events: list[Event]):
 
 
 def hessian_figure(rows: list[PlateauEscape]):
-    """Sorted Hessian eigenvalues at each plateau (symlog axis: negative directions are the saddle's);
-    the legend says where each spectrum was taken."""
+    """Sorted Hessian eigenvalues at each plateau's saddle, located from the state the prediction was
+    made from (symlog axis: negative directions are the saddle's); the legend says from which state."""
     with matplotlib.rc_context(STYLE):
         fig, ax = new_figure(figsize=(6.4, 3.4 + 0.16 * len(rows)))
         for r in rows:
             end = ", where the run ends" if r.final else ""
             negative = f"{r.saddle_index} negative" if r.saddle_index else "none negative"
-            ax.plot(np.arange(len(r.spectrum)), r.spectrum, marker=".", ms=3, lw=0.8,
-                    label=f"plateau {r.plateau}: at $t$ = {time_label(r.at)}{end} ({negative})")
+            spectrum = r.prediction.spectrum
+            ax.plot(np.arange(len(spectrum)), spectrum, marker=".", ms=3, lw=0.8,
+                    label=f"plateau {r.plateau}: from $t$ = {time_label(r.at)}{end} ({negative})")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_yscale("symlog", linthresh=1e-4)
         ax.set_xlabel("eigenvalue number, in ascending order")
         ax.set_ylabel("Hessian eigenvalue")
-        ax.set_title("Hessian spectrum at each plateau")
+        ax.set_title("Hessian spectrum at each plateau's saddle")
         if rows:  # below the axes: the full width for the data, the labels as long as they need
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1 if len(rows) > 3 else len(rows),
                       frameon=False, fontsize=7)
