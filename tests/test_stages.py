@@ -181,3 +181,38 @@ def test_a_drift_below_the_runs_tolerance_is_not_an_escape():
     assert 0 < traj.loss[0] - traj.loss.min() < 1e-6 * traj.loss[0]
     events = gflow.analysis.detect_stages(traj)
     assert [e.kind for e in events] == ["plateau"], [(e.kind, e.time) for e in events]
+
+
+def test_a_key_tokens_spike_under_a_wide_focus_peak_is_still_a_focus_and_a_dilution():
+    # token 1's mass spikes at t ~ 100 while F rises slowly to one broad peak near t = 3000, whose
+    # base reaches back over the spike: the spike is its own focus (the old rule hid it)
+    t = grid()
+    F = 0.6 * step(t, 30.0, width=0.3) * (1 - 0.5 * step(t, 5000.0, width=0.1))
+    masses = np.tile(PI, (len(t), 1))
+    spike = 0.15 * step(t, 60.0) * (1 - step(t, 200.0))
+    masses[:, 1] += spike
+    masses[:, 0] -= spike
+    events = detect_stages(focus_metrics(t, F, masses))
+    token = [e for e in events if e.details.get("seen_in", "").endswith("token 1")]
+    assert [e.kind for e in token] == ["focus_peak", "dilution"]
+    assert 60 < token[0].time < 200 and token[1].time == pytest.approx(200.0, rel=0.1)
+    assert any(e.kind == "focus_peak" and "seen_in" not in e.details and e.time > 200 for e in events)  # F's own
+
+
+def test_one_of_two_equally_frequent_tokens_losing_its_mass_is_labelled_symmetry_breaking():
+    import dataclasses
+
+    pi = np.array([0.4, 0.4, 0.15, 0.05])
+    t = grid()
+    masses = np.tile(pi, (len(t), 1))
+    rise = 0.1 * step(t, 50.0)
+    split = 0.35 * step(t, 1000.0)
+    masses[:, 0] += rise + split  # both top tokens gain together, then token 0 takes token 1's share
+    masses[:, 1] += rise - split
+    masses[:, 2] -= 2 * rise
+    F = 0.8 * step(t, 50.0) + 0.4 * step(t, 1000.0)
+    m = dataclasses.replace(focus_metrics(t, F, masses), pi=pi)
+    broken = [e for e in detect_stages(m) if e.details.get("symmetry_breaking")]
+    assert [e.kind for e in broken] == ["focus_peak", "dilution"]
+    assert broken[0].details["gained_tokens"] == [1] and broken[0].details["equally_frequent_with"] == [0]
+    assert broken[1].time == pytest.approx(1000.0, rel=0.1)

@@ -61,6 +61,7 @@ ONSET = 0.1
 FOCUS_FALL = 0.97
 WEAK_FALL = 0.10
 FROZEN = 0.01
+SAME_FREQUENCY = 1e-6  # relative: tokens this close in frequency are symmetric (exact ties, up to the law's round-off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +276,7 @@ class _Detector:
                 "focused_mass_at_peak": float(mass[p.index]),
                 "focused_mass": float(mass[low]), "focused_gain_lost": float(mass_fall)},
                 uncertainty=dunc, strength=float(fall), weak=bool(fall < WEAK_FALL or mass_fall < 0.05)))
-        events += self._mass_peaks(confirmed)
+        events += self._mass_peaks([e for e in events if e.kind == "focus_peak"])
         rises = [e for e in episodes(t, F) if e.confirmed and e.change >= VISIBLE_FOCUS * np.log(V)]
         if rises and not any(p.index > rises[-1].peak for p in confirmed):
             # the focus rises one last time and levels off by the end of the run: report where it
@@ -288,32 +289,39 @@ class _Detector:
                 events.append(self._peak(len(t) - 1, time, unc, final=True, low=len(t) - 1))
         return events
 
-    def _mass_peaks(self, focus_peaks) -> list[Event]:
-        """Focus seen in a key token's attention mass rather than in the focus index (under finite-T
-        losses attention can concentrate on a frequent token while F, a divergence from uniform, keeps
-        rising): a confirmed peak of the token's gain over uniform attention, at least `VISIBLE_MASS`,
-        that no focus-index peak already covers; its dilution is the half-fall of that gain."""
+    def _mass_peaks(self, focus_events: list[Event]) -> list[Event]:
+        """Focus seen in one key token's attention mass (module docstring): a confirmed peak of the
+        token's gain over uniform attention, at least `VISIBLE_MASS`, falling to `MASS_SPIKE` or less
+        on both sides. It is the same event as a focus-index peak only when that peak lies within the
+        token's own spike (where its gain is above half its peak) and names the token among those it
+        gained; otherwise it is reported, with its dilution, however wide the focus index's peaks are
+        (a later F-peak's base reaching back over the spike does not hide it)."""
         m, t = self.m, self.t
         mass = m.key_mass.mean(axis=1)
         out = []
         for b in range(mass.shape[1]):
             gain = mass[:, b] - m.pi[b]
             for p in peaks(gain, MASS_SPIKE, floor=VISIBLE_MASS):
-                covered = any(fp.left_base <= p.index <= fp.right_base for fp in focus_peaks)
-                if not p.confirmed or covered:
+                if not p.confirmed:
                     continue
+                lo, hi = _half_span(gain, p.index)
+                if any(lo <= m.at(e.time) <= hi and b in e.details["gained_tokens"] for e in focus_events):
+                    continue
+
                 def signal(mm, b=b):
                     return mm.key_mass.mean(axis=1)[:, b] - mm.pi[b]
 
                 time, unc = self.refiner.maximum(t, gain, p.index, signal)
                 low = p.right_base
                 fall = 1.0 - gain[low] / gain[p.index]
+                partners = self._symmetric_partners(b, p.index, low)
+                broken = {"symmetry_breaking": bool(partners), "equally_frequent_with": partners}
                 out.append(Event("focus_peak", time, self.cycle(time), {
                     "focus_index": float(m.focus[p.index]), "gained_tokens": [b], "frequency_ranks": [self._rank(b)],
                     "gains": [float(gain[p.index])], "frequency_ordered": self._rank(b) == 1,
                     "key_mass": [float(x) for x in mass[p.index]], "final": False,
-                    "labels": [m.token_labels()[b]], "seen_in": f"the attention mass of token {m.token_labels()[b]}"},
-                    uncertainty=unc, strength=float(gain[p.index]), weak=bool(fall < WEAK_FALL)))
+                    "labels": [m.token_labels()[b]], "seen_in": f"the attention mass of token {m.token_labels()[b]}"}
+                    | broken, uncertainty=unc, strength=float(gain[p.index]), weak=bool(fall < WEAK_FALL)))
                 half = 0.5 * (gain[p.index] + gain[low])
                 j = crossing(t, gain, half, p.index, low)
                 dtime, dunc = self.refiner.crossing(t, gain, j, half, signal, 0.5 * (_spread(gain, p.index)
@@ -323,8 +331,23 @@ class _Detector:
                     "fall_fraction": float(fall), "focused_tokens": [b], "focused_labels": [m.token_labels()[b]],
                     "focused_mass_at_peak": float(mass[p.index, b]), "focused_mass": float(mass[low, b]),
                     "focused_gain_lost": float(fall),
-                    "seen_in": f"the attention mass of token {m.token_labels()[b]}"},
+                    "seen_in": f"the attention mass of token {m.token_labels()[b]}"} | broken,
                     uncertainty=dunc, strength=float(fall), weak=bool(fall < WEAK_FALL)))
+        return out
+
+    def _symmetric_partners(self, b: int, peak: int, low: int) -> list[int]:
+        """Tokens as frequent as `b` (to `SAME_FREQUENCY`) whose attention mass tracked b's up to the
+        peak and then parted from it: the fall of b's mass is a symmetry among them breaking."""
+        m = self.m
+        mass = m.key_mass.mean(axis=1)
+        out = []
+        for a in range(mass.shape[1]):
+            if a == b or abs(m.pi[a] - m.pi[b]) > SAME_FREQUENCY * max(m.pi[a], m.pi[b]):
+                continue
+            together = abs(mass[peak, a] - mass[peak, b]) <= MASS_SPIKE * abs(mass[peak, b] - m.pi[b])
+            apart = abs(mass[low, a] - mass[low, b]) > abs(mass[peak, a] - mass[peak, b]) + VISIBLE_MASS
+            if together and apart:
+                out.append(a)
         return out
 
     def _rank(self, b: int) -> int:
@@ -346,6 +369,16 @@ class _Detector:
             "frequency_ordered": bool(ranks) and sorted(ranks) == list(range(1, len(ranks) + 1)),
             "key_mass": [float(x) for x in mass], "final": final, "labels": [m.token_labels()[b] for b in gained]},
             uncertainty=unc, strength=float(F[i]), weak=bool(not final and fall < WEAK_FALL))
+
+
+def _half_span(x: np.ndarray, i: int) -> tuple[int, int]:
+    """The saved indices around the peak `i` where `x` stays above half of `x[i]`."""
+    lo, hi = i, i
+    while lo > 0 and x[lo - 1] > 0.5 * x[i]:
+        lo -= 1
+    while hi < len(x) - 1 and x[hi + 1] > 0.5 * x[i]:
+        hi += 1
+    return lo, hi
 
 
 def _at_time(t: np.ndarray, x: np.ndarray, time: float) -> float:

@@ -38,13 +38,14 @@ def _describe(e: Event) -> str:
             toks = "no key token gains over 1% of the attention (the focus is on query-dependent keys)"
         order = "the most frequent tokens" if d["frequency_ordered"] else "not the most frequent tokens"
         where = f" (seen in {d['seen_in']})" if d.get("seen_in") else ""
-        return f"F = {d['focus_index']:.3f}; gained: {toks}; {order}{where}" + (" (settles)" if d["final"] else "")
+        return f"F = {d['focus_index']:.3f}; gained: {toks}; {order}{where}" + (" (settles)" if d["final"] else "") \
+            + _symmetry(d)
     if e.kind == "dilution":
         what = (f"gain of {d['seen_in']} -{100 * d['fall_fraction']:.0f}%" if d.get("seen_in") else
                 f"F {d['peak_focus_index']:.3f} -> {d['focus_index']:.3f} (-{100 * d['fall_fraction']:.0f}%)")
         tokens = ", ".join(d.get("focused_labels") or [str(b) for b in d["focused_tokens"]])
         return (f"{what}; mass of {{{tokens}}}: {d['focused_mass_at_peak']:.3f} -> "
-                f"{d['focused_mass']:.3f}")
+                f"{d['focused_mass']:.3f}") + _symmetry(d)
     if e.kind == "escape":
         opened = ", ".join(f"direction {o['direction']} ({o['from']:.2g} -> {o['to']:.3g})" for o in d["opened"])
         what = f"opens {opened}" if opened else "no new direction"
@@ -83,3 +84,10 @@ def stage_table(events: list[Event]) -> str:
     rows += [f"| {format_time(e.time, e.uncertainty)} | {e.cycle} | {e.kind}{' (weak)' if e.weak else ''} | "
              f"{_describe(e)} |" for e in events]
     return "\n".join(rows)
+
+
+def _symmetry(d: dict) -> str:
+    """"; symmetry breaking with tokens ..." for an event among equally frequent tokens, else ""."""
+    if not d.get("symmetry_breaking"):
+        return ""
+    return "; symmetry breaking with equally frequent token(s) " + ", ".join(str(b) for b in d["equally_frequent_with"])
