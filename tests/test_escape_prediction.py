@@ -4,9 +4,9 @@ failures where the linear picture does not hold."""
 
 import numpy as np
 import pytest
-from conftest import BAD_TYPE
 
 import gflow
+from conftest import BAD_TYPE
 from gflow.analysis import detect_stages, locate_critical_point, plateau_linearization, predict_escape
 
 SPEC = gflow.MarkovSpec.sticky((0.5, 0.3, 0.2), 0.6, T=8)

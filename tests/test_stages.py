@@ -64,11 +64,14 @@ def test_a_drop_under_way_at_the_end_or_of_round_off_size_is_no_escape():
         "No stage event")
 
 
-def test_small_drops_are_found_and_marked_weak():
+def test_small_drops_are_found_and_weak_is_measured_on_the_stages_own_scale():
     t = grid()
-    loss = 1.0 - 0.9 * step(t, 10.0) - 0.005 * step(t, 1000.0)
+    # condensation releases 0.9; the staircase after it 0.005 + 0.005 + 2e-5: its steps are 0.5% of
+    # the run's total drop (the old rule called them weak) but half of what is left after condensation
+    loss = 1.0 - 0.9 * step(t, 3.0) - 0.005 * step(t, 40.0) - 0.005 * step(t, 400.0) - 2e-5 * step(t, 4000.0)
     escapes = [e for e in detect_stages(synthetic_metrics(t, loss, np.full((len(t), 2), 1e-3))) if e.kind == "escape"]
-    assert [e.weak for e in escapes] == [False, True]  # 0.5% of the total drop
+    assert [e.weak for e in escapes] == [False, False, False, True]
+    assert escapes[1].details["fraction_of_stage_drop"] == pytest.approx(0.005 / 0.01002, rel=0.02)
 
 
 def focus_metrics(t, F, masses):

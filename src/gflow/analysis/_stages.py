@@ -28,7 +28,9 @@ its own range or float64 round-off, never from one run's numbers (docs/analysis.
   reported as the focus it settles at, timed half-way up that rise.
 - **resolved**: an escape must release more than the flow's `rtol` times the loss (below that
   the run does not claim to resolve it; `resolved_loss_change`).
-- **weak**: an escape releasing less than 1% of the run's total loss drop, a focus peak or dilution
+- **weak**: an escape releasing less than 1% of its stage's drop (the first escape, condensation:
+  of the run's total drop; every later one: of the drop left after it, the scale on which the
+  staircase of context learning is seen, whatever condensation released), a focus peak or dilution
   whose fall is under 10%, or a dilution that does not reduce the focused tokens' mass: below what a
   figure of the run shows clearly.
 
@@ -199,17 +201,23 @@ class _Detector:
             overlaps = [_overlap(t, o["start"], o["end"], e.start, e.end) for e, _, _ in drops]
             if overlaps and max(overlaps) > 0:
                 owner[id(o)] = int(np.argmax(overlaps))
+        # a drop is weak against what the figure of its stage shows: the condensation (the first drop)
+        # against the run's whole drop, each later one against the drop left after the condensation
+        # (the staircase of context learning is drawn on its own scale)
+        after_first = float(L[drops[0][0].after] - L.min()) if drops else 0.0
         for j, (e, time, unc) in enumerate(drops):
+            scale = self.total_drop if j == 0 else after_first
             opened = [o for o in self.openings if owner.get(id(o)) == j]
             used.update(id(o) for o in opened)
             nxt = drops[j + 1][0].start if j + 1 < len(drops) else len(t) - 1
             events.append(Event("escape", time, self.cycle(time), {
                 "from_plateau": j, "loss_before": float(L[e.before]), "loss_after": float(L[e.after]),
                 "released": e.change, "fraction_of_total_drop": e.change / max(self.total_drop, 1e-300),
+                "fraction_of_stage_drop": e.change / max(scale, 1e-300),
                 "opened": [{k: o[k] for k in ("direction", "time", "from", "to")} for o in opened],
                 "rank_increment": len(opened), "new_singular_values": [o["to"] for o in opened],
                 "start": float(t[e.start]), "end": float(t[e.end]), "settled_at": float(t[nxt])},
-                uncertainty=unc, strength=e.change, weak=e.change < VISIBLE_DROP * self.total_drop))
+                uncertainty=unc, strength=e.change, weak=e.change < VISIBLE_DROP * scale))
         for o in self.openings:
             if id(o) not in used:
                 events.append(Event("opening", o["time"], self.cycle(o["time"]), {
