@@ -44,4 +44,28 @@ EXPECTED: dict[str, list[tuple[str, float]]] = {
     "other_seed": [("escape", 27), ("condensation", 27), ("focus_onset", 580), ("escape", 600), ("focus_peak", 1000),
                    ("dilution", 1500), ("focus_peak", 1800), ("escape", 1900), ("dilution", 3500),
                    ("escape", 7000), ("focus_peak", 7000)],
+    # two loss steps; m_5 spikes to 0.45 and falls back as F jitters up; F peaks ~1.09, sinks ~10% by the end
+    "dirichlet6": [("escape", 67), ("condensation", 67), ("focus_onset", 5500), ("escape", 5700), ("focus_peak", 6000),
+                   ("dilution", 6500), ("focus_peak", 25000), ("dilution", 70000)],
+    # small first step, then one sharp drop to the entropy rate; F jumps to ~1 with a few-percent overshoot and stays
+    "shift5": [("escape", 100), ("condensation", 100), ("focus_onset", 35000), ("escape", 36000),
+               ("focus_peak", 38000)],
+    # only a ~0.004-nat step onto the unigram line (sigma_1 condenses); F and masses flat throughout
+    "near_uniform6": [("escape", 370), ("condensation", 370)],
+    # loss staircase; m_0 overshoots, F bumps at ~500, m_1 rises/falls back, m_0 sinks 0.63->0.30, F climbs, levels
+    "long_tail12": [("escape", 27), ("condensation", 27), ("focus_onset", 60), ("escape", 67), ("focus_peak", 75),
+                    ("dilution", 100), ("focus_peak", 510), ("escape", 520), ("dilution", 580), ("focus_peak", 620),
+                    ("dilution", 1200), ("escape", 1300), ("focus_peak", 2000), ("escape", 2100), ("escape", 3100),
+                    ("dilution", 9000), ("focus_peak", 70000)],
+    # one loss step; F (axis max 0.015) rises to 0.016 at ~6e3 and levels off, no visible second loss step
+    "lam005": [("escape", 39), ("condensation", 39), ("focus_onset", 5500), ("focus_peak", 10000)],
+    # two big steps, a small one onto the entropy rate; m_2 spikes and falls back (F flat); F steps up, levels
+    "lam097": [("escape", 29), ("condensation", 29), ("focus_onset", 420), ("escape", 450), ("focus_peak", 520),
+               ("dilution", 640), ("escape", 5300), ("focus_peak", 6500)],
+    # a big step then a kinked descent (two merged steps); attention never moves (F = 0, masses flat)
+    "two_heads_value": [("escape", 22), ("condensation", 22), ("escape", 60), ("escape", 90)],
+    # loss staircase; space-key mass spikes and falls back as F jumps; F peaks twice at 1.30, dips ~10%, rises again
+    "text12": [("escape", 63), ("condensation", 63), ("focus_onset", 450), ("escape", 590), ("focus_peak", 1200),
+               ("dilution", 1400), ("escape", 1600), ("escape", 2600), ("escape", 5700), ("focus_peak", 10500),
+               ("dilution", 17500), ("escape", 22000), ("focus_peak", 24000), ("dilution", 29000)],
 }
