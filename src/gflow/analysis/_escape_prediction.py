@@ -179,12 +179,12 @@ PASSES = 4
 """At most this many fixed-point passes of the slow-direction rate (they settle in two or three)."""
 
 
-def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float) -> EscapePrediction:
+def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunPlan | None) -> EscapePrediction:
     """The a-priori escape time from the flat state `y` at time `at` (module docstring). The slow
     rate starts at half the state's fastest growth (that direction must be solved for) and follows
     $1/\\tau$ of the rough estimate until it settles to 10%."""
     fn, layout = traj.loss_function(), traj.layout
-    plan = RunPlan.of(traj.record)
+    plan = RunPlan.of(traj.record) if plan is None else plan
     y = np.asarray(y, dtype=np.float64)
     g = np.asarray(_gradient(fn, layout, jnp.asarray(y)))
     vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, jnp.asarray(y))))
@@ -228,9 +228,10 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float) -> EscapeP
                             escape_rate=sigma, component=c0, exit_scale=c_exit)
 
 
-def predict_escape(traj: Trajectory, at: float | None = None) -> EscapePrediction:
+def predict_escape(traj: Trajectory, at: float | None = None, *, plan: RunPlan | None = None) -> EscapePrediction:
     """The a-priori escape time from the state `traj` saved at time `at` (default: its last state, the
-    present of a run that may have been cut off on a plateau). Only that state is used."""
+    present of a run that may have been cut off on a plateau). Only that state is used. `plan`: the
+    run's `RunPlan`, when the caller predicts many times (it is built from the record otherwise)."""
     if not isinstance(traj, Trajectory):
         raise ValueError(f"`traj` must be a Trajectory; got {type(traj).__name__}.")
     t = np.asarray(traj.times)
@@ -240,4 +241,4 @@ def predict_escape(traj: Trajectory, at: float | None = None) -> EscapePredictio
         if not (isinstance(at, int | float) and math.isfinite(at) and t[0] <= at <= t[-1]):
             raise ValueError(f"`at` must be a saved time of the run, in [{t[0]:g}, {t[-1]:g}]; got {at!r}.")
         i = int(np.argmin(np.abs(t - at)))
-    return _predict(traj, traj.flat_params()[i], float(t[i]))
+    return _predict(traj, traj.flat_params()[i], float(t[i]), plan)

@@ -4,7 +4,7 @@ For each plateau of `detect_stages`, `predict_escape` (`_escape_prediction.py`) 
 plateau's entry: the saddle is located from that state, its unstable component and the unstable
 manifold give the escape time, and nothing later is used. Where the entry state is not yet in the
 saddle's linear neighbourhood (the previous drop is still settling), the prediction is asked again
-from later saved states of the same plateau (at most `ATTEMPTS`, spread in log time), each using
+from later saved states of the same plateau (`ATTEMPTS` in all, spread in log time), each using
 nothing past itself; the table says from when the prediction holds, or why none does.
 """
 
@@ -15,13 +15,15 @@ import math
 
 import numpy as np
 
+from ..flow import RunPlan
 from ..record import Trajectory
 from ._escape_prediction import EscapePrediction, predict_escape
 from ._events import Event
 from ._stages import detect_stages
 
-ATTEMPTS = 8
-"""Saved states of a plateau from which a prediction is tried, entry first."""
+ATTEMPTS = 4
+"""Saved states of a plateau from which a prediction is tried, entry first (each costs a Newton
+solve and an orbit; four spread in log time reach past the settling of the previous drop)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +88,13 @@ def plateau_linearization(traj: Trajectory, events: list[Event] | None = None) -
                          f"got {type(traj).__name__}.")
     events = detect_stages(traj) if events is None else events
     t = np.asarray(traj.times)
+    plan = RunPlan.of(traj.record)
     out = []
     for p, e in enumerate(e for e in events if e.kind == "plateau"):
         a, b, final = e.details["start_index"], e.details["end_index"], e.details["final"]
         prediction = None
         for i in ([len(t) - 1] if final else _attempts(t, a, b)):
-            prediction = predict_escape(traj, float(t[i]))
+            prediction = predict_escape(traj, float(t[i]), plan=plan)
             if prediction.failure is None:
                 break
         observed = math.nan if final else float(e.details["next_escape"])

@@ -49,9 +49,9 @@ def _describe(e: Event) -> str:
     if e.kind == "escape":
         opened = ", ".join(f"direction {o['direction']} ({o['from']:.2g} -> {o['to']:.3g})" for o in d["opened"])
         what = f"opens {opened}" if opened else "no new direction"
-        share = (f"{100 * d['fraction_of_total_drop']:.0f}% of the total drop"
-                 + (f", {100 * d['fraction_of_stage_drop']:.0f}% of the drop after condensation"
-                    if d.get("fraction_of_stage_drop", d["fraction_of_total_drop"]) != d["fraction_of_total_drop"] else ""))
+        total, stage = d["fraction_of_total_drop"], d.get("fraction_of_stage_drop", d["fraction_of_total_drop"])
+        share = f"{100 * total:.0f}% of the total drop" + (
+            f", {100 * stage:.0f}% of the drop after condensation" if stage != total else "")
         return f"loss {d['loss_before']:.5f} -> {d['loss_after']:.5f} ({share}); {what}"
     if e.kind == "opening":
         return f"direction {d['direction']} opens without a loss drop ({d['from']:.2g} -> {d['to']:.3g})"
