@@ -73,9 +73,13 @@ def stiff_exact():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "GradientFlowKrylovBDF" else n
                                   for n in NAMES])  # (the Krylov solver's own problem: test_krylov.py)
 def test_the_error_falls_with_the_tolerance(stiff_exact, name):
-    """Each 100x tighter tolerance gives at least 10x smaller global error on a stiff flow (dense
-    output included: most save times fall inside steps)."""
-    errors = [np.abs(_solve(name, rtol, rtol * 1e-3) - stiff_exact).max() for rtol in (1e-4, 1e-6, 1e-8)]
+    """The global error on a stiff flow falls with the tolerance (dense output included: most save times
+    fall inside steps): over four decades of rtol it falls at least as rtol^0.6 (an error-per-step
+    controller gives about rtol^1; the BDF's first 100x measures 9.98x, its second 101x), and every
+    100x tighter tolerance gains at least 5x."""
+    rtols = np.array([1e-4, 1e-6, 1e-8])
+    errors = [np.abs(_solve(name, rtol, rtol * 1e-3) - stiff_exact).max() for rtol in rtols]
     assert errors[-1] < 1e-7, errors
+    assert np.polyfit(np.log(rtols), np.log(errors), 1)[0] >= 0.6, errors
     for loose, tight in zip(errors, errors[1:], strict=False):
-        assert tight < loose / 10, errors
+        assert tight < loose / 5, errors

@@ -219,3 +219,16 @@ def test_one_of_two_equally_frequent_tokens_losing_its_mass_is_labelled_symmetry
     assert [e.kind for e in broken] == ["focus_peak", "dilution"]
     assert broken[0].details["gained_tokens"] == [1] and broken[0].details["equally_frequent_with"] == [0]
     assert broken[1].time == pytest.approx(1000.0, rel=0.1)
+
+
+def test_a_condensation_that_opens_two_directions_is_not_called_rank_one():
+    # the first drop grows sigma_1 to 1 and sigma_2 to 0.3 at once (as finite-T losses do): the stable
+    # rank stays 1.09, which the old row reported as rank one; the openings say two directions
+    t = grid()
+    loss = 1.0 - 0.5 * step(t, 20.0) - 0.1 * step(t, 500.0)
+    sv = np.stack([1e-3 + step(t, 20.0), 1e-3 + 0.3 * step(t, 20.0), 1e-3 + 0.5 * step(t, 500.0),
+                   np.full_like(t, 1e-3)], axis=1)
+    condensation = next(e for e in detect_stages(synthetic_metrics(t, loss, sv)) if e.kind == "condensation")
+    assert condensation.details["stable_rank_E"] < 1.5
+    assert condensation.details["directions_opened"] == 2 and not condensation.details["rank_one"]
+    assert condensation.weak and "NOT rank one" in stage_table([condensation])

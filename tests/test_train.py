@@ -102,3 +102,17 @@ def test_compare_needs_the_same_start(setting):
     traj = gflow.train(other, spec, config, optimizer="gd", lr=0.1, steps=5, loss="counts", n_save=3)
     with pytest.raises(ValueError, match="same parameters"):
         gflow.compare(flow, traj)
+
+
+def test_full_batch_gd_events_are_timed_to_one_step_by_re_running_it():
+    # a coarse save grid (25 points over 600 steps) and every step saved: the first escape found on
+    # the coarse run, re-run between its saved points, lands on the fine run's, to a step
+    spec = gflow.MarkovSpec.sticky((0.6, 0.3, 0.1), 0.4, T=4)
+    config = gflow.TransformerConfig(d_model=3)
+    p0 = gflow.init_params(jax.random.key(2), config, spec, scale=1e-2)
+    kw = dict(optimizer="gd", lr=0.1, steps=600, loss="meanfield", progress=False)
+    coarse, fine = gflow.train(p0, spec, config, n_save=25, **kw), gflow.train(p0, spec, config, n_save=601, **kw)
+    first = [next(e for e in gflow.analysis.detect_stages(t) if e.kind == "escape") for t in (coarse, fine)]
+    assert coarse.times[1] < first[0].time < coarse.times[-2]
+    assert first[0].uncertainty <= 0.1 + 1e-12  # a step, not half a save interval
+    assert first[0].time == pytest.approx(first[1].time, abs=0.2)

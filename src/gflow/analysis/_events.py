@@ -50,7 +50,8 @@ EVENT_KINDS: dict[str, EventKind] = {k.name: k for k in (
     EventKind("escape", "tab:blue", "the loss drops from one plateau to the next (timed at half the drop)"),
     EventKind("opening", None, "a singular direction of W_E grows from its plateau to its next level"),
     EventKind("competition", "tab:pink", "sparse tasks: two or more heads lean on the same lag block"),
-    EventKind("block_acquired", "tab:brown", "sparse tasks: the loss falls half-way to the k-block level"),
+    EventKind("block_acquired", "tab:brown", "sparse tasks: the model enters a class holding block k (its KL "
+              "to the class's teacher is at most half the class's scale)"),
     EventKind("specialisation", "tab:cyan", "sparse tasks: the leaning heads cover two or more lag blocks"),
     EventKind("previous_token_head", "tab:olive", "a first-layer head has gone half-way from uniform attention to "
               "attending to the previous position"),

@@ -1,14 +1,40 @@
-"""Probes and events of sparse high-order tasks (docs/tasks.md): how close the model is to each
-restricted teacher, which block each head leans on, and when blocks are acquired, heads compete and
-heads specialise.
+"""Probes and events of sparse high-order tasks (docs/tasks.md): which model class the model is in,
+which block each head leans on, and when blocks are acquired, heads compete and heads specialise.
 
-- **block k acquired**: the loss falls half-way from the (k-1)-block level to the k-block level
-  (`SparseLagSpec.block_levels`; half-way as for escapes: a plateau may sit a little off its level,
-  since the model's class at a plateau is not exactly the k-block Bayes predictor). The details
-  give the restricted teacher nearest to the model then, in mean KL
-  $D_j = E\\,KL(p_j \\| q)$ over the contexts and scored queries, and when $D_k$ bottoms out.
-  (Nearest-teacher changes alone do not time acquisitions: when the model leaves uniform
-  predictions it nears every teacher with a block at once.)
+**The class ladder** (Yüksel et al., *Incremental Learning of Sparse Attention Patterns in
+Transformers*, 2026, is a ladder of model classes). A `LagClass` is the set of predictors that see
+only part of the context at each scored position:
+
+- `uniform`: nothing, not even the law of the next token (the untrained model);
+- blocks S (`lag_class(spec, S)`; S empty: *no context*): the tokens at the lags of the blocks in S;
+- `bag`: how often each token occurs in the visible context $x_1..x_t$, not at which lag (what
+  uniform attention gives a model: it averages every visible position).
+
+The **teacher** of a class is its best predictor, the Bayes conditional $p_c(y \\mid \\text{what c
+sees})$ under the data's exact law (uniform: the uniform law), and its **level** the teacher's
+expected cross-entropy; both are exact, by enumeration of the contexts (`class_teachers`). The
+model's distance to a class is $D_c = E\\,KL(p_c \\| q)$ over the contexts and the scored queries
+after the burn-in (`restricted_teacher_kl`).
+
+**Membership.** The model is *in* class c when $D_c \\le$ `ENTRY` $\\cdot\\, g_c$, where the class's
+own scale $g_c$ is the smallest KL between its teacher and the teacher of a coarser class,
+$\\min_{c' \\subset c} E\\,KL(p_c \\| p_{c'})$ (for nested Bayes classes this is the level gap
+$H_{c'} - H_c$ that acquiring c releases; the coarsest class, which has no coarser one, takes the
+smallest gap to a finer one). The ratio $D_c / g_c$ is scale-free: it does not depend on the units,
+the strength of a block or the size of its gap, and it is at least 1 at any coarser class's teacher
+and 0 at c's own, so a model still sitting on a coarser class is never credited with c's blocks. `ENTRY` = 1/2 is the
+half-way rule of the escapes and heads (the model has closed half of the information gap to c's
+teacher); a much smaller fraction misses classes the flow only passes through: on the
+reversed-strength task of docs/tasks.md the model comes within 12% of the strongest block's teacher
+at best, because it is already learning the next block. The model's class is the richest (lowest
+level) class it is in.
+
+**Events.**
+- **block k acquired**: the model enters, for the first time, a class holding block k. It is timed
+  at the crossing of the ratio $D_c / g_c$ through `ENTRY`, narrowed by re-solving the flow; blocks
+  come in the order the model acquires them (several at once when it enters a class with two new
+  blocks). Entering the bag or no-context class is not a block acquisition; `lag_ladder` reports
+  every visit and matches each plateau of the loss to the class the model is in there.
 - **leaning**: head h leans on block k when its attention to the block exceeds the block's share
   under uniform attention by at least `LEAN` (5% of the attention, the visible gain of the stage
   detector, `VISIBLE_MASS`) and by more than on any other block. The lean signal
@@ -26,30 +52,40 @@ the stage events.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
 from ..data import AbstractDataSource, SparseLagSpec, block_lags
-from ..losses import MAX_ENUMERATED_SEQUENCES
-from ..model import sequence_logits
 from ..record import Trajectory
 from ._events import Event, sort_events
 from ._lag_blocks import lag_block_attention
+from ._lag_classes import (
+    ClassTeachers,
+    LagClass,
+    check_lag_spec,
+    class_teachers,
+    ladder_classes,
+    prefix_classes,
+)
 from ._metrics import compute_metrics
 from ._refine import Refiner
-from ._stages import VISIBLE_MASS
+from ._stages import VISIBLE_MASS, detect_stages
+from ._table import format_time
 
 LEAN = VISIBLE_MASS
 """A head leans on a block when it pays it this much more than uniform attention would (and more
 than to any other block, over uniform)."""
 
+ENTRY = 0.5
+"""The model is in a class when its KL to the class's teacher is at most this fraction of the
+class's own scale (module docstring)."""
 
+# ------------------------------------------------------------------------------------------------
+# probes
 def _check(traj: Trajectory | None, spec: AbstractDataSource) -> None:
-    if not isinstance(spec, SparseLagSpec):
-        raise ValueError(f"`spec` must be a SparseLagSpec; got {type(spec).__name__}.")
+    check_lag_spec(spec)
     if traj is None:
         return
     if not isinstance(traj, Trajectory):
@@ -59,35 +95,16 @@ def _check(traj: Trajectory | None, spec: AbstractDataSource) -> None:
                          f" `spec` has V = {spec.V}, T = {spec.T}.")
 
 
-def restricted_teacher_kl(traj: Trajectory, spec: SparseLagSpec) -> Float[np.ndarray, "n K_plus_1"]:
-    """`D[i, k]`: the mean KL divergence $KL(p_k \\| q)$ from the teacher restricted to blocks 1..k
-    (`spec.restrict(k)`, k = 0..K) to the model's prediction q at saved time i, averaged over every
-    context (their exact law under `spec`) and over the scored queries after the burn-in. Exact: it
-    enumerates the $V^T$ contexts (the `enumerate` budget applies)."""
+def restricted_teacher_kl(traj: Trajectory, spec: AbstractDataSource,
+                          classes: Sequence[LagClass] | None = None) -> Float[np.ndarray, "n C"]:
+    """`D[i, c]`: the mean KL divergence $KL(p_c \\| q)$ from the teacher of class c (its Bayes
+    predictor, module docstring) to the model's prediction q at saved time i, averaged over every
+    context (their exact law under `spec`) and over the scored queries after the burn-in. `classes`:
+    default the prefixes 1..k, k = 0..K (`prefix_classes`). Exact: it enumerates the $V^T$ contexts
+    (the `enumerate` budget applies)."""
     _check(traj, spec)
-    tokens, prob, _ = spec.sequence_law(MAX_ENUMERATED_SEQUENCES)
-    L, T = spec.L, spec.T
-    rho = spec.position_weights()[L - 1:]
-    if rho.sum() == 0:
-        raise ValueError("`spec` scores no query after the burn-in (positions='last' needs T >= L).")
-    rho = rho / rho.sum()
-    windows = np.stack([tokens[:, t - L:t] for t in range(L, T + 1)], axis=1)  # (N, T - L + 1, L)
-    flat = windows.reshape(-1, L)
-    log_p = np.stack([np.log(np.asarray(spec.restrict(k).next_token_probs(flat))).reshape(windows.shape[:2] + (-1,))
-                      for k in range(spec.K + 1)])  # (K + 1, N, T - L + 1, V)
-    weight = jnp.asarray(prob[:, None] * rho[None, :])
-    log_p = jnp.asarray(log_p)
-    tokens = jnp.asarray(tokens)
-    config = traj.config
-
-    @jax.jit
-    def divergences(params):
-        log_q = jax.nn.log_softmax(sequence_logits(params, tokens, config)[:, L - 1:], axis=-1)
-        kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q[None]), axis=-1)  # (K + 1, N, positions)
-        return jnp.einsum("knp,np->k", kl, weight)
-
-    p = traj.params
-    return np.asarray(jax.lax.map(divergences, p))
+    teachers = class_teachers(spec, prefix_classes(spec) if classes is None else classes)
+    return teachers.kl(traj.params, traj.config)
 
 
 def uniform_block_share(spec: SparseLagSpec) -> Float[np.ndarray, " K"]:
@@ -113,8 +130,10 @@ def lean_signal(mass: Float[np.ndarray, "n heads K"], share: Float[np.ndarray, "
 @dataclasses.dataclass(frozen=True)
 class LagProbes:
     """The sparse-task signals of a run at its saved times: the loss, each head's attention to each
-    block (`mass`, with the uniform `share`), the KL to each restricted teacher (`kl`, k = 0..K), and
-    the class levels (`levels`, k = 0..K, from `SparseLagSpec.block_levels`)."""
+    block (`mass`, with the uniform `share`), the KL to each prefix class's teacher (`kl`, k = 0..K),
+    the prefix levels (`levels`, k = 0..K, from `SparseLagSpec.block_levels`), the position maps;
+    and for the class ladder the `teachers` of the ladder's classes, the KL to each (`class_kl`,
+    `(n, C)`) and the loss's plateaus (`(start, end, slowest)` saved indices, from `detect_stages`)."""
 
     times: np.ndarray
     loss: np.ndarray
@@ -123,6 +142,9 @@ class LagProbes:
     kl: np.ndarray
     levels: list[float]
     position_attention: np.ndarray | None
+    teachers: ClassTeachers | None = None
+    class_kl: np.ndarray | None = None
+    plateaus: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def leaning(self) -> np.ndarray:
@@ -130,19 +152,85 @@ class LagProbes:
         s = lean_signal(self.mass, self.share)
         return np.where(s.max(axis=-1) >= 0, s.argmax(axis=-1), -1)
 
+    @property
+    def class_ratio(self) -> np.ndarray:
+        """`(n, C)`: $D_c / g_c$, the model's distance to each class on the class's own scale."""
+        if self.teachers is None or self.class_kl is None:
+            raise ValueError("these probes have no class ladder (`teachers`, `class_kl`); use `lag_probes`.")
+        return self.teachers.ratio(self.class_kl)
 
-def lag_probes(traj: Trajectory, spec: SparseLagSpec) -> LagProbes:
+    @property
+    def current_class(self) -> np.ndarray:
+        """`(n,)`: the index of the class the model is in (the richest with ratio <= `ENTRY`), or -1."""
+        inside = self.class_ratio <= ENTRY
+        rank = np.argsort(np.lexsort(([len(c.blocks) for c in self.teachers.classes], self.teachers.levels)))
+        ranked = np.where(inside, rank[None, :], len(rank))
+        best = ranked.argmin(axis=1)
+        return np.where(inside.any(axis=1), best, -1)
+
+
+def lag_probes(traj: Trajectory, spec: AbstractDataSource) -> LagProbes:
     """All the sparse-task signals of `traj` (see `LagProbes`)."""
     _check(traj, spec)
     m = compute_metrics(traj)
+    teachers = class_teachers(spec, ladder_classes(spec))  # the ladder holds every prefix
+    class_kl = teachers.kl(traj.params, traj.config)
+    kl = class_kl[:, [teachers.index(c) for c in prefix_classes(spec)]]
+    plateaus = tuple((e.details["start_index"], e.details["end_index"], e.details["slowest_index"])
+                     for e in detect_stages(m) if e.kind == "plateau")
     return LagProbes(times=np.asarray(traj.times), loss=np.asarray(traj.loss), mass=lag_block_attention(m, spec),
-                     share=uniform_block_share(spec), kl=restricted_teacher_kl(traj, spec), levels=spec.block_levels(),
-                     position_attention=m.position_attention)
+                     share=uniform_block_share(spec), kl=kl, levels=spec.block_levels(),
+                     position_attention=m.position_attention, teachers=teachers, class_kl=class_kl, plateaus=plateaus)
 
 
-def _shared(assignment: dict[int, int]) -> list[int]:
-    blocks = list(assignment.values())
-    return sorted({k for k in blocks if blocks.count(k) >= 2})
+# ------------------------------------------------------------------------------------------------
+# the ladder the model climbs
+@dataclasses.dataclass(frozen=True)
+class ClassVisit:
+    """A stay of the model in one class: entered at `time` (± `uncertainty`; refined like events), last
+    seen there at saved time `until`; the closest it came (`min_ratio` of $D_c / g_c$ at
+    `min_ratio_time`) while there; `new_blocks`: the blocks it acquired by entering (first time)."""
+
+    cls: LagClass
+    level: float
+    time: float
+    uncertainty: float
+    until: float
+    min_ratio: float
+    min_ratio_time: float
+    new_blocks: tuple[int, ...]
+    start_index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateauMatch:
+    """A plateau of the loss (`start`..`end`, `loss` at its slowest point) and the class it matches:
+    the class the model is in there (`inside`), or between classes the one it is nearest to on the
+    classes' own scales; `ratio` is $D_c / g_c$ there and `level` the class's level, so
+    `loss - level` says how far the plateau sits from the class's best predictor."""
+
+    start: float
+    end: float
+    loss: float
+    cls: LagClass
+    inside: bool
+    ratio: float
+    level: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LagLadder:
+    """Which class the model is in over the run (`visits`, in time order) and which class each plateau
+    of the loss matches (`plateaus`); the `teachers` hold the classes' levels and scales."""
+
+    teachers: ClassTeachers
+    visits: tuple[ClassVisit, ...]
+    plateaus: tuple[PlateauMatch, ...]
+
+    @property
+    def acquisition_order(self) -> list[int]:
+        """The blocks in the order the model acquired them."""
+        return [k for v in self.visits for k in v.new_blocks]
 
 
 def _first(condition: np.ndarray, start: int = 0) -> int | None:
@@ -154,25 +242,86 @@ class _LagDetector:
     def __init__(self, traj: Trajectory | None, spec: SparseLagSpec, probes: LagProbes):
         self.p, self.spec = probes, spec
         self.t = probes.times
-        self.loss_refiner = Refiner(traj, lambda sub: np.asarray(sub.loss))
         self.mass_refiner = Refiner(traj, lambda sub: lag_block_attention(compute_metrics(sub), spec))
+        if probes.teachers is not None:
+            teachers = probes.teachers
+            self.ratio_refiner = Refiner(traj, lambda sub: teachers.ratio(teachers.kl(sub.params, sub.config)))
 
-    def acquisitions(self) -> list[Event]:
-        p, out = self.p, []
-        for k in range(1, self.spec.K + 1):
-            level = 0.5 * (p.levels[k - 1] + p.levels[k])
-            i = _first(p.loss <= level)
-            if i is None or i == 0:
+    # --- the class ladder -------------------------------------------------------------------------
+    def ladder(self) -> LagLadder:
+        p = self.p
+        teachers, R, current = p.teachers, p.class_ratio, p.current_class
+        runs = []  # (class index, first index, last index): stays, merged across stretches in no class
+        for i, c in enumerate(current):
+            if c < 0:
                 continue
-            time, unc = self.loss_refiner.crossing(self.t, p.loss, i, level, lambda loss: loss)
-            j = int(np.argmin(p.kl[:, k]))
-            nearest = int(np.argmin(p.kl[i]))
-            out.append(Event("block_acquired", time, 1, {
-                "block": k, "level": p.levels[k], "level_before": p.levels[k - 1], "nearest_teacher": nearest,
-                "kl_min": float(p.kl[j, k]), "kl_min_time": float(self.t[j]), "kl_bottoms_out": j < len(self.t) - 1},
-                uncertainty=unc, strength=float(p.levels[k - 1] - p.levels[k])))
+            if runs and runs[-1][0] == c:
+                runs[-1][2] = i
+            else:
+                runs.append([int(c), i, i])
+        visits, acquired = [], set()
+        for r, (c, a, b) in enumerate(runs):
+            cls = teachers.classes[c]
+            before = runs[r - 1][0] if r else None
+            time, unc = self._entry_time(c, before, a)
+            j = a + int(np.argmin(R[a:b + 1, c]))
+            new = tuple(k for k in cls.blocks if k not in acquired)
+            acquired |= set(cls.blocks)
+            visits.append(ClassVisit(cls=cls, level=float(teachers.levels[c]), time=time, uncertainty=unc,
+                                     until=float(self.t[b]), min_ratio=float(R[j, c]), min_ratio_time=float(self.t[j]),
+                                     new_blocks=new, start_index=a))
+        return LagLadder(teachers=teachers, visits=tuple(visits), plateaus=tuple(self._plateaus()))
+
+    def _entry_time(self, c: int, before: int | None, i: int) -> tuple[float, float]:
+        """When the model enters class c between saved points i-1 and i: its ratio crossing `ENTRY`
+        downwards, or (c was already within reach but a richer class held the model) the previous
+        class's ratio crossing it upwards."""
+        if i == 0:
+            return float(self.t[0]), 0.0
+        R = self.p.class_ratio
+        column = c if R[i - 1, c] > ENTRY else before if before is not None and R[i - 1, before] <= ENTRY else None
+        if column is None or not (np.isfinite(R[i - 1, column]) and np.isfinite(R[i, column])):
+            return float(self.t[i]), 0.5 * float(self.t[i] - self.t[i - 1])
+        return self.ratio_refiner.crossing(self.t, R[:, column], i, ENTRY, lambda ratio: ratio[:, column])
+
+    def _plateaus(self) -> list[PlateauMatch]:
+        p = self.p
+        teachers, R, current = p.teachers, p.class_ratio, p.current_class
+        out = []
+        for a, b, s in p.plateaus:
+            c = int(current[s]) if current[s] >= 0 else int(np.argmin(R[s]))
+            out.append(PlateauMatch(start=float(self.t[a]), end=float(self.t[b]), loss=float(p.loss[s]),
+                                    cls=teachers.classes[c], inside=bool(current[s] >= 0), ratio=float(R[s, c]),
+                                    level=float(teachers.levels[c])))
         return out
 
+    def acquisitions(self, ladder: LagLadder) -> list[Event]:
+        p, out = self.p, []
+        teachers = ladder.teachers
+        order = 0
+        for r, v in enumerate(ladder.visits):
+            if not v.new_blocks:
+                continue
+            c = teachers.index(v.cls)
+            before = ladder.visits[r - 1] if r else None
+            level_before = before.level if before is not None else float(p.loss[0])
+            i = v.start_index
+            stay = np.flatnonzero(p.times[i:] <= v.until) + i
+            j = int(stay[np.argmin(p.class_kl[stay, c])])
+            for k in v.new_blocks:
+                order += 1
+                out.append(Event("block_acquired", v.time, 1, {
+                    "block": k, "blocks": list(v.cls.blocks), "class": v.cls.label,
+                    "class_before": before.cls.label if before is not None else None, "order": order,
+                    "level": v.level, "level_before": level_before,
+                    "nearest_teacher": teachers.classes[int(np.argmin(p.class_kl[i]))].label,
+                    "kl": float(ENTRY * teachers.scales[c]), "scale": float(teachers.scales[c]), "entry_ratio": ENTRY,
+                    "kl_min": float(p.class_kl[j, c]), "kl_min_time": float(self.t[j]),
+                    "kl_bottoms_out": j < len(self.t) - 1},
+                    uncertainty=v.uncertainty, strength=float(level_before - v.level)))
+        return out
+
+    # --- heads ------------------------------------------------------------------------------------
     def _lean_change(self, i: int, head_blocks: list[tuple[int, int]]) -> tuple[float, float]:
         """The time, in (t[i-1], t[i]], at which one of the (head, block) lean signals changed sign."""
         s = lean_signal(self.p.mass, self.p.share)
@@ -212,16 +361,67 @@ class _LagDetector:
         return out
 
 
-def detect_lag_events(traj: Trajectory | None, spec: AbstractDataSource,
-                      probes: LagProbes | None = None) -> list[Event]:
-    """The events of a sparse-task run (module docstring): blocks acquired, competition, specialisation,
-    in time order. `spec` must be a `SparseLagSpec`; `probes`: `lag_probes(traj, spec)`, if already
-    computed; with `traj=None` (signals from elsewhere) the times are interpolated between saved
-    points instead of re-solved."""
+def _shared(assignment: dict[int, int]) -> list[int]:
+    blocks = list(assignment.values())
+    return sorted({k for k in blocks if blocks.count(k) >= 2})
+
+
+def _probes_of(traj: Trajectory | None, spec: AbstractDataSource, probes: LagProbes | None) -> LagProbes:
     _check(traj, spec)
     if probes is None:
         if traj is None:
             raise ValueError("give `traj` or `probes`.")
         probes = lag_probes(traj, spec)
+    if not isinstance(probes, LagProbes):
+        raise ValueError(f"`probes` must be the LagProbes of `lag_probes(traj, spec)`; got {type(probes).__name__}.")
+    return probes
+
+
+def lag_ladder(traj: Trajectory | None, spec: AbstractDataSource, probes: LagProbes | None = None) -> LagLadder:
+    """The classes the model is in over the run and the class each plateau matches (module docstring).
+    `probes`: `lag_probes(traj, spec)`, if already computed; with `traj=None` entry times are
+    interpolated between saved points instead of re-solved."""
+    probes = _probes_of(traj, spec, probes)
+    if probes.teachers is None or probes.class_kl is None:
+        raise ValueError("`probes` has no class ladder (`teachers`, `class_kl`): make them with `lag_probes`.")
+    return _LagDetector(traj, spec, probes).ladder()
+
+
+def detect_lag_events(traj: Trajectory | None, spec: AbstractDataSource, probes: LagProbes | None = None,
+                      ladder: LagLadder | None = None) -> list[Event]:
+    """The events of a sparse-task run (module docstring): blocks acquired, competition, specialisation,
+    in time order. `spec` must be a `SparseLagSpec`; `probes`: `lag_probes(traj, spec)`, and `ladder`:
+    `lag_ladder(traj, spec, probes)`, if already computed; with `traj=None` (signals from elsewhere)
+    the times are interpolated between saved points instead of re-solved. Probes without a class
+    ladder give no acquisitions."""
+    probes = _probes_of(traj, spec, probes)
     d = _LagDetector(traj, spec, probes)
-    return sort_events(d.acquisitions() + d.competition_and_specialisation())
+    events = d.competition_and_specialisation()
+    if probes.teachers is not None and probes.class_kl is not None:
+        events += d.acquisitions(d.ladder() if ladder is None else ladder)
+    return sort_events(events)
+
+
+def ladder_table(ladder: LagLadder) -> str:
+    """Markdown: every class's level and scale; the classes the model is in, in time order (entry time,
+    last saved time there, closest approach, blocks acquired); each plateau and the class it matches."""
+    if not isinstance(ladder, LagLadder):
+        raise ValueError(f"`ladder` must be a LagLadder (`lag_ladder(traj, spec)`); got {type(ladder).__name__}.")
+    teachers = ladder.teachers
+    levels = ", ".join(f"{c.label} {x:.4f}" for c, x in sorted(zip(teachers.classes, teachers.levels, strict=True),
+                                                                 key=lambda cx: -cx[1]))
+    rows = [f"Class levels: {levels}.", "", "| entered | class | level | until | closest (KL / scale, t) | acquires |",
+            "|---:|---|---:|---:|---|---|"]
+    for v in ladder.visits:
+        blocks = ", ".join(f"block {k}" for k in v.new_blocks) or "-"
+        rows.append(f"| {format_time(v.time, v.uncertainty)} | {v.cls.label} | {v.level:.4f} | {v.until:.4g} | "
+                    f"{v.min_ratio:.3g} at t = {v.min_ratio_time:.4g} | {blocks} |")
+    if not ladder.visits:
+        rows.append(f"| - | the model enters no class (KL / scale never <= {ENTRY}) | | | | |")
+    if ladder.plateaus:
+        rows += ["", "| plateau | loss | class (KL / scale) | its level | loss - level |", "|---|---:|---|---:|---:|"]
+        for m in ladder.plateaus:
+            what = f"{m.cls.label} ({m.ratio:.3g})" if m.inside else f"none; nearest {m.cls.label} ({m.ratio:.3g})"
+            rows.append(f"| t in [{m.start:.3g}, {m.end:.3g}] | {m.loss:.4f} | {what} | {m.level:.4f} | "
+                        f"{m.loss - m.level:+.4f} |")
+    return "\n".join(rows)

@@ -5,18 +5,24 @@ between two saved points. For a flow, the run is re-solved from the earlier save
 interval with `chunk_size + 1` save points (its record's solver and tolerances; the same compiled
 solve, so no recompilation), the metric is evaluated there, and the search narrows to the bracketing
 sub-interval, until the bracket is below a millionth of the time (`PRECISION`). The event carries
-the bracket's half-width as its uncertainty. Discrete runs cannot be re-solved (their optimiser
-state is not saved): their events are interpolated on the saved points, with half an interval of
-uncertainty.
+the bracket's half-width as its uncertainty.
+
+Discrete runs whose step depends on the parameters alone (full-batch `gd`/`sgd`: no optimiser state,
+no minibatch draws) are re-run the same way, from the saved parameters of the earlier point, with
+the run's own optimiser, learning rate and loss, until the bracket is one step: their events are
+timed as finely as the flow's. Other discrete runs (momentum, Adam, minibatches) cannot be re-run
+from a saved point (their optimiser state or random draws are not saved): their events are
+interpolated on the saved points, with half an interval of uncertainty.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 
-from ..flow import RunPlan, run_record
+from ..flow import RunPlan, run_record, train
 from ..record import Trajectory
 from ._signals import interpolate_crossing
 
@@ -24,8 +30,19 @@ MAX_ROUNDS = 8
 PRECISION = 1e-6
 """Narrow the bracket until it is this small relative to the time (or `MAX_ROUNDS` re-solves)."""
 
+RERUN_POINTS = 65
+"""Saved points of a discrete re-run (log-spaced steps): each round narrows the bracket by about
+this factor, so a few rounds reach one step."""
+
 Signal = Callable[[object], np.ndarray]
 """Maps `Metrics` of a stretch of trajectory to the signal's values there."""
+
+
+def rerunnable(traj: Trajectory) -> bool:
+    """Whether a discrete run's steps depend on the parameters alone (full-batch plain `gd`/`sgd`)."""
+    training = traj.record.training
+    return (traj.record.kind == "discrete" and training is not None and training.batch_size is None
+            and training.optimizer in ("gd", "sgd"))
 
 
 class Refiner:
@@ -34,12 +51,15 @@ class Refiner:
     def __init__(self, traj: Trajectory | None, metrics_of: Callable[[Trajectory], object]):
         self.traj = traj
         self.metrics_of = metrics_of
-        self.can_resolve = traj is not None and traj.record.kind in ("flow", "ensemble") and len(traj) > 1
+        self.can_resolve = traj is not None and len(traj) > 1 and (
+            traj.record.kind in ("flow", "ensemble") or rerunnable(traj))
         self._plan = None  # the run's plan, made at the first re-solve and kept for the others
 
     def _stretch(self, t0: float, y0: np.ndarray, t1: float):
         """Metrics on a fine grid from (t0, y0) to t1, re-solved with the run's own record."""
         record = self.traj.record
+        if record.kind == "discrete":
+            return self._steps(t0, y0, t1)
         n = record.solver.chunk_size + 1
         times = np.geomspace(t0, t1, n) if t0 > 0 else np.linspace(t0, t1, n)
         times[0], times[-1] = t0, t1
@@ -51,11 +71,28 @@ class Refiner:
             return None
         return sub, self.metrics_of(sub)
 
+    def _steps(self, t0: float, y0: np.ndarray, t1: float):
+        """The discrete run re-run from (t0, y0) to t1, every step saved up to `RERUN_POINTS`."""
+        record = self.traj.record
+        training = record.training
+        dt = training.time_per_step
+        steps = int(round((t1 - t0) / dt))
+        if steps < 2:
+            return None
+        params0 = record.layout.unflatten(np.asarray(y0, dtype=np.float64))
+        sub = train(params0, record.source, record.config, optimizer=training.optimizer, lr=training.lr, steps=steps,
+                    loss=record.loss, n_save=min(steps + 1, RERUN_POINTS), progress=False)
+        if not sub.ok:
+            return None
+        sub = dataclasses.replace(sub, times=t0 + sub.times)
+        return sub, self.metrics_of(sub)
+
     def _narrow(self, lo: float, hi: float, y: np.ndarray, locate) -> tuple[float, float]:
         """Re-solve [lo, hi] from state `y` and let `locate(times, values_of_metrics)` pick the
         sub-bracket `(j_lo, j_hi)` to keep (or `None` to stop), until the bracket is small."""
+        one_step = self.traj.record.training.time_per_step if self.traj.record.kind == "discrete" else 0.0
         for _ in range(MAX_ROUNDS):
-            if hi - lo <= PRECISION * hi:
+            if hi - lo <= max(PRECISION * hi, one_step * (1 + 1e-9)):
                 break
             got = self._stretch(lo, y, hi)
             if got is None:

@@ -17,7 +17,10 @@ its own range or float64 round-off, never from one run's numbers (docs/analysis.
   half-way. Each escape lists the directions that open during it, and a cycle is the number of
   directions opened so far.
 - **condensation**: the first escape that opens a direction, with the stable ranks of `W_E`, `W_U`
-  when it ends, and whether attention moved less than 1% as much as the embedding (`FROZEN`).
+  when it ends, and whether attention moved less than 1% as much as the embedding (`FROZEN`). It is
+  a rank-one condensation only when that escape opens one direction: the stable rank stays near 1
+  while a second direction opens at a third of the first's size (finite-T losses), so the count of
+  openings decides, and a condensation opening more is marked weak (not the paper's rank one).
 - **focus onset / peak / dilution**, when the focus index $F$ is visible on its natural scale
   ($\\ge 1\\%$ of $\\ln V$): peaks confirmed by a fall of at least 3% on both sides (`FOCUS_FALL`:
   above the solver's error, visible on a panel); the onset when $F$ first reaches a tenth of its
@@ -236,12 +239,13 @@ class _Detector:
         E_change = np.abs(norm_E - norm_E[0]) / max(norm_E[0], 1e-300)
         qk, e_rel = (_at_time(self.t, x, first.time) for x in (m.qk_change, E_change))
         i = m.at(first.details["end"])
+        opened = first.details["rank_increment"]
         return [Event("condensation", first.time, first.cycle, {
             "stable_rank_E": float(m.stable_rank_E[i]), "stable_rank_U": float(m.stable_rank_U[i]),
             "embedding_change": e_rel, "qk_change": qk, "attention_frozen": bool(qk < FROZEN * e_rel),
-            "max_score": float(m.max_score[i]), "directions_opened": first.details["rank_increment"]},
+            "max_score": float(m.max_score[i]), "directions_opened": opened, "rank_one": opened == 1},
             uncertainty=first.uncertainty, strength=1.0 / float(m.stable_rank_E[i]),
-            weak=bool(m.stable_rank_E[i] > 1.5))]
+            weak=bool(m.stable_rank_E[i] > 1.5 or opened > 1))]
 
     # --- focus ------------------------------------------------------------------------------------
     def focus(self) -> list[Event]:

@@ -26,7 +26,9 @@ def _describe(e: Event) -> str:
         return f"t in [{d['start']:.3g}, {d['end']:.3g}], loss {d['loss']:.5f}{end}{verdict}"
     if e.kind == "condensation":
         frozen = "frozen" if d["attention_frozen"] else "NOT frozen"
-        return (f"stable ranks E {d['stable_rank_E']:.3f}, U {d['stable_rank_U']:.3f}; attention {frozen} "
+        rank = ("rank one" if d.get("rank_one", True) else
+                f"NOT rank one: {d['directions_opened']} directions open together")
+        return (f"{rank}; stable ranks E {d['stable_rank_E']:.3f}, U {d['stable_rank_U']:.3f}; attention {frozen} "
                 f"(relative change {d['qk_change']:.2g} against {d['embedding_change']:.3g} for W_E)")
     if e.kind == "focus_onset":
         return f"focus index {d['focus_index']:.3g}, max |score| {d['max_score']:.3g}"
@@ -58,8 +60,10 @@ def _describe(e: Event) -> str:
     if e.kind == "block_acquired":
         bottom = (f"bottoms out at {d['kl_min']:.3g} at t = {d['kl_min_time']:.3g}" if d["kl_bottoms_out"] else
                   f"still falling at the end ({d['kl_min']:.3g})")
-        return (f"block {d['block']}: levels {d['level_before']:.4f} -> {d['level']:.4f}; nearest teacher: "
-                f"{d['nearest_teacher']} blocks; KL to the {d['block']}-block teacher {bottom}")
+        cls = d.get("class", f"{{1..{d['block']}}}")
+        entered = f"enters class {cls}" + (f" from {d['class_before']}" if d.get("class_before") else "")
+        return (f"block {d['block']}: {entered}; levels {d['level_before']:.4f} -> {d['level']:.4f}; nearest "
+                f"teacher: {d['nearest_teacher']}; KL to the {cls} teacher {bottom}")
     if e.kind == "competition":
         masses = ", ".join(f"{x:.2f}" for x in d["mass"])
         return f"heads {d['heads']} on block {d['block']} (masses {masses}; uniform {d['share']:.2f})"
