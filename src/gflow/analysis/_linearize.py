@@ -21,9 +21,9 @@ from ._escape_prediction import EscapePrediction, predict_escape
 from ._events import Event
 from ._stages import detect_stages
 
-ATTEMPTS = 4
-"""Saved states of a plateau from which a prediction is tried, entry first (each costs a Newton
-solve and an orbit; four spread in log time reach past the settling of the previous drop)."""
+ATTEMPTS = 8
+"""Saved states of a plateau from which a prediction is tried, entry first, spread in log time (a
+state that fails the tests costs a Newton solve; the first that passes, an orbit)."""
 
 
 @dataclasses.dataclass(frozen=True)
