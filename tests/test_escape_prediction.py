@@ -68,3 +68,17 @@ def test_bad_arguments_name_themselves(full_run):
         predict_escape(traj.params)
     with pytest.raises(ValueError, match="`y0`"):
         locate_critical_point(traj.loss_function(), traj.layout, np.zeros(3))
+
+
+def test_a_discrete_run_is_refused_and_a_large_model_says_why_it_gets_no_prediction():
+    gd = gflow.train(PARAMS0, SPEC, CONFIG, optimizer="gd", lr=0.1, steps=20, n_save=5, loss="meanfield",
+                     progress=False)
+    with pytest.raises(ValueError, match="discrete run"):
+        predict_escape(gd)
+    with pytest.raises(ValueError, match="discrete run"):
+        plateau_linearization(gd)
+    big = gflow.TransformerConfig(d_model=32)  # 2 V d + 2 d^2 = 2,240 parameters, above the dense limit
+    run = gflow.simulate(gflow.init_params(0, big, SPEC, scale=1e-3), SPEC, (0.0, 1e-3), config=big,
+                         loss="meanfield", solver="Tsit5", n_save=2, progress=False)
+    p = predict_escape(run)
+    assert np.isnan(p.predicted_escape) and "parameters" in p.failure

@@ -48,14 +48,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from ..common import is_real
 from ..flow import RunPlan, run_record
 from ..losses import LossFunction
 from ..model import ParamLayout
 from ..record import Trajectory
-from ._hessian import dense_hessian
+from ._hessian import DENSE_LIMIT, dense_hessian
 from ._saddle import CriticalPoint, locate_critical_point
 from ._signals import ROUNDOFF, crossing, interpolate_crossing
-from ._stages import episodes
+from ._stages import episodes, resolved_loss_change
 
 CONSISTENT = 0.1
 """The linearisation at the located critical point must explain the present gradient to this
@@ -73,7 +74,7 @@ ORBIT_HORIZON = 4.0
 least 1/sigma), then four times longer while its drop is not complete."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EscapePrediction:
     """What the linearisation at the nearest saddle predicts from the state at time `at`.
 
@@ -165,8 +166,8 @@ def _orbit_escape(traj: Trajectory, plan, cp: CriticalPoint, displacement: np.nd
         orbit = run_record(record.with_save_times(times), record.layout.unflatten(y0), plan=plan, progress=False)
         L = np.asarray(orbit.loss)
         if len(L) == len(times):
-            drops = [e for e in episodes(times, -L) if e.confirmed and
-                     e.change > ROUNDOFF * float(np.abs(L).max()) and e.after < len(times) - 1]
+            floor = max(ROUNDOFF * float(np.abs(L).max()), resolved_loss_change(traj, L))  # as the run's drops
+            drops = [e for e in episodes(times, -L) if e.confirmed and e.change > floor and e.after < len(times) - 1]
             if drops:
                 e = drops[0]
                 level = e.level(L)
@@ -211,12 +212,19 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
     rate starts at half the state's fastest growth (that direction must be solved for) and follows
     $1/\\tau$ of the rough estimate until it settles to 10%."""
     fn, layout = traj.loss_function(), traj.layout
-    plan = RunPlan.of(traj.record) if plan is None else plan
     y = np.asarray(y, dtype=np.float64)
-    g = np.asarray(_gradient(fn, layout, jnp.asarray(y)))
-    vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, jnp.asarray(y))))
     nan = dict(predicted_escape=math.nan, linear_escape=math.nan, escape_rate=math.nan, component=math.nan,
                exit_scale=math.nan)
+    empty = dict(at=float(at), saddle_loss=math.nan, saddle_index=0, lambda_min=math.nan, lambda_max=math.nan,
+                 saddle_distance=math.nan, consistency=math.nan, spectrum=np.zeros(0))
+    if layout.size > DENSE_LIMIT:
+        return EscapePrediction(**empty, **nan, failure=f"the model has {layout.size} parameters; locating a saddle "
+                                f"factors the Hessian, which is done up to {DENSE_LIMIT}")
+    if not np.all(np.isfinite(y)):
+        return EscapePrediction(**empty, **nan, failure="the state is not finite (the run diverged)")
+    plan = RunPlan.of(traj.record) if plan is None else plan
+    g = np.asarray(_gradient(fn, layout, jnp.asarray(y)))
+    vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, jnp.asarray(y))))
     if vals[0] >= -1e-8 * max(abs(vals).max(), np.finfo(float).tiny):
         return EscapePrediction(at=float(at), saddle_loss=math.nan, saddle_index=0, lambda_min=float(vals[0]),
                                 lambda_max=float(vals[-1]), saddle_distance=math.nan, consistency=math.nan,
@@ -234,8 +242,6 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
         if abs(new_rate - rate) <= 0.1 * rate:
             break
         rate = new_rate
-    result = (cp, _escape_from(traj, plan, cp, y, float(at)) if cp.converged else None)
-    cp, best = result
     tol = 1e-8 * max(abs(cp.eigenvalues).max(), np.finfo(float).tiny)
     unexplained = _unexplained(cp, y, g) if np.linalg.norm(y - cp.y) > 0 else 0.0
     base = dict(at=float(at), saddle_loss=cp.loss, saddle_index=int((cp.eigenvalues < -tol).sum()),
@@ -247,6 +253,7 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
     if unexplained > CONSISTENT:
         return EscapePrediction(**base, **nan, failure=f"the state is outside the linear neighbourhood of the nearest "
                                 f"critical point (its Hessian leaves {unexplained:.0%} of the gradient unexplained)")
+    best = _escape_from(traj, plan, cp, y, float(at))  # the orbit: only for a state that passed the tests
     if best is None:
         return EscapePrediction(**base, **nan, failure="the loss does not fall along any unstable direction of the "
                                 "nearest critical point")
@@ -255,17 +262,25 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
                             escape_rate=sigma, component=c0, exit_scale=c_exit)
 
 
+def check_flow_trajectory(traj) -> None:
+    """A prediction solves the flow from the saddle with the run's own solver: `traj` must be a flow."""
+    if not isinstance(traj, Trajectory):
+        raise ValueError(f"`traj` must be a Trajectory of a flow (gflow.simulate); got {type(traj).__name__}.")
+    if traj.record.solver is None:
+        raise ValueError("`traj` is a discrete run (gflow.train): an escape prediction solves the gradient flow from "
+                         "the saddle with the run's solver; predict on the flow from the same start (gflow.simulate).")
+
+
 def predict_escape(traj: Trajectory, at: float | None = None, *, plan: RunPlan | None = None) -> EscapePrediction:
     """The a-priori escape time from the state `traj` saved at time `at` (default: its last state, the
     present of a run that may have been cut off on a plateau). Only that state is used. `plan`: the
     run's `RunPlan`, when the caller predicts many times (it is built from the record otherwise)."""
-    if not isinstance(traj, Trajectory):
-        raise ValueError(f"`traj` must be a Trajectory; got {type(traj).__name__}.")
+    check_flow_trajectory(traj)
     t = np.asarray(traj.times)
     if at is None:
         i = len(t) - 1
     else:
-        if not (isinstance(at, int | float) and math.isfinite(at) and t[0] <= at <= t[-1]):
-            raise ValueError(f"`at` must be a saved time of the run, in [{t[0]:g}, {t[-1]:g}]; got {at!r}.")
-        i = int(np.argmin(np.abs(t - at)))
+        if not (is_real(at) and math.isfinite(float(at)) and t[0] <= float(at) <= t[-1]):
+            raise ValueError(f"`at` must be a time of the run, in [{t[0]:g}, {t[-1]:g}]; got {at!r}.")
+        i = int(np.searchsorted(t, float(at) * (1 + 1e-12), side="right")) - 1  # the last state saved by `at`
     return _predict(traj, traj.flat_params()[i], float(t[i]), plan)

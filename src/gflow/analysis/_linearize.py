@@ -17,7 +17,7 @@ import numpy as np
 
 from ..flow import RunPlan
 from ..record import Trajectory
-from ._escape_prediction import EscapePrediction, predict_escape
+from ._escape_prediction import EscapePrediction, check_flow_trajectory, predict_escape
 from ._events import Event
 from ._stages import detect_stages
 
@@ -62,6 +62,14 @@ class PlateauEscape:
         return (self.predicted_escape - self.entry) / max(self.observed_escape - self.entry, np.finfo(float).tiny)
 
     @property
+    def remaining_ratio(self) -> float:
+        """Predicted over observed time left, from the state the prediction was made from: the score
+        that does not credit the part of the plateau already behind that state."""
+        if not (math.isfinite(self.observed_escape) and math.isfinite(self.predicted_escape)):
+            return float("nan")
+        return (self.predicted_escape - self.at) / max(self.observed_escape - self.at, np.finfo(float).tiny)
+
+    @property
     def linear_ratio(self) -> float:
         """The same for the pure linearisation (exponential growth to the exit scale)."""
         if not (math.isfinite(self.observed_escape) and math.isfinite(self.prediction.linear_escape)):
@@ -80,12 +88,15 @@ def _attempts(t: np.ndarray, a: int, b: int) -> list[int]:
     return list(dict.fromkeys(picks))
 
 
-def plateau_linearization(traj: Trajectory, events: list[Event] | None = None) -> list[PlateauEscape]:
+def plateau_linearization(traj: Trajectory, events: list[Event] | None = None, *,
+                          method: str = "auto") -> list[PlateauEscape]:
     """The a-priori escape prediction of every plateau of `traj` against its observed escape (module
-    docstring). The plateau a run ends on is predicted from the run's last state."""
-    if not isinstance(traj, Trajectory):
-        raise ValueError(f"`traj` must be a Trajectory (a prediction locates the saddle on the run's own loss); "
-                         f"got {type(traj).__name__}.")
+    docstring). The plateau a run ends on is predicted from the run's last state. `method`: kept
+    for earlier callers; a prediction factors the Hessian, so only `"auto"` and `"dense"` are taken."""
+    check_flow_trajectory(traj)
+    if method not in ("auto", "dense"):
+        raise ValueError(f"`method` must be 'auto' or 'dense' (a prediction locates the saddle with the dense "
+                         f"Hessian); got {method!r}.")
     events = detect_stages(traj) if events is None else events
     t = np.asarray(traj.times)
     plan = RunPlan.of(traj.record)
@@ -106,12 +117,14 @@ def plateau_linearization(traj: Trajectory, events: list[Event] | None = None) -
 def linearization_table(rows: list[PlateauEscape]) -> str:
     """A Markdown table: per plateau, the saddle and its predicted against observed escape."""
     out = ["| plateau | entry | predicted from | saddle index | escape rate | predicted escape | linear only | "
-           "observed escape | predicted/observed duration | why no prediction |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "observed escape | predicted/observed duration | predicted/observed time left | why no prediction |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         q = r.prediction
         observed = "— (run ends here)" if r.final else f"{r.observed_escape:.4g}"
         ratio = "—" if not math.isfinite(r.ratio) else f"{r.ratio:.3f}"
+        left = "—" if not math.isfinite(r.remaining_ratio) else f"{r.remaining_ratio:.3f}"
         out.append(f"| {r.plateau} | {r.entry:.4g} | {q.at:.4g} | {q.saddle_index} | {q.escape_rate:.3g} | "
-                   f"{q.predicted_escape:.4g} | {q.linear_escape:.4g} | {observed} | {ratio} | {q.failure or ''} |")
+                   f"{q.predicted_escape:.4g} | {q.linear_escape:.4g} | {observed} | {ratio} | {left} | "
+                   f"{q.failure or ''} |")
     return "\n".join(out)

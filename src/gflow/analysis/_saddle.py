@@ -2,12 +2,12 @@
 
 A plateau of gradient flow is the passage near a saddle $\\theta^*$. The state on the plateau is not
 the saddle: it still carries the unstable component that will end the plateau and whatever is left
-of the stable ones. Newton's method on the gradient converges to the critical point nearest the
+of the stable ones. Newton's method on the gradient converges to a critical point near the
 state whatever its index (it solves $\\nabla L = 0$, it does not minimise), so it locates the saddle
 from any state of the plateau. The Hessian is singular at the saddles of this model (the
 symmetries of the parameters, and attention that is flat at small scale), so each step is the
-least-squares step on the eigenvalues above round-off; the merit $\\|\\nabla L\\|$ never rises (a step
-that would raise it is halved).
+least-squares step on the eigenvalues above round-off (and above a slow rate, `locate_critical_point`);
+a step that would raise the merit, the gradient's norm on the solved directions, is halved.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ accuracy to which a gradient's zero locates a point) that no longer lowers the g
 converged."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CriticalPoint:
     """A point where the gradient vanishes in the directions that are not slow: `y` (flat), its loss,
     the gradient there (`gradient`: what is left is along the slow directions), the norm of the

@@ -243,7 +243,8 @@ class _Detector:
         return [Event("condensation", first.time, first.cycle, {
             "stable_rank_E": float(m.stable_rank_E[i]), "stable_rank_U": float(m.stable_rank_U[i]),
             "embedding_change": e_rel, "qk_change": qk, "attention_frozen": bool(qk < FROZEN * e_rel),
-            "max_score": float(m.max_score[i]), "directions_opened": opened, "rank_one": opened == 1},
+            "max_score": float(m.max_score[i]), "directions_opened": opened,
+            "rank_one": bool(opened == 1 and m.stable_rank_E[i] <= 1.5)},
             uncertainty=first.uncertainty, strength=1.0 / float(m.stable_rank_E[i]),
             weak=bool(m.stable_rank_E[i] > 1.5 or opened > 1))]
 

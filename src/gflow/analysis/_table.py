@@ -27,7 +27,8 @@ def _describe(e: Event) -> str:
     if e.kind == "condensation":
         frozen = "frozen" if d["attention_frozen"] else "NOT frozen"
         rank = ("rank one" if d.get("rank_one", True) else
-                f"NOT rank one: {d['directions_opened']} directions open together")
+                f"NOT rank one: {d['directions_opened']} directions open together" if d["directions_opened"] > 1
+                else f"NOT rank one: stable rank {d['stable_rank_E']:.2f}")
         return (f"{rank}; stable ranks E {d['stable_rank_E']:.3f}, U {d['stable_rank_U']:.3f}; attention {frozen} "
                 f"(relative change {d['qk_change']:.2g} against {d['embedding_change']:.3g} for W_E)")
     if e.kind == "focus_onset":
@@ -53,7 +54,7 @@ def _describe(e: Event) -> str:
         what = f"opens {opened}" if opened else "no new direction"
         total, stage = d["fraction_of_total_drop"], d.get("fraction_of_stage_drop", d["fraction_of_total_drop"])
         share = f"{100 * total:.0f}% of the total drop" + (
-            f", {100 * stage:.0f}% of the drop after condensation" if stage != total else "")
+            f", {100 * stage:.0f}% of the drop after the first escape" if stage != total else "")
         return f"loss {d['loss_before']:.5f} -> {d['loss_after']:.5f} ({share}); {what}"
     if e.kind == "opening":
         return f"direction {d['direction']} opens without a loss drop ({d['from']:.2g} -> {d['to']:.3g})"
