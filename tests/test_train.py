@@ -105,7 +105,7 @@ def test_compare_needs_the_same_start(setting):
 
 
 def test_full_batch_gd_events_are_timed_to_one_step_by_re_running_it():
-    # a coarse save grid (25 points over 600 steps) and every step saved: the first escape found on
+    # a coarse save grid (25 points over 600 steps) and a dense one (601 log-spaced): the first escape on
     # the coarse run, re-run between its saved points, lands on the fine run's, to a step
     spec = gflow.MarkovSpec.sticky((0.6, 0.3, 0.1), 0.4, T=4)
     config = gflow.TransformerConfig(d_model=3)

@@ -72,7 +72,7 @@ class Refiner:
         return sub, self.metrics_of(sub)
 
     def _steps(self, t0: float, y0: np.ndarray, t1: float):
-        """The discrete run re-run from (t0, y0) to t1, every step saved up to `RERUN_POINTS`."""
+        """The discrete run re-run from (t0, y0) to t1, saved at up to `RERUN_POINTS` log-spaced steps."""
         record = self.traj.record
         training = record.training
         dt = training.time_per_step
