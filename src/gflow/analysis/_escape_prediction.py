@@ -283,4 +283,4 @@ def predict_escape(traj: Trajectory, at: float | None = None, *, plan: RunPlan |
         if not (is_real(at) and math.isfinite(float(at)) and t[0] <= float(at) <= t[-1]):
             raise ValueError(f"`at` must be a time of the run, in [{t[0]:g}, {t[-1]:g}]; got {at!r}.")
         i = int(np.searchsorted(t, float(at) * (1 + 1e-12), side="right")) - 1  # the last state saved by `at`
-    return _predict(traj, traj.flat_params()[i], float(t[i]), plan)
+    return _predict(traj, np.asarray(traj.layout.flatten(traj.params_at(i))), float(t[i]), plan)  # one state, not all

@@ -53,29 +53,28 @@ class PlateauEscape:
     def saddle_index(self) -> int:
         return self.prediction.saddle_index
 
+    def _ratio(self, predicted: float, since: float) -> float:
+        """Predicted over observed time from `since` to the escape (nan when either is missing)."""
+        if not (math.isfinite(self.observed_escape) and math.isfinite(predicted)):
+            return float("nan")
+        return (predicted - since) / max(self.observed_escape - since, np.finfo(float).tiny)
+
     @property
     def ratio(self) -> float:
         """Predicted over observed plateau duration, from the entry (1 is a perfect prediction; nan for
         the final plateau and where no prediction holds)."""
-        if not (math.isfinite(self.observed_escape) and math.isfinite(self.predicted_escape)):
-            return float("nan")
-        return (self.predicted_escape - self.entry) / max(self.observed_escape - self.entry, np.finfo(float).tiny)
+        return self._ratio(self.predicted_escape, self.entry)
 
     @property
     def remaining_ratio(self) -> float:
         """Predicted over observed time left, from the state the prediction was made from: the score
         that does not credit the part of the plateau already behind that state."""
-        if not (math.isfinite(self.observed_escape) and math.isfinite(self.predicted_escape)):
-            return float("nan")
-        return (self.predicted_escape - self.at) / max(self.observed_escape - self.at, np.finfo(float).tiny)
+        return self._ratio(self.predicted_escape, self.at)
 
     @property
     def linear_ratio(self) -> float:
-        """The same for the pure linearisation (exponential growth to the exit scale)."""
-        if not (math.isfinite(self.observed_escape) and math.isfinite(self.prediction.linear_escape)):
-            return float("nan")
-        return (self.prediction.linear_escape - self.entry) / max(self.observed_escape - self.entry,
-                                                                  np.finfo(float).tiny)
+        """The same as `ratio` for the pure linearisation (exponential growth to the exit scale)."""
+        return self._ratio(self.prediction.linear_escape, self.entry)
 
 
 def _attempts(t: np.ndarray, a: int, b: int) -> list[int]:
