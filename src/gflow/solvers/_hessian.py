@@ -14,7 +14,8 @@ def hessian_eigenbasis(terms, t, y: Float[Array, " n"], args) -> tuple[Float[Arr
     symmetrised before `eigh`, which removes the round-off asymmetry of the two halves.
     """
     jacobian = jax.jacfwd(lambda x: terms.vf(t, x, args))(y)
-    curvature, basis = jnp.linalg.eigh(-0.5 * (jacobian + jacobian.T))
+    # 0.5 (J + J^T) is exactly symmetric in floating point: eigh's own symmetrisation would repeat it
+    basis, curvature = jax.lax.linalg.eigh(-0.5 * (jacobian + jacobian.T), symmetrize_input=False)
     return basis, curvature
 
 
