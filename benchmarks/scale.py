@@ -38,9 +38,9 @@ import time
 import numpy as np
 
 CHUNK = 6
+"""Save points per chunk (61 save times: 10 chunks, as `simulate`'s default)."""
 GD_TIMED = 20_000
 """GD steps timed (its wall to the horizon is this time per step times t1 / lr)."""
-"""Save points per chunk (61 save times: 10 chunks, as `simulate`'s default)."""
 PROBLEMS = {"C": dict(V=16, d=32, heads=1, value=False), "D": dict(V=32, d=64, heads=2, value=True),
             # two stiff flows no solver setting was tuned on (issue 23): a Dirichlet chain in the dense
             # regime, a near-uniform sticky chain with two heads in the Krylov regime
