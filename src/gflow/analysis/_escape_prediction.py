@@ -226,9 +226,8 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
     g = np.asarray(_gradient(fn, layout, jnp.asarray(y)))
     vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, jnp.asarray(y))))
     if vals[0] >= -1e-8 * max(abs(vals).max(), np.finfo(float).tiny):
-        return EscapePrediction(at=float(at), saddle_loss=math.nan, saddle_index=0, lambda_min=float(vals[0]),
-                                lambda_max=float(vals[-1]), saddle_distance=math.nan, consistency=math.nan,
-                                spectrum=vals, **nan, failure="no negative curvature at the state: nothing grows "
+        return EscapePrediction(**(empty | dict(lambda_min=float(vals[0]), lambda_max=float(vals[-1]), spectrum=vals)),
+                                **nan, failure="no negative curvature at the state: nothing grows "
                                 "exponentially (a minimum's basin or a degenerate critical point)")
     sigma_state = -float(vals[0])
     rate = 0.5 * sigma_state

@@ -87,15 +87,10 @@ def _attempts(t: np.ndarray, a: int, b: int) -> list[int]:
     return list(dict.fromkeys(picks))
 
 
-def plateau_linearization(traj: Trajectory, events: list[Event] | None = None, *,
-                          method: str = "auto") -> list[PlateauEscape]:
+def plateau_linearization(traj: Trajectory, events: list[Event] | None = None) -> list[PlateauEscape]:
     """The a-priori escape prediction of every plateau of `traj` against its observed escape (module
-    docstring). The plateau a run ends on is predicted from the run's last state. `method`: kept
-    for earlier callers; a prediction factors the Hessian, so only `"auto"` and `"dense"` are taken."""
+    docstring). The plateau a run ends on is predicted from the run's last state."""
     check_flow_trajectory(traj)
-    if method not in ("auto", "dense"):
-        raise ValueError(f"`method` must be 'auto' or 'dense' (a prediction locates the saddle with the dense "
-                         f"Hessian); got {method!r}.")
     events = detect_stages(traj) if events is None else events
     t = np.asarray(traj.times)
     plan = RunPlan.of(traj.record)
