@@ -76,7 +76,7 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> Ch
         stepsize_controller=last_step_recorded(controller), max_steps=max_steps, throw=False,
     )
     loss, grad = jax.vmap(jax.value_and_grad(field.value))(sol.ys)
-    work = solver_counters(solver, sol.solver_state) if keeps_state else {}
+    work = solver_counters(solver, sol.solver_state, controller, sol.controller_state[0]) if keeps_state else {}
     return ChunkResult(times=sol.ts, states=sol.ys, loss=loss, grad_norm=jnp.linalg.norm(grad, axis=-1),
                        ok=sol.result == diffrax.RESULTS.successful,
                        hit_max_steps=sol.result == diffrax.RESULTS.max_steps_reached,

@@ -275,5 +275,6 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         state = _State(new, h, next_order, equal_steps, basis, curvature, hessians,
                        s.gradients + iterations_total, products)
         dense_info = dict(differences=new[: MAX_ORDER + 1], order=order, h=h)
-        decision = StepDecision(accept=accept.astype(h.dtype), next_step=next_h)
+        work = jnp.stack([hessians - s.hessians, iterations_total, products - s.products]).astype(h.dtype)
+        decision = StepDecision(accept=accept.astype(h.dtype), next_step=next_h, work=work)
         return y1, decision, dense_info, state, diffrax.RESULTS.successful

@@ -23,11 +23,19 @@ def rms(x: Float[Array, " n"]) -> Float[Array, ""]:
     return jnp.sqrt(jnp.mean(x**2))
 
 
+WORK_COUNTERS = ("num_hessian_evaluations", "num_gradient_evaluations", "num_hessian_vector_products")
+"""The work a `StepDecision` reports, in this order (the names of the solvers' `counters`)."""
+
+
 class StepDecision(eqx.Module):
-    """A solver's verdict on its step: `accept` (1.0 or 0.0) and the size of the next step."""
+    """A solver's verdict on its step: `accept` (1.0 or 0.0), the size of the next step, and the work
+    the attempt did (`WORK_COUNTERS`; floats, since diffrax maps every leaf of an error estimate
+    through `jnp.where(isnan(x), inf, x)`). The work matters on a rejection: diffrax then restores
+    the solver state from before the attempt, counters included, so the controller keeps the count."""
 
     accept: Float[Array, ""]
     next_step: Float[Array, ""]
+    work: Float[Array, " 3"]
 
     def _not_an_error_estimate(self, *args):
         raise TypeError(PAIRING)
@@ -41,6 +49,7 @@ class SolverChosenSteps(diffrax.AbstractStepSizeController):
 
     The first step is scipy's `select_initial_step` for order 1 (Hairer, Nørsett & Wanner, *Solving
     ODEs I*, II.4). A step size below 10 ulps of $t$ ends the solve with diffrax's `dt_min_reached`.
+    Its state is the work of the rejected attempts (`rejected_work`), which the solver state loses.
     """
 
     rtol: Float[Array, ""] | float
@@ -50,8 +59,9 @@ class SolverChosenSteps(diffrax.AbstractStepSizeController):
         return self
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        rejected = jnp.zeros(len(WORK_COUNTERS), jnp.int32)
         if dt0 is not None:
-            return t0 + dt0, None
+            return t0 + dt0, rejected
         scale = self.atol + jnp.abs(y0) * self.rtol
         f0 = func(terms, t0, y0, args)
         d0, d1 = rms(y0 / scale), rms(f0 / scale)
@@ -59,7 +69,7 @@ class SolverChosenSteps(diffrax.AbstractStepSizeController):
         d2 = rms((func(terms, t0 + h0, y0 + h0 * f0, args) - f0) / scale) / h0
         h1 = jnp.where((d1 <= 1e-15) & (d2 <= 1e-15), jnp.maximum(1e-6, h0 * 1e-3),
                        (0.01 / jnp.maximum(d1, d2)) ** 0.5)
-        return t0 + jnp.minimum(jnp.minimum(100 * h0, h1), t1 - t0), None
+        return t0 + jnp.minimum(jnp.minimum(100 * h0, h1), t1 - t0), rejected
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
         if not isinstance(y_error, StepDecision):
@@ -70,4 +80,13 @@ class SolverChosenSteps(diffrax.AbstractStepSizeController):
         start = jnp.where(accept, t1, t0)
         too_small = y_error.next_step < 10 * jnp.abs(jnp.nextafter(start, jnp.inf) - start)
         result = diffrax.RESULTS.where(too_small, diffrax.RESULTS.dt_min_reached, diffrax.RESULTS.successful)
-        return accept, start, start + y_error.next_step, False, None, result
+        rejected = controller_state + jnp.where(accept, 0.0, y_error.work).astype(controller_state.dtype)
+        return accept, start, start + y_error.next_step, False, rejected, result
+
+
+def rejected_work(controller: diffrax.AbstractStepSizeController, controller_state) -> dict:
+    """The work of a solve's rejected attempts, by `WORK_COUNTERS` name, from the final state of its
+    controller (empty for a controller other than `SolverChosenSteps`)."""
+    if not isinstance(controller, SolverChosenSteps):
+        return {}
+    return dict(zip(WORK_COUNTERS, controller_state, strict=True))

@@ -28,6 +28,7 @@ import diffrax
 import jax.numpy as jnp
 
 from ._base import AbstractGradientFlowSolver, pid_controller
+from ._chosen_steps import rejected_work
 from ._bdf import GradientFlowBDF
 from ._krylov import GradientFlowKrylovBDF
 from ._rosenbrock import GradientFlowRosenbrock
@@ -163,11 +164,15 @@ class SolverSetup:
         return out
 
 
-def solver_counters(solver, solver_state) -> dict:
-    """Work counted in the final solver state (traceable): only gflow's solvers count."""
-    if isinstance(solver, AbstractGradientFlowSolver):
-        return solver.counters(solver_state)
-    return {}
+def solver_counters(solver, solver_state, controller=None, controller_state=None) -> dict:
+    """Work counted in the final solver state, plus the rejected attempts' work that `controller`
+    (the solve's step-size controller, if given) kept in its final state (traceable): only gflow's
+    solvers count."""
+    if not isinstance(solver, AbstractGradientFlowSolver):
+        return {}
+    counts = solver.counters(solver_state)
+    rejected = rejected_work(controller, controller_state)
+    return {name: value + rejected[name] if name in rejected else value for name, value in counts.items()}
 
 
 def make_solver(solver, rtol: float, atol: float) -> SolverSetup:
