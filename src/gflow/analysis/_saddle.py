@@ -7,7 +7,8 @@ state whatever its index (it solves $\\nabla L = 0$, it does not minimise), so i
 from any state of the plateau. The Hessian is singular at the saddles of this model (the
 symmetries of the parameters, and attention that is flat at small scale), so each step is the
 least-squares step on the eigenvalues above round-off (and above a slow rate, `locate_critical_point`);
-a step that would raise the merit, the gradient's norm on the solved directions, is halved.
+a step that would raise the merit, the gradient's norm on the directions the step solved for, is
+halved.
 """
 
 from __future__ import annotations
@@ -114,19 +115,21 @@ def locate_critical_point(fn: LossFunction, layout: ParamLayout, y0: Float[np.nd
         if size <= 1e-15 * scale:
             converged = True
             break
-        for _ in range(30):  # halve a step that would raise the solved gradient's norm
+        # Halve a step that would raise the merit: the gradient's norm along the directions this step
+        # solved for, at the current point and at the trial point alike (one merit function per
+        # step, as a line search needs; a trial costs a gradient, not a Hessian and its eigh).
+        for _ in range(30):
             _, g_new = _value_and_grad(fn, layout, jnp.asarray(y + step))
             g_new = np.asarray(g_new)
-            vals_new, vecs_new = _spectrum(fn, layout, y + step)
-            norm_new = solved_norm(g_new, vals_new, vecs_new)
-            if norm_new < norm:
+            if solved_norm(g_new, vals, vecs) < norm:
                 break
             step = 0.5 * step
         else:
             # no step lowers the gradient: float64 round-off, when the step is round-off of the point
             converged = size <= ROUNDOFF_STEP * scale
             break
-        y, g, norm, vals, vecs = y + step, g_new, norm_new, vals_new, vecs_new
+        vals_new, vecs_new = _spectrum(fn, layout, y + step)
+        y, g, norm, vals, vecs = y + step, g_new, solved_norm(g_new, vals_new, vecs_new), vals_new, vecs_new
         converged = norm <= 1e-3 * CONVERGED * start  # go on a little past CONVERGED: it is cheap here
     loss, _ = _value_and_grad(fn, layout, jnp.asarray(y))
     return CriticalPoint(y=y, loss=float(loss), gradient=g, gradient_norm=norm, start_gradient_norm=start,
