@@ -28,8 +28,8 @@ import diffrax
 import jax.numpy as jnp
 
 from ._base import AbstractGradientFlowSolver, pid_controller
-from ._chosen_steps import rejected_work
 from ._bdf import GradientFlowBDF
+from ._chosen_steps import rejected_work
 from ._krylov import GradientFlowKrylovBDF
 from ._rosenbrock import GradientFlowRosenbrock
 
