@@ -11,6 +11,9 @@ Three ways a user who knows CVODE would set it up on a gradient flow:
   GMRES with the exact product.
 
 Times are wall seconds of `CVODE.solve` over the whole save grid (the JAX functions compiled before).
+scikit-sundae reports right-hand-side evaluations (`nfev`) and Jacobian evaluations (`njev`), not
+steps; `solve` also counts the calls of each JAX function itself (`gradients`, `products`,
+`jacobians`), which is the work to compare with gflow's counters.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def functions(field):
 
 def solve(kind: str, fns, y0: np.ndarray, grid: np.ndarray, rtol: float, atol: float,
           krylov_dim: int = 20, max_num_steps: int = 10**6):
-    """CVODE of `kind` over `grid` from `y0`: `(states (len(grid), n) or None, wall, counts, message)`."""
+    """CVODE of `kind` over `grid` from `y0`: `(states (len(grid), n) or None, wall, counts, message)`;
+    `counts` has CVODE's `nfev`, `njev` and the calls of each JAX function."""
     from sksundae.cvode import CVODE, CVODEJacTimes
 
     f, jac, jvp = fns
@@ -57,23 +61,28 @@ def solve(kind: str, fns, y0: np.ndarray, grid: np.ndarray, rtol: float, atol: f
     if kind == "dense":
         jax.block_until_ready(jac(y))
 
+    calls = {"gradients": 0, "products": 0, "jacobians": 0}
+
     def rhs(t, y, yp):
+        calls["gradients"] += 1
         yp[:] = np.asarray(f(jnp.asarray(y)))
 
     options = dict(method="Adams" if kind == "adams" else "BDF", rtol=rtol, atol=atol, max_num_steps=max_num_steps)
     if kind == "dense":
         def jacobian(t, y, yp, JJ):
+            calls["jacobians"] += 1
             JJ[:, :] = np.asarray(jac(jnp.asarray(y)))
 
         options.update(linsolver="dense", jacfn=jacobian)
     else:
         def product(t, y, yp, v, Jv):
+            calls["products"] += 1
             Jv[:] = np.asarray(jvp(jnp.asarray(y), jnp.asarray(v)))
 
         options.update(linsolver="gmres", krylov_dim=min(krylov_dim, n), jactimes=CVODEJacTimes(None, product))
     tic = time.perf_counter()
     sol = CVODE(rhs, **options).solve(np.asarray(grid, dtype=np.float64), np.asarray(y0, dtype=np.float64))
     wall = time.perf_counter() - tic
-    counts = {"nfev": int(sol.nfev), "njev": int(sol.njev)}
+    counts = {"nfev": int(sol.nfev), "njev": int(sol.njev)} | calls
     ok = bool(sol.success) and len(sol.t) == len(grid)
     return (np.asarray(sol.y) if ok else None), wall, counts, str(sol.message)

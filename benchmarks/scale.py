@@ -128,6 +128,7 @@ def run_one(args) -> dict:
         ys, wall, counts, message = cvode.solve(name.removeprefix("cvode-"), cvode.functions(field),
                                                 np.asarray(layout.flatten(p0)), grid, rtol, rtol * 1e-3)
         out.update(wall=wall, ok=ys is not None, message=message, nfev=counts["nfev"], njev=counts["njev"],
+                   products=counts["products"],
                    solver=f"CVODE {name.removeprefix('cvode-')} rtol {rtol:g}",
                    ys=None if ys is None else ys.tolist())
     elif args.contender == "gd":
@@ -234,7 +235,9 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
     curves = []
     for r in rows:
         s = r.get("stats", {})
-        steps = f"{s.get('num_accepted_steps', r.get('nfev', '-'))} ({s.get('num_rejected_steps', '-')})"
+        # CVODE and LSODA report right-hand-side evaluations, not steps
+        steps = (f"{s['num_accepted_steps']} ({s.get('num_rejected_steps', '-')})" if "num_accepted_steps" in s
+                 else f"- ({r['nfev']} gradients)" if "nfev" in r else "-")
         err, shift, missed = "-", "-", "-"
         if ref is not None and r.get("ys") is not None:
             ys = np.asarray(r["ys"])
@@ -245,7 +248,7 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
         status = ("success" if r.get("ok") else "") if r["contender"] != "gd" else r.get("message", "")
         compile_s = f"{r['compile']:.1f}" if "compile" in r else "-"
         print(f"| {r['contender']} | {r.get('solver', '-')} | {r['wall']:.1f} | {compile_s} | {steps} | "
-              f"{s.get('num_hessian_evaluations', r.get('njev', '-'))} | {s.get('num_hessian_vector_products', '-')} | "
+              f"{s.get('num_hessian_evaluations', r.get('njev', '-'))} | {s.get('num_hessian_vector_products', r.get('products', '-'))} | "
               f"{r.get('peak_rss_gib', float('nan')):.2f} | {err} | {shift} | {missed} | {ratio} | {status} |")
         if r.get("gd_curve"):
             curves.append(r["gd_curve"])

@@ -9,7 +9,7 @@ import pytest
 
 import gflow
 from gflow.solvers import GradientFlowBDF, GradientFlowKrylovBDF, SolverChosenSteps
-from gflow.solvers._krylov import LANCZOS_STEPS, lanczos_eigenpairs
+from gflow.solvers._krylov import KRYLOV_MAX_PRODUCTS, KRYLOV_RTOL, LANCZOS_STEPS, lanczos_eigenpairs
 
 N = 2 * LANCZOS_STEPS  # more parameters than Lanczos steps: the kept eigenpairs are a few of H's
 _rng = np.random.default_rng(0)
@@ -96,3 +96,32 @@ def test_new_values_reuse_the_compiled_solve(small_setting):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert again.ok and not compiles, compiles
+
+
+@pytest.mark.parametrize("c, bound", [(0.01, KRYLOV_RTOL), (2.5, 1e-4)])
+def test_a_newton_system_is_solved_and_its_products_counted(c, bound):
+    """A Krylov solve of $(I + cH)x = r$ at the saddle $y = 0$ (H's spectrum exactly `_SPECTRUM`), the
+    kept pairs the unstable and the four stiff directions: with c = 0.01, $I + cH$ is definite and CG
+    reaches `KRYLOV_RTOL`; with c = 2.5 it is indefinite ($1 - 2.5 \\cdot 0.5 < 0$), and one GMRES
+    cycle of `KRYLOV_MAX_PRODUCTS` products on the rest (condition about 5) reaches about 1e-5. The
+    products reported are the products taken (counted by a callback in the vector field). The GMRES
+    branch once ran no iteration (lineax counts its setup pass as a step) and returned the kept-pairs
+    guess, whose residual is O(1) here, while it reported 10 products."""
+    calls = []
+
+    def counted(t, y, args):
+        jax.debug.callback(lambda: calls.append(1))
+        return field(t, y, args)
+
+    terms, solver = diffrax.ODETerm(counted), GradientFlowKrylovBDF(rtol=1e-6, atol=1e-9)
+    y = jnp.zeros(N)
+    H = np.asarray(jax.hessian(loss)(y))
+    values, vectors = np.linalg.eigh(H)
+    kept = np.r_[0, N - 4:N]
+    basis, curvature = jnp.asarray(vectors[:, kept]), jnp.asarray(values[kept])
+    rhs = jnp.asarray(_rng.normal(size=N))
+    x, products = solver.solve_newton_system(terms, 0.0, y, None, c, basis, curvature, rhs)
+    x = np.asarray(x)
+    residual = np.linalg.norm(x + c * H @ x - rhs) / np.linalg.norm(rhs)
+    assert residual <= bound, residual
+    assert int(products) == len(calls) <= KRYLOV_MAX_PRODUCTS + 2
