@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gflow
+import gflow.flow._plan as plan_module
 from gflow.solvers import SWITCHING_SOLVER, largest_curvature, stability_boundary
 
 BDF = "GradientFlowBDF"
@@ -101,17 +102,20 @@ def test_ensembles_run_the_switching_default(demo):
     assert np.array_equal(many[1].flat_params(), one.flat_params())
 
 
-def test_a_failed_explicit_chunk_is_solved_again_by_the_bdf(demo, long_runs):
+def test_a_failed_explicit_chunk_is_solved_again_by_the_bdf(demo, long_runs, monkeypatch):
     """From the converged state (largest curvature ~ 1e1), one chunk to t = 1e3 is beyond Tsit5's step
-    budget (its steps held at 3.5 / lambda_max); the switching default solves it again with the BDF
-    and succeeds where the BDF alone does."""
+    budget (its steps held at 3.5 / lambda_max): the switching default's explicit solve stops at its
+    own budget (`EXPLICIT_MAX_STEPS`, here 500, below the run's `max_steps`), the chunk is solved
+    again with the BDF, which succeeds as the BDF alone does, and the discarded steps are counted."""
+    monkeypatch.setattr(plan_module, "EXPLICIT_MAX_STEPS", 500)
     spec, config, _ = demo
     converged = (spec, config, long_runs[0].params_at(-1))
-    budget = dict(max_steps=500, save_times=[1e3])
-    explicit = run(converged, 1e3, solver="Tsit5", **budget)
-    switching, bdf = run(converged, 1e3, **budget), run(converged, 1e3, solver=BDF, **budget)
+    explicit = run(converged, 1e3, solver="Tsit5", max_steps=500, save_times=[1e3])
+    switching, bdf = (run(converged, 1e3, max_steps=1000, save_times=[1e3]),
+                      run(converged, 1e3, solver=BDF, max_steps=1000, save_times=[1e3]))
     assert explicit.status == "max_steps" and bdf.ok
     assert switching.ok and switching.stats["chunk_methods"] == [BDF]
+    assert switching.stats["num_discarded_explicit_steps"] == 500
     assert np.array_equal(switching.flat_params(), bdf.flat_params())
 
 

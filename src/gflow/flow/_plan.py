@@ -18,7 +18,7 @@ from jaxtyping import Array, Float
 from ..losses import LossFunction
 from ..model import ParamLayout
 from ..record import RunRecord
-from ..solvers import EXPLICIT_SOLVER, SWITCHING_SOLVER, SolverSetup, make_solver, stiff_solver
+from ..solvers import EXPLICIT_MAX_STEPS, EXPLICIT_SOLVER, SWITCHING_SOLVER, SolverSetup, make_solver, stiff_solver
 from ._chunk import AbstractChunkStrategy, SingleState
 from ._switching import SwitchingMethods
 
@@ -69,14 +69,14 @@ class RunPlan:
         s = record.solver
         field = GradientField(loss=record.loss_function(), layout=record.layout)
 
-        def plan(name_or_instance, strategy):
-            return cls(make_solver(name_or_instance, s.rtol, s.atol), field, s.max_steps, s.instance is None,
+        def plan(name_or_instance, strategy, max_steps=s.max_steps):
+            return cls(make_solver(name_or_instance, s.rtol, s.atol), field, max_steps, s.instance is None,
                        SingleState() if strategy is None else strategy)
 
         if s.instance is not None or s.name != SWITCHING_SOLVER:
             return plan(s.name if s.instance is None else s.instance, strategy)
         names = (EXPLICIT_SOLVER, stiff_solver(record.layout.size))
-        methods = tuple(plan(name, strategy) for name in names)
+        methods = (plan(names[0], strategy, min(s.max_steps, EXPLICIT_MAX_STEPS)), plan(names[1], strategy))
         return dataclasses.replace(methods[1], strategy=SwitchingMethods(methods, names), method_names=names)
 
     def with_strategy(self, strategy: AbstractChunkStrategy) -> RunPlan:

@@ -13,8 +13,9 @@ that method and decides the next one from what the chunk showed (`solvers/_stiff
   this one (on problem C the curvature grew tenfold in the chunk after a switch back that its end
   value alone had called for).
 
-A member whose explicit chunk fails (the step budget spent, a non-finite state) solves the same
-chunk again with the stiff method, so the switch never fails where the BDF alone would succeed.
+A member whose explicit chunk fails (its step budget `EXPLICIT_MAX_STEPS` spent, a non-finite
+state) solves the same chunk again with the stiff method, so the switch never fails where the BDF
+alone would succeed; the steps it discarded are counted (`DISCARDED_EXPLICIT_STEPS`).
 
 The decisions depend only on the chunk's results (no clocks), and every chunk starts its solver
 afresh, so a run resumed from a checkpoint (which keeps the method the next chunk calls for)
@@ -33,6 +34,10 @@ from ._chunk import AbstractChunkStrategy, ChunkResult
 
 EXPLICIT, STIFF = 0, 1
 """Method indices, as `ChunkResult.methods` and the trajectories' `chunk_methods` use them."""
+DISCARDED_EXPLICIT_STEPS = "num_discarded_explicit_steps"
+"""The work counter (and run statistic) of the steps explicit solves took in chunks they failed
+(`EXPLICIT_MAX_STEPS` spent, or a non-finite state) and the BDF then solved: work the run paid for
+that its other counters leave out. The chunk's wall time counts under the BDF."""
 
 MIN_EXPLICIT_STEPS = 24
 """An explicit chunk of fewer attempted steps stays explicit without a stiffness test (whose 12
@@ -85,6 +90,7 @@ class SwitchingMethods(AbstractChunkStrategy):
         n = len(states)
         used = np.zeros(n, dtype=np.int64) if methods is None else np.array(methods, dtype=np.int64)
         parts = [self._solve(k, states, np.nonzero(used == k)[0], t0, t1, ts) for k in (EXPLICIT, STIFF)]
+        discarded = np.zeros(n, dtype=np.int64)  # the steps of explicit solves that failed
         if parts[EXPLICIT] is not None:  # an explicit chunk that failed is solved again by the stiff method
             idx, result = parts[EXPLICIT]
             failed = ~(np.asarray(result.ok) & np.all(np.isfinite(result.states[:, -1]), axis=1))
@@ -93,7 +99,10 @@ class SwitchingMethods(AbstractChunkStrategy):
                 kept = idx[~failed]
                 parts[EXPLICIT] = None if kept.size == 0 else (kept, _rows(result, ~failed))
                 parts.append(self._solve(STIFF, states, idx[failed], t0, t1, ts))
+                attempted = np.asarray(result.accepted_steps) + np.asarray(result.rejected_steps)
+                discarded[idx[failed]] = attempted[failed]
         merged = _merge([p for p in parts if p is not None], n)
+        merged.work[DISCARDED_EXPLICIT_STEPS] = discarded
         return merged._replace(methods=used, next_methods=self._next(merged, used, plan, states))
 
     def _solve(self, k: int, states, idx, t0, t1, ts):

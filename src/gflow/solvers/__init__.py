@@ -30,6 +30,7 @@ from ._last_step import proposed_step as proposed_step
 from ._policy import DEFAULT_SOLVER as DEFAULT_SOLVER
 from ._policy import DENSE_HESSIAN_LIMIT as DENSE_HESSIAN_LIMIT
 from ._policy import ENSEMBLE_DEFAULT_SOLVER as ENSEMBLE_DEFAULT_SOLVER
+from ._policy import EXPLICIT_MAX_STEPS as EXPLICIT_MAX_STEPS
 from ._policy import EXPLICIT_SOLVER as EXPLICIT_SOLVER
 from ._policy import SOLVERS as SOLVERS
 from ._policy import SWITCHING_SOLVER as SWITCHING_SOLVER

@@ -44,6 +44,15 @@ SWITCHING_SOLVER = "GradientFlowSwitching"
 """The name of the switching default: not a diffrax solver but a pair of them, chosen per chunk."""
 EXPLICIT_SOLVER = "Tsit5"
 """The switching default's method on stretches that are not stiff."""
+EXPLICIT_MAX_STEPS = 5_000
+"""The most steps the switching default's explicit method may take in one chunk (or the run's
+`max_steps`, if smaller); a chunk that needs more is solved again by the BDF, as one that fails.
+An explicit chunk that turns stiff inside it is cut to steps of its stability limit, and without
+this budget it spent the run's whole `max_steps` (100,000 Tsit5 steps, 8 minutes on problem D)
+before the BDF took over. The budget is the BDF's cost of a typical chunk in explicit steps: a Tsit5
+step costs 1/10-1/14 of a Krylov BDF attempt on problems C and D, and 1/20 of a dense one on E, and
+a stiff chunk of those runs takes 300-500 attempts; so a discarded budget costs about one stiff
+chunk, and an explicit chunk that needs more steps than this is no cheaper than the BDF's."""
 DEFAULT_SOLVER = SWITCHING_SOLVER
 ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
 # Above this many parameters a dense Hessian (n^2 floats, n Hessian-vector products) and its
