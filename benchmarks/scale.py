@@ -247,8 +247,9 @@ def table(rows: list[dict], reference: dict | None, problem: dict, t1: float):
         ratio = f"{r['wall'] / base:.2f}" if base and r.get("ok") else "-"
         status = ("success" if r.get("ok") else "") if r["contender"] != "gd" else r.get("message", "")
         compile_s = f"{r['compile']:.1f}" if "compile" in r else "-"
+        products = s.get("num_hessian_vector_products", r.get("products", "-"))  # CVODE's: counted by cvode.py
         print(f"| {r['contender']} | {r.get('solver', '-')} | {r['wall']:.1f} | {compile_s} | {steps} | "
-              f"{s.get('num_hessian_evaluations', r.get('njev', '-'))} | {s.get('num_hessian_vector_products', r.get('products', '-'))} | "
+              f"{s.get('num_hessian_evaluations', r.get('njev', '-'))} | {products} | "
               f"{r.get('peak_rss_gib', float('nan')):.2f} | {err} | {shift} | {missed} | {ratio} | {status} |")
         if r.get("gd_curve"):
             curves.append(r["gd_curve"])
