@@ -60,6 +60,16 @@ def test_lanczos_finds_the_extreme_eigenpairs():
     np.testing.assert_allclose(values[kept].min(), exact.min(), rtol=1e-8)
 
 
+def test_the_kept_columns_hold_the_unstable_pair_first_then_the_stiffest():
+    """With fewer columns than Lanczos steps (`KEPT_PAIRS`), the unstable pair comes first (the error
+    control needs every unstable direction), then the stiffest ones, each an eigenpair of H."""
+    H = np.asarray(jax.hessian(loss)(jnp.zeros(N)))  # spectrum exactly _SPECTRUM: one unstable value
+    vectors, values = lanczos_eigenpairs(lambda v: jnp.asarray(H) @ v, N, LANCZOS_STEPS, jnp.float64, 4)
+    vectors, values = np.asarray(vectors), np.asarray(values)
+    np.testing.assert_allclose(values, [-0.5, 1e3, 400.0, 150.0], rtol=1e-8)
+    np.testing.assert_allclose(H @ vectors, vectors * values, atol=1e-6 * 1e3)
+
+
 def test_agrees_with_the_dense_solver_and_the_reference(reference):
     """Same steps and error control, other linear algebra: both are within tolerance of a tight
     reference, and each 100x tighter tolerance gives at least 10x smaller error."""
