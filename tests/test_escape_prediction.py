@@ -33,6 +33,25 @@ def test_newton_finds_the_origin_saddle_of_a_small_initialisation(full_run):
     assert cp.eigenvalues[0] < 0  # a saddle
 
 
+def test_a_search_reused_at_another_slow_rate_is_the_search_run_at_it(full_run):
+    # the slow-rate fixed point asks Newton again with a new rate; where the rate moves no eigenvalue
+    # across it, the old search is the new one (same steps): reusing it must give what running gives
+    traj, _ = full_run
+    fn, layout = traj.loss_function(), traj.layout
+    y = traj.flat_params()[len(traj) // 3]
+    cp = locate_critical_point(fn, layout, y, slowest_rate=1e-3)
+    seen = np.abs(np.concatenate(cp.spectra_seen))
+    assert len(cp.spectra_seen) == cp.iterations + 1
+    gap = seen[seen > 1e-3].min()  # the nearest curvature above the rate: a rate below it splits alike
+    same_rate = 1e-3 + 0.5 * (gap - 1e-3)
+    reused, ran = cp.at_slowest_rate(same_rate), locate_critical_point(fn, layout, y, slowest_rate=same_rate)
+    assert reused is not None and reused.slowest_rate == same_rate
+    np.testing.assert_array_equal(reused.y, ran.y)
+    assert (reused.iterations, reused.gradient_norm, reused.converged) == (ran.iterations, ran.gradient_norm,
+                                                                           ran.converged)
+    assert cp.at_slowest_rate(1.01 * gap) is None  # that rate leaves a direction Newton solved for
+
+
 def test_a_run_cut_off_on_its_plateau_predicts_the_escape_the_full_run_shows(full_run):
     traj, events = full_run
     observed = next(e.time for e in events if e.kind == "escape")

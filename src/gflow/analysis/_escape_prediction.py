@@ -231,8 +231,10 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
                                 "exponentially (a minimum's basin or a degenerate critical point)")
     sigma_state = -float(vals[0])
     rate = 0.5 * sigma_state
+    cp = None
     for _ in range(PASSES):  # the slow rate's fixed point, on the cheap estimate of tau (no orbits)
-        cp = locate_critical_point(fn, layout, y, slowest_rate=rate)
+        same = None if cp is None else cp.at_slowest_rate(rate)  # often the new rate changes no step
+        cp = same or locate_critical_point(fn, layout, y, slowest_rate=rate)
         directions = _unstable_directions(cp, y - cp.y) if cp.converged else []
         if not directions:
             break

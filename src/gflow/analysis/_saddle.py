@@ -60,10 +60,22 @@ class CriticalPoint:
     slowest_rate: float
     iterations: int
     converged: bool
+    spectra_seen: tuple[np.ndarray, ...] = ()
+    """The eigenvalues at every point where Newton chose its directions (the start, then each step's end)."""
 
     def solved(self) -> np.ndarray:
         """Which eigen-directions Newton solved for (not slow, not round-off)."""
         return _solved(self.eigenvalues, self.slowest_rate)
+
+    def at_slowest_rate(self, slowest_rate: float) -> CriticalPoint | None:
+        """This search as it would have gone from the same start with another `slowest_rate`, when
+        it would have been the same search: every spectrum it saw splits into solved and slow
+        directions alike at both rates (the rate enters Newton only through that split), so each
+        step, merit and stop is the same. None otherwise (the search must be run)."""
+        if not self.spectra_seen or any(np.any(_solved(v, slowest_rate) != _solved(v, self.slowest_rate))
+                                        for v in self.spectra_seen):
+            return None
+        return dataclasses.replace(self, slowest_rate=float(slowest_rate))
 
 
 def _solved(vals: np.ndarray, slowest_rate: float) -> np.ndarray:
@@ -73,6 +85,37 @@ def _solved(vals: np.ndarray, slowest_rate: float) -> np.ndarray:
 @eqx.filter_jit
 def _value_and_grad(fn: LossFunction, layout: ParamLayout, y):
     return jax.value_and_grad(lambda w: fn(layout.unflatten(w)))(y)
+
+
+LINE_SEARCH_HALVINGS = 30
+"""A Newton step is halved at most this many times (to a billionth of itself) before Newton stops."""
+
+
+@eqx.filter_jit
+def _halve_until_lower(fn: LossFunction, layout: ParamLayout, y, step, vecs, keep, norm):
+    """(k, gradient at y + step / 2**k) for the fewest halvings k whose trial point lowers the merit
+    (the gradient's norm on the eigenvectors `vecs[:, keep]`) below `norm`; k = `LINE_SEARCH_HALVINGS`
+    when none does. One compiled loop: a demo's Newton searches try about ten points a step, and a
+    call each cost more than the gradients themselves."""
+    grad = jax.grad(lambda w: fn(layout.unflatten(w)))
+
+    def merit(g):
+        return jnp.linalg.norm(jnp.where(keep, vecs.T @ g, 0.0))
+
+    def trial(k):
+        return grad(y + jnp.ldexp(step, -k))  # exact halvings, as the caller's 0.5 ** k * step
+
+    def higher(state):
+        k, g = state
+        return (k < LINE_SEARCH_HALVINGS) & (merit(g) >= norm)
+
+    def halve(state):
+        k, _ = state
+        return k + 1, trial(k + 1)
+
+    zero = jnp.zeros((), jnp.int32)
+    k, g = jax.lax.while_loop(higher, halve, (zero, trial(zero)))
+    return k, g
 
 
 def _spectrum(fn: LossFunction, layout: ParamLayout, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +143,7 @@ def locate_critical_point(fn: LossFunction, layout: ParamLayout, y0: Float[np.nd
     _, g = _value_and_grad(fn, layout, jnp.asarray(y))
     g = np.asarray(g)
     vals, vecs = _spectrum(fn, layout, y)
+    seen = [vals]
 
     def solved_norm(g, vals, vecs) -> float:
         return float(np.linalg.norm(vecs[:, _solved(vals, slowest_rate)].T @ g))
@@ -118,20 +162,18 @@ def locate_critical_point(fn: LossFunction, layout: ParamLayout, y0: Float[np.nd
         # Halve a step that would raise the merit: the gradient's norm along the directions this step
         # solved for, at the current point and at the trial point alike (one merit function per
         # step, as a line search needs; a trial costs a gradient, not a Hessian and its eigh).
-        for _ in range(30):
-            _, g_new = _value_and_grad(fn, layout, jnp.asarray(y + step))
-            g_new = np.asarray(g_new)
-            if solved_norm(g_new, vals, vecs) < norm:
-                break
-            step = 0.5 * step
-        else:
+        halvings, g_new = _halve_until_lower(fn, layout, jnp.asarray(y), jnp.asarray(step), jnp.asarray(vecs),
+                                             jnp.asarray(keep), jnp.asarray(norm))
+        if int(halvings) == LINE_SEARCH_HALVINGS:
             # no step lowers the gradient: float64 round-off, when the step is round-off of the point
             converged = size <= ROUNDOFF_STEP * scale
             break
+        step, g_new = 0.5 ** int(halvings) * step, np.asarray(g_new)
         vals_new, vecs_new = _spectrum(fn, layout, y + step)
+        seen.append(vals_new)
         y, g, norm, vals, vecs = y + step, g_new, solved_norm(g_new, vals_new, vecs_new), vals_new, vecs_new
         converged = norm <= 1e-3 * CONVERGED * start  # go on a little past CONVERGED: it is cheap here
     loss, _ = _value_and_grad(fn, layout, jnp.asarray(y))
     return CriticalPoint(y=y, loss=float(loss), gradient=g, gradient_norm=norm, start_gradient_norm=start,
                          eigenvalues=vals, eigenvectors=vecs, slowest_rate=float(slowest_rate), iterations=iterations,
-                         converged=bool(converged or norm <= CONVERGED * start))
+                         converged=bool(converged or norm <= CONVERGED * start), spectra_seen=tuple(seen))

@@ -1,21 +1,25 @@
-"""Writing figures to disk: PNG and PDF side by side, one of a report's figures in a helper process.
+"""Writing figures to disk: PNG and PDF side by side, a report's figures shared with a helper process.
 
-Drawing a figure is single-threaded Python (matplotlib): the demo's three figures take about 3 s of a
-warm 8 s run while the second core idles. `FigureWriter` starts a helper process when a run begins;
-it imports matplotlib only (not gflow or JAX) while the flow runs, then waits. When the report's
-figures are ready, every second one is pickled to the helper, which draws them while this process
-draws the others. If the helper cannot start, dies, takes too long or a
-figure does not pickle, this process draws those figures itself: the files are the same either way.
+Drawing a figure is single-threaded Python (matplotlib): the demo's three figures take about 1.9 s of
+a warm run while the second core idles. `FigureWriter` starts a helper process when a run begins; it
+imports matplotlib only (not gflow or JAX) while the flow runs, then waits. When the report's figures
+are ready they are pickled to the helper, which draws them from the first while this process draws
+them from the last; each figure is claimed before it is drawn (a file created exclusively in a
+private folder), so each is drawn once, and the two meet wherever their figures' costs put them (the
+demo's overview alone costs as much as its other two). If the helper cannot start, dies, takes too
+long or a figure does not pickle, this process draws what the helper did not finish: the files are
+the same either way.
 
-Run as a script, this file is the helper: it reads one pickled `([(figure, stem), ...], rc)` from
-stdin, writes each `stem.png` and `stem.pdf` under the parent's matplotlib settings `rc`, and prints
-`ok`.
+Run as a script, this file is the helper: it reads one pickled `([(index, pickled (figure, stem)), ...],
+rc, claims)` from stdin, and for each figure it can claim in `claims` writes `stem.png` and `stem.pdf`
+under the parent's matplotlib settings `rc` and prints `done <index>`; then `ok`.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,29 +89,39 @@ class FigureWriter:
         """Write every figure of `figures` (name -> Figure) as `out_dir/name.png` and `.pdf`; returns
         the paths."""
         items = [(fig, os.path.join(os.fspath(out_dir), name)) for name, fig in figures.items()]
-        # Alternate figures between the two processes: one figure takes 0.5-1.5 s to draw (measured on
-        # the demo's three and a sparse-lag report's five), so alternating splits the work about evenly,
-        # and this process, which needs no start-up, takes the extra one.
-        handed = len(items) > 1 and self._hand_over(items[1::2])
-        mine, theirs = (items[0::2], items[1::2]) if handed else (items, [])
-        for fig, stem in mine:
-            write_png_and_pdf(fig, stem)
-        if theirs and self._finished():
-            self.helped += len(theirs)
-        else:
-            for fig, stem in theirs:
-                write_png_and_pdf(fig, stem)
+        claims = tempfile.mkdtemp(prefix="gflow-figures-")
+        try:
+            handed = self._hand_over(items, claims) if len(items) > 1 else False
+            mine = set()
+            for i in reversed(range(len(items))):  # from the last, while the helper works from the first
+                if claim(claims, i):
+                    write_png_and_pdf(*items[i])
+                    mine.add(i)
+            done = self._finished() if handed else set()
+            self.helped += len(done)
+            for i in sorted(set(range(len(items))) - mine - done):  # claimed by a helper that did not finish
+                write_png_and_pdf(*items[i])
+        finally:
+            shutil.rmtree(claims, ignore_errors=True)
         return [stem + ext for _, stem in items for ext in (".png", ".pdf")]
 
-    def _hand_over(self, items: list) -> bool:
+    def _hand_over(self, items: list, claims: str) -> bool:
+        """Pickle to the helper every figure that pickles (the others are drawn here); False when
+        there is no helper to take them."""
         proc, self._proc = self._proc, None  # one batch per helper
         if proc is None or proc.poll() is not None:
             return False
         import matplotlib
 
+        jobs = []
+        for i, (fig, stem) in enumerate(items):
+            try:
+                jobs.append((i, pickle.dumps((fig, stem))))
+            except (pickle.PicklingError, TypeError, AttributeError):
+                continue
         rc = {k: v for k, v in matplotlib.rcParams.items() if k not in PARENT_ONLY_RC}
         try:
-            proc.stdin.write(pickle.dumps((items, rc)))
+            proc.stdin.write(pickle.dumps((jobs, rc, claims)))
             proc.stdin.close()
         except (OSError, pickle.PicklingError, TypeError, AttributeError):
             proc.kill()
@@ -116,16 +130,19 @@ class FigureWriter:
         self._handed = proc
         return True
 
-    def _finished(self) -> bool:
+    def _finished(self) -> set[int]:
+        """The indices the helper reports drawn (none unless it ends with `ok`)."""
         proc, self._handed = self._handed, None
         try:
-            proc.wait(timeout=HELPER_TIMEOUT)  # its only output is one short line: the pipe cannot fill
+            proc.wait(timeout=HELPER_TIMEOUT)  # its output is a few short lines: the pipe cannot fill
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        out = proc.stdout.read()
+        lines = proc.stdout.read().decode(errors="replace").splitlines()
         proc.stdout.close()
-        return proc.returncode == 0 and out.strip() == b"ok"
+        if proc.returncode != 0 or lines[-1:] != ["ok"]:
+            return set()
+        return {int(line.removeprefix("done ")) for line in lines[:-1]}
 
     def close(self) -> None:
         """Stop the helper if it was not used (a run that failed, or drew one figure)."""
@@ -148,16 +165,28 @@ class FigureWriter:
         self.close()
 
 
+def claim(claims: str, index: int) -> bool:
+    """Claim figure `index` for this process: True for the first of the two processes that asks (an
+    exclusive create is atomic on a local file system)."""
+    try:
+        os.close(os.open(os.path.join(claims, str(index)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def _serve() -> None:
     import matplotlib
 
     job = sys.stdin.buffer.read()
     if not job:  # the parent closed the pipe without a figure
         return
-    items, rc = pickle.loads(job)  # written by FigureWriter in the parent, through a private pipe
+    jobs, rc, claims = pickle.loads(job)  # written by FigureWriter in the parent, through a private pipe
     with matplotlib.rc_context(rc):
-        for fig, stem in items:
-            write_png_and_pdf(fig, stem)
+        for index, figure in jobs:
+            if claim(claims, index):
+                write_png_and_pdf(*pickle.loads(figure))
+                sys.stdout.write(f"done {index}\n")
     sys.stdout.write("ok\n")
 
 
