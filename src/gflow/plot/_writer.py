@@ -142,7 +142,7 @@ class FigureWriter:
         proc.stdout.close()
         if proc.returncode != 0 or lines[-1:] != ["ok"]:
             return set()
-        return {int(line.removeprefix("done ")) for line in lines[:-1]}
+        return {int(line.split()[1]) for line in lines[:-1] if line.startswith("done ") and line.split()[1].isdigit()}
 
     def close(self) -> None:
         """Stop the helper if it was not used (a run that failed, or drew one figure)."""
