@@ -223,8 +223,8 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
     if not np.all(np.isfinite(y)):
         return EscapePrediction(**empty, **nan, failure="the state is not finite (the run diverged)")
     plan = RunPlan.of(traj.record) if plan is None else plan
-    g = np.asarray(_gradient(fn, layout, jnp.asarray(y)))
-    vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, jnp.asarray(y))))
+    g = np.asarray(_gradient(fn, layout, y))
+    vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, y)))
     if vals[0] >= -1e-8 * max(abs(vals).max(), np.finfo(float).tiny):
         return EscapePrediction(**(empty | dict(lambda_min=float(vals[0]), lambda_max=float(vals[-1]), spectrum=vals)),
                                 **nan, failure="no negative curvature at the state: nothing grows "

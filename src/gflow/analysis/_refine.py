@@ -55,8 +55,10 @@ class Refiner:
             traj.record.kind in ("flow", "ensemble") or rerunnable(traj))
         self._plan = None  # the run's plan, made at the first re-solve and kept for the others
 
-    def _stretch(self, t0: float, y0: np.ndarray, t1: float):
-        """Metrics on a fine grid from (t0, y0) to t1, re-solved with the run's own record."""
+    def _stretch(self, t0: float, y0: np.ndarray, t1: float, method: str | None = None):
+        """Metrics on a fine grid from (t0, y0) to t1, re-solved with the run's own record (and, for
+        the switching default, the method the run used there: on a stiff stretch, starting with the
+        explicit method cost the demo 5,000 discarded steps per re-solve)."""
         record = self.traj.record
         if record.kind == "discrete":
             return self._steps(t0, y0, t1)
@@ -66,7 +68,7 @@ class Refiner:
         params0 = record.layout.unflatten(np.asarray(y0, dtype=np.float64))
         if self._plan is None:
             self._plan = RunPlan.of(record)
-        sub = run_record(record.with_save_times(times), params0, plan=self._plan, progress=False)
+        sub = run_record(record.with_save_times(times), params0, plan=self._plan, progress=False, method=method)
         if not sub.ok or len(sub) != n:
             return None
         return sub, self.metrics_of(sub)
@@ -87,14 +89,15 @@ class Refiner:
         sub = dataclasses.replace(sub, times=t0 + sub.times)
         return sub, self.metrics_of(sub)
 
-    def _narrow(self, lo: float, hi: float, y: np.ndarray, locate) -> tuple[float, float]:
-        """Re-solve [lo, hi] from state `y` and let `locate(times, values_of_metrics)` pick the
-        sub-bracket `(j_lo, j_hi)` to keep (or `None` to stop), until the bracket is small."""
+    def _narrow(self, lo: float, hi: float, i: int, locate) -> tuple[float, float]:
+        """Re-solve [lo, hi] from the state saved at index `i` and let `locate(times, values_of_metrics)`
+        pick the sub-bracket `(j_lo, j_hi)` to keep (or `None` to stop), until the bracket is small."""
         one_step = self.traj.record.training.time_per_step if self.traj.record.kind == "discrete" else 0.0
+        y, method = self.traj.flat_params()[i], self.traj.method_at(i)
         for _ in range(MAX_ROUNDS):
             if hi - lo <= max(PRECISION * hi, one_step * (1 + 1e-9)):
                 break
-            got = self._stretch(lo, y, hi)
+            got = self._stretch(lo, y, hi, method)
             if got is None:
                 break
             sub, m = got
@@ -102,7 +105,7 @@ class Refiner:
             if picked is None:
                 break
             a, b = picked
-            lo, hi, y = sub.times[a], sub.times[b], sub.flat_params()[a]
+            lo, hi, y, method = sub.times[a], sub.times[b], sub.flat_params()[a], sub.method_at(a)
         return lo, hi
 
     def crossing(self, times: np.ndarray, values: np.ndarray, i: int, level: float, signal: Signal,
@@ -123,7 +126,7 @@ class Refiner:
 
         lo, hi = times[i - 1], times[i]
         if self.can_resolve:
-            lo, hi = self._narrow(lo, hi, self.traj.flat_params()[i - 1], locate)
+            lo, hi = self._narrow(lo, hi, i - 1, locate)
         return found["estimate"], 0.5 * (hi - lo) + level_uncertainty / max(found["slope"], 1e-300)
 
     def maximum(self, times: np.ndarray, values: np.ndarray, i: int, signal: Signal) -> tuple[float, float]:
@@ -138,5 +141,5 @@ class Refiner:
 
         lo, hi = times[lo_i], times[hi_i]
         if self.can_resolve and lo_i != hi_i:
-            lo, hi = self._narrow(lo, hi, self.traj.flat_params()[lo_i], locate)
+            lo, hi = self._narrow(lo, hi, lo_i, locate)
         return found["best"], 0.5 * (hi - lo)

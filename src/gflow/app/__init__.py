@@ -8,6 +8,7 @@
 - `main`: the `gflow` command line.
 """
 
+from ._cli import console_main as console_main
 from ._cli import main as main
 from ._comparison import DEFAULT_RUNS as DEFAULT_RUNS
 from ._comparison import run_comparison as run_comparison

@@ -1,5 +1,5 @@
 """`python -m gflow.app`: the `gflow` command."""
 
-from ._cli import main
+from ._cli import console_main
 
-raise SystemExit(main())
+console_main()

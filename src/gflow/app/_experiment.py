@@ -150,20 +150,21 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
     echo("analysis: metrics, stage events (re-solving the flow around each), plateau linearisations ...")
     metrics = compute_metrics(traj)
     events = detect_stages(traj, metrics=metrics)
+    tic_fig = time.perf_counter()
+    early = {"overview": overview_figure(metrics, events, reference_levels=spec.reference_levels()),
+             "attention": attention_figure(metrics, events)}
+    writer.begin(early, out_dir)  # drawn by the helper process while the plateaus are linearised
+    t_fig = time.perf_counter() - tic_fig
     plateaus = plateau_linearization(traj, events)
     task_md, task_figures = _task_analysis(traj)
-    t_analysis = time.perf_counter() - tic
+    t_analysis = time.perf_counter() - tic - t_fig
     stages_md, lin_md = stage_table(events), linearization_table(plateaus)
     echo("\nStages of learning\n" + stages_md + "\n\nLinearisation at each plateau\n" + lin_md + task_md)
     tic = time.perf_counter()
     echo("figures ...")
-    figures = {
-        "overview": overview_figure(metrics, events, reference_levels=spec.reference_levels()),
-        "attention": attention_figure(metrics, events),
-        "hessian": hessian_figure(plateaus),
-    } | task_figures
-    writer.write(figures, out_dir)
-    t_fig = time.perf_counter() - tic
+    figures = early | {"hessian": hessian_figure(plateaus)} | task_figures
+    writer.write({name: figures[name] for name in figures if name not in early}, out_dir)
+    t_fig += time.perf_counter() - tic
     timings = {"flow_s": t_flow, "analysis_s": t_analysis, "figures_s": t_fig}
     _write_report(out_dir, settings, traj, stages_md, lin_md + task_md, timings)
     echo(f"\nwrote {out_dir}/{REPORT_FILE}, {TRAJECTORY_FILE} and figures ({', '.join(figures)}; PNG and PDF)")

@@ -111,21 +111,29 @@ class _Member:
 
 def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_index: int = 0,
               previous: list[Trajectory] | None = None, progress: bool | None = None, checkpoint: str | None = None,
-              member_stats: Callable[[int], dict] = lambda b: {}) -> list[Trajectory]:
+              member_stats: Callable[[int], dict] = lambda b: {},
+              methods: list[str] | None = None) -> list[Trajectory]:
     """Integrate `record.save_times[start_index:]` chunk by chunk from the states `y_start` (B, n).
 
     Returns one `Trajectory` per state, appended to `previous` when resuming. A member that fails
     keeps the points it reached and stops; the others go on. `checkpoint` (single runs) is written
-    after every chunk and at the end.
+    after every chunk and at the end. `methods` (a new run of the switching default): the method
+    each member's first chunk uses, one of `plan.method_names` (default: the first, explicit one).
     """
     grid, chunk = record.save_times, record.solver.chunk_size
     y = np.array(y_start, dtype=np.float64)
+    if methods is not None:
+        if previous is not None or len(methods) != len(y) or any(m not in plan.method_names for m in methods):
+            raise ValueError(f"`method` must name one of the switching default's methods {plan.method_names} "
+                             f"(one per state, for a new run); got {methods!r}. Leave it out for other solvers.")
     if previous is not None:
         members = [_Member.resume(traj) for traj in previous]
     else:
         loss0, gnorm0 = (np.asarray(a) for a in loss_and_gradient_norm(plan.field.loss, plan.layout,
                                                                         jax.device_put(y)))
         members = [_Member.start(grid[0], y[b], loss0[b], gnorm0[b]) for b in range(len(y))]
+        for member, method in zip(members, methods or (), strict=False):
+            member.stats["next_method"] = method
 
     def snapshots(status_of_alive: RunStatus, message_of_alive: str) -> list[Trajectory]:
         return [m.trajectory(record, plan, status_of_alive if m.alive else m.status,

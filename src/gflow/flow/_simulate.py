@@ -31,22 +31,26 @@ from ._plan import RunPlan
 
 
 def run_record(record: RunRecord, params0: TransformerParams, *, plan: RunPlan | None = None,
-               progress: bool | None = None, checkpoint: str | os.PathLike | None = None) -> Trajectory:
+               progress: bool | None = None, checkpoint: str | os.PathLike | None = None,
+               method: str | None = None) -> Trajectory:
     """Integrate the flow a record describes, from `params0` (with `plan`, if the caller has made
-    the record's plan already: one plan serves any save grid of the same record)."""
+    the record's plan already: one plan serves any save grid of the same record). `method`: for the
+    switching default, the method its first chunk uses (default: the explicit one, as a new run
+    starts); a re-solve between saved points of a run passes the run's own (`Trajectory.method_at`)."""
     y0 = np.asarray(record.layout.flatten(params0))[None]
     check_finite_start(y0)
     return continue_run(record, RunPlan.of(record) if plan is None else plan, y0, progress=progress,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, method=method)
 
 
 def continue_run(record: RunRecord, plan: RunPlan, y: np.ndarray, *, start_index: int = 0,
                  previous: Trajectory | None = None, progress: bool | None = None,
-                 checkpoint: str | os.PathLike | None = None) -> Trajectory:
+                 checkpoint: str | os.PathLike | None = None, method: str | None = None) -> Trajectory:
     """The one path of a single flow: from state `y` (1, n) at save index `start_index`, after the
     points of `previous` (a checkpoint), to the end of the record's grid."""
     (traj,) = integrate(record, plan, y, start_index=start_index, previous=None if previous is None else [previous],
-                        progress=progress, checkpoint=None if checkpoint is None else os.fspath(checkpoint))
+                        progress=progress, checkpoint=None if checkpoint is None else os.fspath(checkpoint),
+                        methods=None if method is None else [method])
     return traj
 
 

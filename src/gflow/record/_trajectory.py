@@ -93,6 +93,19 @@ class Trajectory:
         """`(n, n_params)`: every saved state as one flat vector (the layout the solvers use)."""
         return self.layout.flatten_many(self.params)
 
+    def method_at(self, i: int) -> str | None:
+        """The method that solved this run from saved index `i` to `i + 1`: for the switching default,
+        the method of that chunk of the save grid (`stats["chunk_methods"]`, after any fallback from a
+        failed explicit chunk); `None` for a run of one solver, a discrete run, or past the chunks
+        recorded. A re-solve from a saved state uses it (`run_record(..., method=)`), so that it
+        retraces the run with the method the run itself found it needed there."""
+        methods = self.stats.get("chunk_methods")
+        if not methods or self.record.solver is None:
+            return None
+        i = int(i) + (len(self) if i < 0 else 0)
+        k = i // self.record.solver.chunk_size
+        return str(methods[k]) if 0 <= i < len(self) - 1 and k < len(methods) else None
+
     @classmethod
     def from_flat(cls, record: RunRecord, times, ys, *, status: RunStatus | str = RunStatus.SUCCESS,
                   message: str = "", stats: dict[str, Any] | None = None) -> Trajectory:
