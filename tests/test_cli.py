@@ -184,3 +184,23 @@ def test_interrupt_then_gflow_resume_gives_the_uninterrupted_report(tmp_path, ca
     resumed, whole = gflow.load(out / "trajectory.npz"), gflow.load(ref / "trajectory.npz")
     np.testing.assert_array_equal(resumed.flat_params(), whole.flat_params())
     assert _report_without_timings(out / "report.md") == _report_without_timings(ref / "report.md")
+
+
+def test_the_console_script_flushes_its_output_and_keeps_the_exit_status(tmp_path):
+    """`python -m gflow.app` (the `gflow` script's `console_main`) skips the interpreter's teardown
+    after a command: its printed output still arrives whole through a pipe, its files are complete,
+    and the exit status is the command's (0 for a finished run, 2 for bad input)."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "gflow.app", "run", str(cfg), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.rstrip().splitlines()[-1].startswith("total ")
+    assert gflow.load(out / "trajectory.npz").ok and (out / "report.md").read_text().count("Stages of learning")
+    bad = subprocess.run([sys.executable, "-m", "gflow.app", "run", str(tmp_path / "missing.toml")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("does not exist.")

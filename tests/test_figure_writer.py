@@ -105,3 +105,32 @@ def test_an_unused_helper_is_stopped():
     proc = writer._proc
     writer.close()
     assert proc is None or proc.poll() is not None
+
+
+def test_figures_begun_early_are_drawn_by_the_helper_while_this_process_computes(tmp_path, monkeypatch):
+    """`begin` hands figures over and returns; the helper draws them meanwhile (this process's BLAS one
+    thread fewer, restored after). A helper that has finished them also takes the next figure alone."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    drawn_here = record_draws_here(monkeypatch)
+    before = blas_threads()
+    with FigureWriter() as writer:
+        writer.begin({"f0": small_figure(0), "f1": small_figure(1)}, tmp_path / "shared")
+        helped = (os.cpu_count() or 1) > 1 and writer._proc is not None
+        if helped:
+            assert all(n == (os.cpu_count() or 1) - 1 for n in blas_threads()) or not before
+            deadline = time.monotonic() + 60.0
+            while writer._drawn() != {0, 1} and time.monotonic() < deadline:  # this process "computes"
+                time.sleep(0.05)
+        paths = writer.write({"f2": small_figure(2)}, tmp_path / "shared")
+    assert blas_threads() == before
+    if helped:
+        assert writer.helped == 3 and drawn_here == []
+    assert writer.helped + len(drawn_here) == 3
+    assert sorted(os.path.basename(p) for p in paths) == sorted(f"f{i}.{e}" for i in range(3) for e in ("png", "pdf"))
+    for i in range(3):
+        write_png_and_pdf(small_figure(i), tmp_path / "here" / f"f{i}")
+        np.testing.assert_array_equal(pixels(tmp_path / "shared" / f"f{i}.png"), pixels(tmp_path / "here" / f"f{i}.png"))

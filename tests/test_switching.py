@@ -122,3 +122,25 @@ def test_a_failed_explicit_chunk_is_solved_again_by_the_bdf(demo, long_runs, mon
 def test_the_switching_name_is_refused_where_one_solver_is_built():
     with pytest.raises(ValueError, match="pair of solvers"):
         gflow.solvers.make_solver(SWITCHING_SOLVER, 1e-6, 1e-9)
+
+
+def test_a_resolve_from_a_saved_state_starts_with_the_runs_own_method(demo, long_runs, monkeypatch):
+    """The event re-solves retrace the run with the method it used there (`Trajectory.method_at`). From
+    a state of the last, BDF, chunk, a re-solve started as a new run would spend the explicit budget
+    (here 500 steps) before the BDF takes the chunk over; started with the run's method it discards
+    nothing and reaches the same states bit for bit. A method the switching plan lacks is refused."""
+    from gflow.flow import run_record
+
+    monkeypatch.setattr(plan_module, "EXPLICIT_MAX_STEPS", 500)
+    long = long_runs[0]
+    chunk = long.record.solver.chunk_size
+    i = (len(long.stats["chunk_methods"]) - 1) * chunk
+    assert long.method_at(i) == BDF and long.method_at(0) == "Tsit5" and long.method_at(-1) is None
+    record = long.record.with_save_times(np.geomspace(long.times[i], long.times[i + 1], 5))
+    fresh = run_record(record, long.params_at(i))
+    own = run_record(record, long.params_at(i), method=long.method_at(i))
+    assert fresh.stats["num_discarded_explicit_steps"] == 500 and fresh.stats["chunk_methods"] == [BDF]
+    assert own.stats["num_discarded_explicit_steps"] == 0 and own.stats["chunk_methods"] == [BDF]
+    assert np.array_equal(own.flat_params(), fresh.flat_params())
+    with pytest.raises(ValueError, match="`method` must name one of"):
+        run_record(record, long.params_at(i), method="Kvaerno5")
