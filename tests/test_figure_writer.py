@@ -133,4 +133,5 @@ def test_figures_begun_early_are_drawn_by_the_helper_while_this_process_computes
     assert sorted(os.path.basename(p) for p in paths) == sorted(f"f{i}.{e}" for i in range(3) for e in ("png", "pdf"))
     for i in range(3):
         write_png_and_pdf(small_figure(i), tmp_path / "here" / f"f{i}")
-        np.testing.assert_array_equal(pixels(tmp_path / "shared" / f"f{i}.png"), pixels(tmp_path / "here" / f"f{i}.png"))
+        shared, here = (pixels(tmp_path / where / f"f{i}.png") for where in ("shared", "here"))
+        np.testing.assert_array_equal(shared, here)

@@ -99,7 +99,7 @@ def test_a_flow_from_a_stored_solve_equals_the_traced_one(small_setting, folder)
     kw = dict(config=config, loss="enumerate", n_save=9, progress=False)
     stored = gflow.simulate(params0, spec, (0.0, 50.0), solver="GradientFlowBDF", **kw)
     traced = gflow.simulate(params0, spec, (0.0, 50.0), solver=GradientFlowBDF(rtol=1e-6, atol=1e-9), **kw)
-    assert len(os.listdir(folder)) == 1
+    assert len([name for name in os.listdir(folder) if name.startswith("chunk-")]) == 1
     np.testing.assert_array_equal(stored.flat_params(), traced.flat_params())
     assert stored.stats["num_accepted_steps"] == traced.stats["num_accepted_steps"]
 
@@ -111,3 +111,25 @@ def test_a_program_that_cannot_be_exported_falls_back_once(folder, monkeypatch):
     for _ in range(3):
         assert _programs.stored_program("apply", apply, static, (dynamic, jnp.ones(2))) is None
     assert len(tries) == 1 and not os.listdir(folder)
+
+
+def test_an_analysis_program_is_stored_and_a_new_process_reads_it_without_tracing(small_setting, folder, monkeypatch):
+    """`stored_filter_jit` (the dense Hessian): the same numbers as `filter_jit`, one file, and a new
+    wrapper with nothing in memory and exporting forbidden reads it back; new values, same program.
+    A function that is not gflow's (its code is not in the key) is traced as `filter_jit` does."""
+    from gflow.analysis._hessian import dense_hessian
+
+    spec, config, params0 = small_setting
+    traj = gflow.simulate(params0, spec, (0.0, 5.0), config=config, loss="enumerate", n_save=3, progress=False)
+    fn, layout, ys = traj.loss_function(), traj.layout, traj.flat_params()
+    monkeypatch.setattr(_programs, "_loaded", {})
+    before = set(os.listdir(folder))
+    stored = _programs.stored_filter_jit(dense_hessian.__wrapped__)
+    traced = eqx.filter_jit(dense_hessian.__wrapped__)
+    np.testing.assert_array_equal(stored(fn, layout, ys[1]), traced(fn, layout, ys[1]))
+    assert len(set(os.listdir(folder)) - before) == 1
+    monkeypatch.setattr(_programs, "_loaded", {})
+    monkeypatch.setattr(_programs, "_export", lambda *a: pytest.fail("the stored program was traced again"))
+    again = _programs.stored_filter_jit(dense_hessian.__wrapped__)
+    np.testing.assert_array_equal(again(fn, layout, ys[2]), traced(fn, layout, ys[2]))
+    assert _programs.stored_filter_jit(lambda x: 2 * x)(jnp.ones(2)).tolist() == [2.0, 2.0]  # not gflow's: traced

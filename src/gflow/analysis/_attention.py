@@ -17,11 +17,11 @@ $F = \\sum_a \\pi_a KL(\\alpha(a, \\cdot) \\| \\pi)$.
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..common import stored_filter_jit
 from ..losses import LossFunction, SequenceData, TypeData
 from ..model import TransformerParams, sequence_attention, type_attention
 
@@ -62,7 +62,7 @@ def _sequence_level(params: TransformerParams, fn: LossFunction, d: SequenceData
             "position_attention": jnp.einsum("n,nkts->kts", w, alpha)}
 
 
-@eqx.filter_jit
+@stored_filter_jit
 def attention_statistics(params: TransformerParams, fn: LossFunction) -> dict[str, Float[Array, ...]]:
     """For parameters stacked over `n` saved times: `key_mass` `(n, K, V)`, `uniform_mass` `(n, V)` (the
     masses uniform attention would give: the reference for gains), `focus` `(n, K)`, `attention`

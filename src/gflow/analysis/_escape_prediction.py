@@ -42,13 +42,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
-from ..common import is_real
+from ..common import is_real, stored_filter_jit
 from ..flow import RunPlan, run_record
 from ..losses import LossFunction
 from ..model import ParamLayout
@@ -106,7 +104,7 @@ class EscapePrediction:
         return self.predicted_escape - self.at
 
 
-@eqx.filter_jit
+@stored_filter_jit
 def _gradient(fn: LossFunction, layout: ParamLayout, y):
     return jax.grad(lambda w: fn(layout.unflatten(w)))(y)
 

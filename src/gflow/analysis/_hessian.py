@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..common import stored_filter_jit
 from ..data import AbstractDataSource
 from ..losses import LossFunction, loss_function
 from ..model import ParamLayout, TransformerConfig, TransformerParams
@@ -27,7 +28,7 @@ def hessian_vector_product(fn: LossFunction, layout: ParamLayout, y, v):
     return jax.jvp(jax.grad(lambda w: fn(layout.unflatten(w))), (y,), (v,))[1]
 
 
-@eqx.filter_jit
+@stored_filter_jit
 def dense_hessian(fn: LossFunction, layout: ParamLayout, y):
     """The full Hessian of the loss at the flat point `y` (compiled once per loss shape)."""
     return jax.hessian(lambda w: fn(layout.unflatten(w)))(y)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..common import stored_filter_jit
 from ..model import TransformerConfig, TransformerParams, type_scores, unembedding
 from ..record import Trajectory
 from ._attention import attention_statistics
@@ -106,7 +106,7 @@ def log_time_slope(times: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-@eqx.filter_jit
+@stored_filter_jit
 def _max_scores(params: TransformerParams, config: TransformerConfig):
     """The largest |score| between token types at each saved time, from the model's own scores."""
     return jnp.max(jnp.abs(jax.vmap(lambda p: type_scores(p, config))(params)), axis=(1, 2, 3))

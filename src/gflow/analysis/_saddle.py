@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from ..common import stored_filter_jit
 from ..losses import LossFunction
 from ..model import ParamLayout
 from ._hessian import DENSE_LIMIT, dense_hessian
@@ -82,7 +82,7 @@ def _solved(vals: np.ndarray, slowest_rate: float) -> np.ndarray:
     return np.abs(vals) > max(slowest_rate, PSEUDO_INVERSE * max(np.abs(vals).max(), np.finfo(float).tiny))
 
 
-@eqx.filter_jit
+@stored_filter_jit
 def _value_and_grad(fn: LossFunction, layout: ParamLayout, y):
     return jax.value_and_grad(lambda w: fn(layout.unflatten(w)))(y)
 
@@ -91,7 +91,7 @@ LINE_SEARCH_HALVINGS = 30
 """A Newton step is halved at most this many times (to a billionth of itself) before Newton stops."""
 
 
-@eqx.filter_jit
+@stored_filter_jit
 def _halve_until_lower(fn: LossFunction, layout: ParamLayout, y, step, vecs, keep, norm):
     """(k, gradient at y + step / 2**k) for the fewest halvings k whose trial point lowers the merit
     (the gradient's norm on the eigenvectors `vecs[:, keep]`) below `norm`; k = `LINE_SEARCH_HALVINGS`

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
-from ..common import as_prng_key, check_int, check_memory, is_integer, key_data
+from ..common import as_prng_key, check_int, check_memory, is_integer, key_data, stored_filter_jit
 from ..data import AbstractDataSource
 from ..model import ParamLayout, TransformerConfig, TransformerParams, check_params, sequence_logits, type_logits
 from ._data import SequenceData, TypeData, sequence_loss_bytes
@@ -255,7 +255,7 @@ def evaluate(fn: LossFunction, params: TransformerParams) -> Scalar:
     return fn(params)
 
 
-@eqx.filter_jit
+@stored_filter_jit
 def loss_and_gradient_norm(fn: LossFunction, layout: ParamLayout, ys: Float[Array, "n n_params"]
                            ) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
     """The loss and $\\|\\nabla L\\|$ at each of `n` flat states (one compiled call; what a trajectory
