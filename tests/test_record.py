@@ -116,3 +116,21 @@ def test_importing_gflow_leaves_matplotlib_alone():
             "assert 'matplotlib.pyplot' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_status_is_read_from_the_metadata_alone(small_setting, tmp_path):
+    """`read_status` (what `gflow run` asks of a folder's old trajectory) agrees with `load`, and says
+    `None` for a file it cannot read, where `load` says why."""
+    import dataclasses
+
+    from gflow.record import read_status
+
+    traj = small_flow(small_setting)
+    traj.save(tmp_path / "done.npz")
+    dataclasses.replace(traj, status="interrupted").save(tmp_path / "cut.npz")
+    assert read_status(tmp_path / "done.npz") == gflow.load(tmp_path / "done.npz").status == "success"
+    assert read_status(tmp_path / "cut.npz") == gflow.load(tmp_path / "cut.npz").status == "interrupted"
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert read_status(tmp_path / "bad.npz") is None and read_status(tmp_path / "missing.npz") is None
+    with pytest.raises(ValueError, match="not a readable gflow trajectory"):
+        gflow.load(tmp_path / "bad.npz")

@@ -39,7 +39,7 @@ from ..plot import (
     lag_figure,
     overview_figure,
 )
-from ..record import RunStatus, Trajectory, load
+from ..record import RunStatus, Trajectory, load, read_status
 from ._settings import ExperimentSettings
 
 
@@ -98,6 +98,9 @@ def unfinished_run(out_dir: str) -> tuple[ExperimentSettings, Trajectory] | None
     settings_path, path = os.path.join(out_dir, SETTINGS_FILE), os.path.join(out_dir, TRAJECTORY_FILE)
     if not (os.path.isfile(settings_path) and os.path.isfile(path)):
         return None
+    status = read_status(path)
+    if status is not None and status not in (RunStatus.INTERRUPTED, RunStatus.RUNNING):
+        return None  # a run that ended: nothing to resume (its weights need not be read)
     try:
         traj = load(path)
     except ValueError as e:

@@ -72,9 +72,8 @@ class Gaussian:
 
     random: bool = dataclasses.field(default=True, init=False)
 
-    def draw(self, key, shape, config: TransformerConfig, V: int, scale: float | None, gamma: float | None):
-        sigma = scale if scale is not None else self.fan_in(config, V) ** (-gamma)
-        return sigma * jax.random.normal(key, shape, dtype=jnp.float64)
+    def sigma(self, config: TransformerConfig, V: int, scale: float | None, gamma: float | None) -> float:
+        return float(scale) if scale is not None else float(self.fan_in(config, V) ** (-gamma))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +83,7 @@ class Constant:
     value: float
     random: bool = dataclasses.field(default=False, init=False)
 
-    def draw(self, key, shape, config: TransformerConfig, V: int, scale, gamma):
+    def draw(self, shape: tuple[int, ...]):
         return jnp.full(shape, self.value, dtype=jnp.float64)
 
 
@@ -203,9 +202,22 @@ def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: Abstra
                           f"{', '.join(underflow)}: those weights are exactly 0 (a stationary point of the flow, "
                           "which it never leaves). Use a smaller gamma, or `scale`.", stacklevel=2)
     random = [name for name in shapes if PARAMETERS[name].init.random]
-    keys = dict(zip(random, jax.random.split(key, len(random)), strict=True))
-    return TransformerParams(**{name: PARAMETERS[name].init.draw(keys.get(name), shape, config, spec.V, scale, gamma)
+    normals = _standard_normals(key, tuple(shapes[name] for name in random))
+    drawn = {name: jax.device_put(PARAMETERS[name].init.sigma(config, spec.V, scale, gamma) * np.asarray(z))
+             for name, z in zip(random, normals, strict=True)}  # scaled outside the program: as eager JAX rounds
+    return TransformerParams(**{name: drawn[name] if name in drawn else PARAMETERS[name].init.draw(shape)
                                 for name, shape in shapes.items()})
+
+
+@eqx.filter_jit
+def _standard_normals(key: PRNGKeyArray, shapes: tuple[tuple[int, ...], ...]) -> tuple[Float[Array, "..."], ...]:
+    """Standard normals of each of `shapes`, from `key` split once per weight: one compiled program
+    instead of a dozen small ones, which took 0.17 s of a warm demo's start (2026-12-03). The same
+    numbers as drawing them one by one; the scaling stays outside, where XLA cannot fold it into
+    the transform (that moved weights by an ulp). Not stored (`stored_filter_jit`): loading the
+    exported threefry program costs 0.1 s, more than tracing it."""
+    keys = jax.random.split(key, len(shapes))
+    return tuple(jax.random.normal(keys[i], shape, dtype=jnp.float64) for i, shape in enumerate(shapes))
 
 
 def check_params(params: TransformerParams, config: TransformerConfig, spec: AbstractDataSource) -> None:

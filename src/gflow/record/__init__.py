@@ -4,6 +4,7 @@
 from ._file import FORMAT_VERSION as FORMAT_VERSION
 from ._file import READABLE_FORMATS as READABLE_FORMATS
 from ._file import package_versions as package_versions
+from ._file import read_status as read_status
 from ._record import RUN_KINDS as RUN_KINDS
 from ._record import RunRecord as RunRecord
 from ._record import SolverSpec as SolverSpec

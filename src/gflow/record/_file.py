@@ -62,6 +62,18 @@ def read_trajectory(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path!r} is not a readable gflow trajectory: {_reason(e)}") from None
 
 
+def read_status(path: str | os.PathLike) -> str | None:
+    """The status a trajectory file records (`"success"`, `"interrupted"`, ...), read from its metadata
+    alone, or `None` when that cannot be read (`read_trajectory` then says why). For a caller that
+    only asks whether a run finished: reading and checking every weight cost 0.08 s of a demo."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            status = json.loads(str(f["meta"])).get("status")
+        return status if status in STATUSES else None
+    except (*_UNREADABLE, AttributeError):
+        return None
+
+
 _UNREADABLE = (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError,
                RecursionError, OverflowError, MemoryError)
 
