@@ -210,7 +210,7 @@ def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: Abstra
 
 
 @eqx.filter_jit
-def _standard_normals(key: PRNGKeyArray, shapes: tuple[tuple[int, ...], ...]) -> tuple[Float[Array, "..."], ...]:
+def _standard_normals(key: PRNGKeyArray, shapes: tuple[tuple[int, ...], ...]) -> tuple[Float[Array, ...], ...]:
     """Standard normals of each of `shapes`, from `key` split once per weight: one compiled program
     instead of a dozen small ones, which took 0.17 s of a warm demo's start (2026-12-03). The same
     numbers as drawing them one by one; the scaling stays outside, where XLA cannot fold it into
