@@ -16,6 +16,16 @@ BAD_TYPE = (ValueError, TypeCheckError)
 DEMO_PI = (0.75, 0.19, 0.05, 0.01)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each test module ends by dropping the compiled programs it loaded: a worker that keeps every
+    program of ~190 tests holds ~5 GB and ~64,000 memory maps, at the edge of Linux's limit (65,530),
+    where loading the next program segfaults (a CI run died so, 2026-12-03). gflow guards a process
+    by itself (`MAP_SHARE_LIMIT`); this keeps the workers small."""
+    yield
+    gflow.release_compiled_programs()
+
+
 @pytest.fixture
 def key():
     return jax.random.key(20261122)

@@ -133,3 +133,54 @@ def test_an_analysis_program_is_stored_and_a_new_process_reads_it_without_tracin
     again = _programs.stored_filter_jit(dense_hessian.__wrapped__)
     np.testing.assert_array_equal(again(fn, layout, ys[2]), traced(fn, layout, ys[2]))
     assert _programs.stored_filter_jit(lambda x: 2 * x)(jnp.ones(2)).tolist() == [2.0, 2.0]  # not gflow's: traced
+
+
+def test_released_programs_free_their_memory_maps_and_are_read_back_from_disk(folder, monkeypatch):
+    """Each loaded XLA program holds memory maps until it is dropped (a process at Linux's limit
+    segfaults); `release_compiled_programs` drops them, and a stored program then computes the same
+    numbers from its file, without being exported again."""
+    if _programs.memory_map_count() is None:
+        pytest.skip("this system's /proc does not count memory maps")
+    dynamic, static = _split(Scaled(jnp.arange(3.0), "tanh", 0.5))
+    x = jnp.linspace(-1.0, 1.0, 3)
+    expected = apply(static, dynamic, x)
+    program = _programs.stored_program("apply", apply, static, (dynamic, x))
+    held = [jax.jit(lambda v, c=float(c): jnp.sin(v) * c) for c in range(60)]  # 60 programs, kept
+    for f in held:
+        f(x).block_until_ready()
+    before = _programs.memory_map_count()[0]
+    gflow.release_compiled_programs()
+    assert _programs.memory_map_count()[0] < before - 200  # about 10 maps a program
+    monkeypatch.setattr(_programs, "_export", lambda *a: pytest.fail("the stored program was traced again"))
+    again = _programs.stored_program("apply", apply, static, (dynamic, x))
+    np.testing.assert_array_equal(again(dynamic, x), expected)
+    np.testing.assert_array_equal(program(dynamic, x), expected)  # a program the caller kept still runs
+
+
+def test_a_process_near_the_memory_map_limit_releases_its_programs_and_warns_once_if_that_is_not_enough(monkeypatch):
+    import warnings
+
+    released = []
+    monkeypatch.setattr(_programs, "MAP_CHECK_EVERY", 1)
+    monkeypatch.setattr(_programs, "_warned_maps", False)
+    monkeypatch.setattr(_programs, "release_compiled_programs", lambda: released.append(True))
+
+    def counts(*pairs):
+        it = iter(pairs)
+        monkeypatch.setattr(_programs, "memory_map_count", lambda: next(it))
+
+    counts((50, 100))  # under MAP_SHARE_LIMIT: nothing to do
+    _programs.note_new_program()
+    assert released == []
+    counts((70, 100), (20, 100))  # over it: released, and enough
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _programs.note_new_program()
+    assert released == [True]
+    counts((70, 100), (65, 100), (70, 100), (65, 100))  # the caller holds the maps: warned, once
+    with pytest.warns(RuntimeWarning, match="vm.max_map_count"):
+        _programs.note_new_program()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _programs.note_new_program()
+    assert released == [True] * 3

@@ -49,6 +49,7 @@ from .flow import stack_params as stack_params
 from .flow import train as train
 from .losses import LossFunction as LossFunction
 from .losses import LossSpec as LossSpec
+from .common import release_compiled_programs as release_compiled_programs
 from .losses import loss_function as loss_function
 from .losses import population_loss as population_loss
 from .model import ParamLayout as ParamLayout

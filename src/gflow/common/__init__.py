@@ -28,6 +28,9 @@ from ._memory import check_memory as check_memory
 from ._memory import format_bytes as format_bytes
 from ._pool import shutdown_pool as shutdown_pool
 from ._pool import worker_pool as worker_pool
+from ._programs import memory_map_count as memory_map_count
+from ._programs import note_new_program as note_new_program
+from ._programs import release_compiled_programs as release_compiled_programs
 from ._programs import stored_filter_jit as stored_filter_jit
 from ._programs import stored_program as stored_program
 from ._progress import SavePointLoop as SavePointLoop

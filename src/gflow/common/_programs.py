@@ -55,6 +55,21 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _loaded: dict[str, Callable] = {}
 _unexportable: set[str] = set()
+_filter_tables: list[dict] = []
+"""Every `stored_filter_jit`'s table of programs in this process, so that they can be released."""
+
+MAP_SHARE_LIMIT = 0.6
+"""The share of the system's memory-map limit (`vm.max_map_count`, 65,530 by default on Linux) a
+process may hold before gflow releases its compiled programs. Each loaded XLA:CPU program holds about
+ten memory maps (measured: 9.9 a program, 0.9 after `jax.clear_caches()`) until it is dropped, and a
+process that reaches the limit crashes with a segmentation fault in the next program it loads
+(seen 2026-12-03: a test worker that had loaded ~6,400 programs died reading a cached one at 64,416
+maps). 0.6 leaves room for a program's own maps and for whatever the caller holds."""
+MAP_CHECK_EVERY = 32
+"""New programs between two counts of the process's memory maps (a count reads `/proc/self/maps`:
+about 5 ms at 60,000 maps)."""
+_new_programs = 0
+_warned_maps = False
 
 
 def program_folder() -> str | None:
@@ -142,6 +157,54 @@ def stored_program(name: str, fn: Callable[..., Any], static: Any, example: tupl
     return _loaded[key]
 
 
+def release_compiled_programs() -> None:
+    """Drop every compiled program this process holds: gflow's stored programs and JAX's own caches
+    (`jax.clear_caches()`). Programs are found again on their next call (from the compilation cache
+    and the stored programs on disk, or traced again), with the same results. Frees their memory
+    and memory maps in a long process: a sweep in one process, a notebook, a test worker."""
+    global _new_programs
+    _loaded.clear()
+    for table in _filter_tables:
+        table.clear()
+    jax.clear_caches()
+    _new_programs = 0
+
+
+def memory_map_count() -> tuple[int, int] | None:
+    """`(maps held by this process, the system's limit)`, or `None` where Linux's `/proc` does not
+    say."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as fh:
+            limit = int(fh.read())
+        with open("/proc/self/maps", "rb") as fh:
+            held = fh.read().count(b"\n")
+    except (OSError, ValueError):
+        return None
+    return held, limit
+
+
+def note_new_program() -> None:
+    """Count a program this process has just built or loaded (call it outside any trace); every `MAP_CHECK_EVERY`, release the compiled programs when the
+    process holds more than `MAP_SHARE_LIMIT` of the memory-map limit (see there why)."""
+    global _new_programs, _warned_maps
+    _new_programs += 1
+    if _new_programs % MAP_CHECK_EVERY:
+        return
+    counted = memory_map_count()
+    if counted is None or counted[0] <= MAP_SHARE_LIMIT * counted[1]:
+        return
+    release_compiled_programs()
+    after = memory_map_count()
+    if after is not None and after[0] > MAP_SHARE_LIMIT * after[1] and not _warned_maps:
+        _warned_maps = True
+        import warnings
+
+        warnings.warn(f"gflow: this process holds {after[0]:,} memory maps of the system's limit of {after[1]:,} "
+                      "(vm.max_map_count) even after releasing its compiled programs; a process that reaches "
+                      "the limit crashes. Drop compiled functions you no longer need, or raise the limit "
+                      "(`sysctl vm.max_map_count=262144`).", RuntimeWarning, stacklevel=3)
+
+
 def _export(fn, static, treedef, specs):
     def flat(*leaves):
         return fn(static, *jax.tree.unflatten(treedef, leaves))
@@ -207,6 +270,7 @@ def stored_filter_jit(body: Callable) -> Callable:
     if body.__module__.split(".")[0] != "gflow" or "<" in body.__qualname__:
         return traced  # its code is not in the key (`build_fingerprint` hashes gflow's sources)
     programs: dict[tuple, tuple] = {}
+    _filter_tables.append(programs)
 
     def apply(static, dynamic):
         return body(*eqx.combine(dynamic, static))
@@ -220,6 +284,8 @@ def stored_filter_jit(body: Callable) -> Callable:
                tuple((np.shape(x), x.dtype) for x in inputs))
         entry = programs.get(key)
         if entry is None:
+            if not any(isinstance(x, jax.core.Tracer) for x in inputs):  # never inside a caller's trace
+                note_new_program()
             stored = stored_program(name, apply, static, (dynamic,))
             entry = programs[key] = (static_leaves, stored)  # the leaves: their ids stay theirs
         stored = entry[1]

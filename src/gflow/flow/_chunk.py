@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
-from ..common import solve_checks_off, stored_program
+from ..common import note_new_program, solve_checks_off, stored_program
 from ..solvers import AbstractGradientFlowSolver, last_step, last_step_recorded, proposed_step, solver_counters
 
 
@@ -130,6 +130,7 @@ class SingleState(AbstractChunkStrategy):
         shapes = tuple(np.shape(a) for a in args)
         program = self._programs.get(shapes)
         if program is None:
+            note_new_program()
             stored = stored_program("chunk", _solve_stored_chunk, static, (dynamic, *args)) if plan.storable else None
             program = ((lambda dyn, *a: ChunkResult(*stored(dyn, *a))) if stored is not None else
                        (lambda dyn, *a: solve_one(*eqx.combine(dyn, static)[:3], *a, plan.max_steps)))

@@ -28,7 +28,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ..common import stored_program
+from ..common import note_new_program, stored_program
 from ..solvers import explicit_cheaper, implicit_step_cost, largest_curvature, stability_boundary, stability_limited
 from ._chunk import AbstractChunkStrategy, ChunkResult
 
@@ -81,6 +81,7 @@ class SwitchingMethods(AbstractChunkStrategy):
         ys = jax.device_put(np.asarray(ends, dtype=np.float64))
         program = self._programs.get(ys.shape)
         if program is None:
+            note_new_program()
             stored = stored_program("curvature", _stored_curvatures, static, (dynamic, ys)) if plan.storable else None
             program = stored if stored is not None else (lambda dyn, y: _traced_curvatures(eqx.combine(dyn, static), y))
             self._programs[ys.shape] = program
