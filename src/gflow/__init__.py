@@ -36,6 +36,7 @@ from .analysis import Comparison as Comparison
 from .analysis import compare as compare
 from .app import ExperimentSettings as ExperimentSettings
 from .app import sweep as sweep
+from .common import release_compiled_programs as release_compiled_programs
 from .data import AbstractDataSource as AbstractDataSource
 from .data import InContextMarkovSpec as InContextMarkovSpec
 from .data import MarkovSpec as MarkovSpec
@@ -49,7 +50,6 @@ from .flow import stack_params as stack_params
 from .flow import train as train
 from .losses import LossFunction as LossFunction
 from .losses import LossSpec as LossSpec
-from .common import release_compiled_programs as release_compiled_programs
 from .losses import loss_function as loss_function
 from .losses import population_loss as population_loss
 from .model import ParamLayout as ParamLayout

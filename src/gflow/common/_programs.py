@@ -184,8 +184,9 @@ def memory_map_count() -> tuple[int, int] | None:
 
 
 def note_new_program() -> None:
-    """Count a program this process has just built or loaded (call it outside any trace); every `MAP_CHECK_EVERY`, release the compiled programs when the
-    process holds more than `MAP_SHARE_LIMIT` of the memory-map limit (see there why)."""
+    """Count a program this process has just built or loaded (call it outside any trace); every
+    `MAP_CHECK_EVERY`, release the compiled programs when the process holds more than
+    `MAP_SHARE_LIMIT` of the memory-map limit (see there why)."""
     global _new_programs, _warned_maps
     _new_programs += 1
     if _new_programs % MAP_CHECK_EVERY:
