@@ -20,6 +20,9 @@ work is a cache hit on its compilation.
   ordinary compiled function, with the same results.
 - **Where.** `<compilation cache folder>/programs/`; `GFLOW_COMPILATION_CACHE=off` turns both off.
   A file that cannot be read (truncated, from an incompatible JAX) is ignored and rewritten.
+- **Memory.** A loaded program holds memory and about ten memory maps until it is dropped; a
+  process near Linux's map limit segfaults loading the next one. `note_new_program` counts new
+  programs and releases them all (`release_compiled_programs`) past `MAP_SHARE_LIMIT` of the limit.
 - **Trust.** Each file starts with the SHA-256 of its program, checked on every read: a damaged or
   altered file is exported again, never run. The folder must not be writable by others (someone who
   can write there can also write a matching digest); `_warm.py` refuses a cache folder that is.
