@@ -184,3 +184,23 @@ def test_a_process_near_the_memory_map_limit_releases_its_programs_and_warns_onc
         warnings.simplefilter("error")
         _programs.note_new_program()
     assert released == [True] * 3
+
+
+def test_the_folder_is_pruned_of_its_least_recently_used_programs_and_a_read_renews_one(folder, monkeypatch):
+    dynamic, static = _split(Scaled(jnp.arange(3.0), "tanh", 0.5))
+    x = jnp.linspace(-1.0, 1.0, 3)
+    _programs.stored_program("apply", apply, static, (dynamic, x))
+    (used,) = [f for f in os.listdir(folder) if f.endswith(_programs.SUFFIX)]
+    for i, name in enumerate(["old", "older", "oldest"]):  # three unused programs of 1,000 bytes
+        path = folder / f"{name}{_programs.SUFFIX}"
+        path.write_bytes(b"\0" * 1000)
+        os.utime(path, (1e9 - i * 1e6, 1e9 - i * 1e6))
+    os.utime(folder / used, (1e8, 1e8))  # the oldest of all, until it is read
+    (folder / "notes.txt").write_text("not a program: left alone")
+    monkeypatch.setattr(_programs, "_loaded", {})
+    _programs.stored_program("apply", apply, static, (dynamic, x))  # a new process reads it back
+    assert os.path.getmtime(folder / used) > 1e9
+    size = os.path.getsize(folder / used)
+    assert _programs.prune_programs(str(folder), max_bytes=size + 1500) == 2
+    assert sorted(os.listdir(folder)) == sorted([used, f"old{_programs.SUFFIX}", "notes.txt"])
+    assert _programs.prune_programs(str(folder), max_bytes=10**9) == 0

@@ -19,7 +19,8 @@ work is a cache hit on its compilation.
   Anything that cannot be exported (a host callback, an unsupported custom call) falls back to the
   ordinary compiled function, with the same results.
 - **Where.** `<compilation cache folder>/programs/`; `GFLOW_COMPILATION_CACHE=off` turns both off.
-  A file that cannot be read (truncated, from an incompatible JAX) is ignored and rewritten.
+  A file that cannot be read (truncated, from an incompatible JAX) is ignored and rewritten. The
+  folder is kept under `PROGRAMS_MAX_BYTES` by deleting the least recently used programs.
 - **Memory.** A loaded program holds memory and about ten memory maps until it is dropped; a
   process near Linux's map limit segfaults loading the next one. `note_new_program` counts new
   programs and releases them all (`release_compiled_programs`) past `MAP_SHARE_LIMIT` of the limit.
@@ -232,9 +233,14 @@ def _read(path: str):
         digest, payload = data[:DIGEST], data[DIGEST:]
         if len(data) <= DIGEST or hashlib.sha256(payload).digest() != digest:
             return None
-        return jax.export.deserialize(bytearray(payload))
+        exported = jax.export.deserialize(bytearray(payload))
     except Exception:  # noqa: BLE001 - missing, truncated or from another JAX: export again
         return None
+    try:
+        os.utime(path)  # its time is its last use: the folder is pruned by it (`prune_programs`)
+    except OSError:
+        pass
+    return exported
 
 
 def _write(folder: str, filename: str, exported) -> None:
@@ -253,6 +259,47 @@ def _write(folder: str, filename: str, exported) -> None:
     except OSError:
         if os.path.exists(tmp):
             os.remove(tmp)
+        return
+    global _pruned
+    if not _pruned:  # once a process, when it adds a program
+        _pruned = True
+        prune_programs(folder)
+
+
+PROGRAMS_MAX_BYTES = 512 * 2**20
+"""The stored programs' folder is kept under this size (512 MiB): every change to gflow's sources or
+to a package's version makes new programs and leaves the old ones unused (a developer's folder grew
+to 72 MB, 1,537 programs, in one day), so the least recently used are deleted past it. A program is
+a few kB to a few MB; the demo needs four."""
+_pruned = False
+
+
+def prune_programs(folder: str, max_bytes: int | None = None) -> int:
+    """Delete the least recently used programs in `folder` (by modification time, which every read
+    renews) until the rest fit in `max_bytes` (default `PROGRAMS_MAX_BYTES`); the number deleted. A
+    program deleted while another process wants it is exported again there, never half-read (files
+    are replaced whole and checked)."""
+    limit = PROGRAMS_MAX_BYTES if max_bytes is None else max_bytes
+    entries = []
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((st.st_mtime, st.st_size, entry.path))
+    except OSError:
+        return 0
+    total, deleted = sum(size for _, size, _ in entries), 0
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        try:
+            os.remove(path)
+        except OSError:
+            continue
+        total -= size
+        deleted += 1
+    return deleted
 
 
 def stored_filter_jit(body: Callable) -> Callable:
