@@ -20,11 +20,12 @@ DEMO_PI = (0.75, 0.19, 0.05, 0.01)
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """A test module ends by dropping the compiled programs its worker holds once they pass 16,000
-    memory maps (~1,600 programs, ~1.5 GB): a worker that keeps every program of ~190 tests holds
-    ~5 GB and ~64,000 maps, at the edge of Linux's limit (65,530), where loading the next program
-    segfaults (a CI run died so, 2026-12-03). gflow guards a process by itself at 60% of the limit
-    (`MAP_SHARE_LIMIT`); this keeps the workers small. Not after every module: reloading the
-    programs then cost the suite 14% (171 against 150 s)."""
+    memory maps (~1,600 programs; under this rule a worker peaks at 19.7k maps and 2.7 GB): a
+    worker that keeps every program of ~190 tests holds ~5 GB and ~64,000 maps, at the edge of
+    Linux's limit (65,530), where loading the next program segfaults (a CI run died so,
+    2026-12-03). gflow guards a process by itself at 60% of the limit (`MAP_SHARE_LIMIT`); this
+    keeps the workers small. Not after every module: reloading the programs then cost the suite
+    14% (171 against 150 s)."""
     yield
     counted = memory_map_count()
     if counted is not None and counted[0] > 16_000:

@@ -270,7 +270,7 @@ PROGRAMS_MAX_BYTES = 512 * 2**20
 """The stored programs' folder is kept under this size (512 MiB): every change to gflow's sources or
 to a package's version makes new programs and leaves the old ones unused (a developer's folder grew
 to 72 MB, 1,537 programs, in one day), so the least recently used are deleted past it. A program is
-a few kB to a few MB; the demo needs four."""
+3-130 kB (median 18 kB over 1,746 measured); the demo stores 12, 316 kB."""
 _pruned = False
 
 
