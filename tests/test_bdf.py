@@ -115,8 +115,8 @@ def test_cvodes_newton_tolerance_renews_fewer_hessians_at_the_same_order_of_accu
 def test_cvodes_divergence_test_renews_fewer_hessians_at_the_same_accuracy():
     """A kept Hessian's Newton iteration abandoned only when a correction doubles (CVODE's test, the
     default) against scipy's (no contraction, or too slow a one for the remaining iterations), on a
-    gradient flow whose Hessian changes along the way: fewer renewals (measured 82 against 110; on
-    three other Dirichlet chains 67/90, 76/93, 164/226 to t = 1e5) and the same error against a
+    gradient flow whose Hessian changes along the way: fewer renewals (measured 82 against 110; to
+    t = 1e5 164/226 on this chain, 67/90 and 76/93 on two others) and the same error against a
     tight reference (2.6e-5 for both)."""
     spec = gflow.MarkovSpec.dirichlet(jax.random.key(2), 5, 0.3, T=6)
     config = gflow.TransformerConfig(d_model=4)

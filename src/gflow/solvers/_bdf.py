@@ -52,9 +52,9 @@ NEWTON_DIVERGENCE = 2.0
 is more than this many times the one before: CVODE's test (SUNDIALS' `RDIV`). scipy abandons it as
 soon as the ratio reaches 1, or when the ratio predicts no convergence within the remaining
 iterations; with a kept Hessian the first ratio is a noisy estimate, and most of those iterations
-would have converged. Measured on problem E of docs/performance.md (the dense BDF, three alternating
-runs each): 218 Hessian renewals against 294, 1.42-1.48 s against 1.67-1.76 s, the same error
-(5.59e-5 against 5.59e-5). `GradientFlowBDF(newton_divergence=None)` is scipy's test."""
+would have converged. Measured on problem E of docs/performance.md (the dense BDF, alternating
+runs): 218 Hessian renewals against 294, 1.29-1.48 s (five runs) against 1.67-1.76 s (three), the
+same error (5.59e-5 against 5.59e-5). `GradientFlowBDF(newton_divergence=None)` is scipy's test."""
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 # NDF coefficients kappa_k (Shampine & Reichelt 1997, table 1; zero for order 5: plain BDF5), and
