@@ -117,12 +117,12 @@ def test_cvodes_divergence_test_renews_fewer_hessians_at_the_same_accuracy():
     default) against scipy's (no contraction, or too slow a one for the remaining iterations), on a
     gradient flow whose Hessian changes along the way: fewer renewals (measured 82 against 110; to
     t = 1e5 164/226 on this chain, 67/90 and 76/93 on two others) and the same error against a
-    tight reference (2.6e-5 for both)."""
+    reference at rtol 1e-8 (2.6e-5 for both)."""
     spec = gflow.MarkovSpec.dirichlet(jax.random.key(2), 5, 0.3, T=6)
     config = gflow.TransformerConfig(d_model=4)
     p0 = gflow.init_params(jax.random.key(2), config, spec, scale=1e-3)
     kw = dict(config=config, loss="meanfield", n_save=41, progress=False, max_steps=10**6)
-    exact = gflow.simulate(p0, spec, (0.0, 3e4), solver="GradientFlowBDF", rtol=1e-9, atol=1e-12, **kw).flat_params()
+    exact = gflow.simulate(p0, spec, (0.0, 3e4), solver="GradientFlowBDF", rtol=1e-8, atol=1e-11, **kw).flat_params()
     runs = [gflow.simulate(p0, spec, (0.0, 3e4), solver=GradientFlowBDF(rtol=1e-6, atol=1e-9, newton_divergence=rule),
                            **kw) for rule in (NEWTON_DIVERGENCE, None)]
     cvode, scipy_rule = (r.stats["num_hessian_evaluations"] for r in runs)
