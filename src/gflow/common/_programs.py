@@ -36,6 +36,7 @@ import hashlib
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -74,6 +75,7 @@ MAP_CHECK_EVERY = 32
 about 5 ms at 60,000 maps)."""
 _new_programs = 0
 _warned_maps = False
+_pruned = False  # whether this process has pruned the folder (`prune_programs`, once, on its first write)
 
 
 def program_folder() -> str | None:
@@ -202,8 +204,6 @@ def note_new_program() -> None:
     after = memory_map_count()
     if after is not None and after[0] > MAP_SHARE_LIMIT * after[1] and not _warned_maps:
         _warned_maps = True
-        import warnings
-
         warnings.warn(f"gflow: this process holds {after[0]:,} memory maps of the system's limit of {after[1]:,} "
                       "(vm.max_map_count) even after releasing its compiled programs; a process that reaches "
                       "the limit crashes. Drop compiled functions you no longer need, or raise the limit "
@@ -271,7 +271,6 @@ PROGRAMS_MAX_BYTES = 512 * 2**20
 to a package's version makes new programs and leaves the old ones unused (a developer's folder grew
 to 72 MB, 1,537 programs, in one day), so the least recently used are deleted past it. A program is
 3-130 kB (median 18 kB over 1,746 measured); the demo stores 12, 316 kB."""
-_pruned = False
 
 
 def prune_programs(folder: str, max_bytes: int | None = None) -> int:
