@@ -50,7 +50,7 @@ def test_lanczos_finds_the_extreme_eigenpairs():
     and the unstable one are among them."""
     H = np.asarray(jax.hessian(loss)(Y0))
     vectors, values = lanczos_eigenpairs(lambda v: jnp.asarray(H) @ v, N, LANCZOS_STEPS, jnp.float64)
-    vectors, values = np.asarray(vectors), np.asarray(values)
+    vectors, values = np.asarray(vectors).T, np.asarray(values)  # the pairs come as rows
     kept = np.abs(vectors).sum(axis=0) > 0
     exact = np.linalg.eigvalsh(H)
     assert kept.sum() >= 4
@@ -65,7 +65,7 @@ def test_the_kept_columns_hold_the_unstable_pair_first_then_the_stiffest():
     control needs every unstable direction), then the stiffest ones, each an eigenpair of H."""
     H = np.asarray(jax.hessian(loss)(jnp.zeros(N)))  # spectrum exactly _SPECTRUM: one unstable value
     vectors, values = lanczos_eigenpairs(lambda v: jnp.asarray(H) @ v, N, LANCZOS_STEPS, jnp.float64, 4)
-    vectors, values = np.asarray(vectors), np.asarray(values)
+    vectors, values = np.asarray(vectors).T, np.asarray(values)  # the pairs come as rows
     np.testing.assert_allclose(values, [-0.5, 1e3, 400.0, 150.0], rtol=1e-8)
     np.testing.assert_allclose(H @ vectors, vectors * values, atol=1e-6 * 1e3)
 
@@ -128,7 +128,7 @@ def test_a_newton_system_is_solved_and_its_products_counted(c, bound):
     H = np.asarray(jax.hessian(loss)(y))
     values, vectors = np.linalg.eigh(H)
     kept = np.r_[0, N - 4:N]
-    basis, curvature = jnp.asarray(vectors[:, kept]), jnp.asarray(values[kept])
+    basis, curvature = jnp.asarray(vectors[:, kept].T), jnp.asarray(values[kept])  # the kept pairs are rows
     rhs = jnp.asarray(_rng.normal(size=N))
     x, products = solver.solve_newton_system(terms, 0.0, y, None, c, basis, curvature, rhs)
     x = np.asarray(x)

@@ -18,7 +18,8 @@ from jaxtyping import Array, Float
 from ..losses import LossFunction
 from ..model import ParamLayout
 from ..record import RunRecord
-from ..solvers import EXPLICIT_MAX_STEPS, EXPLICIT_SOLVER, SWITCHING_SOLVER, SolverSetup, make_solver, stiff_solver
+from ..solvers import (EXPLICIT_MAX_STEPS, EXPLICIT_SOLVER, SWITCHING_SOLVER, SolverSetup, Tsit5UntilStiff, make_solver,
+                       stiff_solver)
 from ._chunk import AbstractChunkStrategy, SingleState
 from ._switching import SwitchingMethods
 
@@ -76,7 +77,8 @@ class RunPlan:
         if s.instance is not None or s.name != SWITCHING_SOLVER:
             return plan(s.name if s.instance is None else s.instance, strategy)
         names = (EXPLICIT_SOLVER, stiff_solver(record.layout.size))
-        methods = (plan(names[0], strategy, min(s.max_steps, EXPLICIT_MAX_STEPS)), plan(names[1], strategy))
+        # the explicit method is recorded as Tsit5 (its steps are Tsit5's) and run as Tsit5UntilStiff
+        methods = (plan(Tsit5UntilStiff(), strategy, min(s.max_steps, EXPLICIT_MAX_STEPS)), plan(names[1], strategy))
         return dataclasses.replace(methods[1], strategy=SwitchingMethods(methods, names), method_names=names)
 
     def with_strategy(self, strategy: AbstractChunkStrategy) -> RunPlan:

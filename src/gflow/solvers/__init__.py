@@ -22,6 +22,7 @@ from ._bdf import BDFInterpolation as BDFInterpolation
 from ._bdf import GradientFlowBDF as GradientFlowBDF
 from ._chosen_steps import SolverChosenSteps as SolverChosenSteps
 from ._chosen_steps import StepDecision as StepDecision
+from ._explicit import Tsit5UntilStiff as Tsit5UntilStiff
 from ._hessian import hessian_eigenbasis as hessian_eigenbasis
 from ._krylov import GradientFlowKrylovBDF as GradientFlowKrylovBDF
 from ._last_step import last_step as last_step

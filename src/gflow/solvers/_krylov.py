@@ -31,6 +31,7 @@ solver's gradients plus the Krylov products, and a pass over the kept pairs per 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import jax
@@ -42,6 +43,10 @@ from ._bdf import GradientFlowBDF
 
 LANCZOS_STEPS = 40
 """Lanczos steps per renewal of the kept eigenpairs (each one Hessian-vector product)."""
+
+REORTHOGONALISATION_BLOCK = 8
+"""Lanczos step j reorthogonalises against the first multiple of this many rows that holds rows 0..j
+(not all `LANCZOS_STEPS`, most of them still zero): half the passes over the basis on average."""
 
 KEPT_PAIRS = 24
 """Columns for the kept pairs (the converged Ritz pairs of `LANCZOS_STEPS` steps, unstable first):
@@ -64,9 +69,26 @@ KRYLOV_MAX_PRODUCTS = 10
 eigenpairs are renewed, which is what makes the next solves fast. Measured on problem C
 (docs/performance.md): a cap of 400 spent 540,000 products (many solves ran to the cap), 60 spent
 166,000, 10 spent 54,000 with 83 renewals, at the same accuracy; 5 took more steps."""
+KEPT_WIDTHS = (2, 4, 8, 16)
+"""The widths a product with the kept pairs reads: they fill a prefix of the `KEPT_PAIRS` columns (the
+rest are zero), and each product streams only the smallest of these widths (or all the columns)
+that holds the prefix. Along most of problem D's run 2-5 pairs converge of 40 Lanczos steps; there
+the 24 columns (7 MB at 36,864 parameters) cost 0.48 ms a product, as much as a Hessian-vector
+product (0.61 ms), and 4 columns 0.11 ms (docs/performance.md)."""
+
 POSITIVE_MARGIN = 0.1
 """CG is used when the kept eigenvalues give $1 + c\\lambda_{min} >$ this: I + cH is then safely
 positive definite (the margin covers a $\\lambda_{min}$ that Lanczos places slightly too high)."""
+
+
+def _over_kept_prefix(curvature: Float[Array, " r"], make: Callable[[int], Array]) -> Array:
+    """`make(w)` for the smallest width `w` of `KEPT_WIDTHS` (or `r`) that holds every kept pair (the
+    columns with a nonzero value: `lanczos_eigenpairs` puts them first). Columns past the prefix are
+    zero, so every branch gives what all `r` columns would, reading fewer of them."""
+    r = curvature.shape[0]
+    widths = sorted({w for w in KEPT_WIDTHS if w < r} | {r})
+    index = jnp.searchsorted(jnp.asarray(widths), jnp.sum(curvature != 0))  # the first width >= the count
+    return jax.lax.switch(index, [lambda w=w: make(w) for w in widths])
 
 
 def _hessian_product(terms, t, y, args):
@@ -90,8 +112,13 @@ def lanczos_tridiagonal(product, n: int, steps: int, dtype) -> tuple[Float[Array
         Q = Q.at[j].set(q)
         w = product(q)
         a = q @ w
-        w = w - Q.T @ (Q @ w)
-        w = w - Q.T @ (Q @ w)  # twice is enough (Kahan)
+
+        def reorthogonalise(rows):  # against the rows filled so far (the rest of Q is zero)
+            v = w - Q[:rows].T @ (Q[:rows] @ w)
+            return v - Q[:rows].T @ (Q[:rows] @ v)  # twice is enough (Kahan)
+
+        widths = list(range(REORTHOGONALISATION_BLOCK, m, REORTHOGONALISATION_BLOCK)) + [m]
+        w = jax.lax.switch(j // REORTHOGONALISATION_BLOCK, [lambda r=r: reorthogonalise(r) for r in widths])
         b = jnp.linalg.norm(w)
         q = jnp.where(b > 0, w / jnp.where(b > 0, b, 1.0), 0.0)
         return Q, alpha.at[j].set(a), beta.at[j].set(b), q
@@ -102,11 +129,12 @@ def lanczos_tridiagonal(product, n: int, steps: int, dtype) -> tuple[Float[Array
 
 
 def lanczos_eigenpairs(product, n: int, steps: int, dtype,
-                       slots: int | None = None) -> tuple[Float[Array, "n k"], Float[Array, " k"]]:
+                       slots: int | None = None) -> tuple[Float[Array, "k n"], Float[Array, " k"]]:
     """Ritz pairs of the symmetric operator `product` from `steps` Lanczos steps with full
-    reorthogonalisation, in `slots` columns (default: one per step): the converged ones
+    reorthogonalisation, the vectors as `slots` rows (default: one per step): the converged ones
     (`RITZ_TOLERANCE`) first, negative values first among them, then by size; the rest come back as
-    zero vectors with zero values, so they act as absent."""
+    zero vectors with zero values, so they act as absent. Rows, not columns: a leading block of rows
+    is contiguous, so a product with only the converged ones reads only them (`KEPT_WIDTHS`)."""
     Q, T, beta_last = lanczos_tridiagonal(product, n, steps, dtype)
     theta, S = jnp.linalg.eigh(T)
     residual = jnp.abs(beta_last * S[-1])
@@ -116,7 +144,7 @@ def lanczos_eigenpairs(product, n: int, steps: int, dtype,
     # unstable directions first (the error control needs every one), then the stiffest
     order = jnp.lexsort((-jnp.abs(theta), theta >= 0, ~good))[:k]
     good, theta, S = good[order], theta[order], S[:, order]
-    return jnp.where(good[None, :], Q.T @ S, 0.0), jnp.where(good, theta, 0.0)
+    return jnp.where(good[:, None], S.T @ Q, 0.0), jnp.where(good, theta, 0.0)
 
 
 class GradientFlowKrylovBDF(GradientFlowBDF):
@@ -128,17 +156,26 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
     def counters(self, solver_state) -> dict:
         return super().counters(solver_state) | {"num_hessian_vector_products": solver_state.products}
 
-    def kept_eigenpairs(self, terms, t, y, args) -> tuple[Float[Array, "n m"], Float[Array, " m"], Int[Array, ""]]:
+    def kept_eigenpairs(self, terms, t, y, args) -> tuple[Float[Array, "m n"], Float[Array, " m"], Int[Array, ""]]:
         basis, curvature = lanczos_eigenpairs(_hessian_product(terms, t, y, args), y.shape[0], LANCZOS_STEPS,
                                               y.dtype, KEPT_PAIRS)
         return basis, curvature, jnp.asarray(min(LANCZOS_STEPS, y.shape[0]), jnp.int32)
+
+    # The kept vectors are rows here (`lanczos_eigenpairs`), and products read only the converged ones.
+    def in_kept_basis(self, basis, curvature, v):
+        r = basis.shape[0]
+        return _over_kept_prefix(curvature, lambda w: jnp.concatenate([basis[:w] @ v, jnp.zeros(r - w, v.dtype)]))
+
+    def through_kept(self, basis, curvature, weights, v):
+        return _over_kept_prefix(curvature, lambda w: basis[:w].T @ ((basis[:w] @ v) * weights[:w]))
 
     def solve_newton_system(self, terms, t, y, args, c, basis, curvature, rhs):
         product = _hessian_product(terms, t, y, args)
         structure = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
         matrix = lx.FunctionLinearOperator(lambda v: v + c * product(v), structure, lx.symmetric_tag)
         shrink = 1.0 / jnp.abs(1.0 + c * curvature) - 1.0
-        preconditioner = lx.FunctionLinearOperator(lambda v: v + basis @ ((v @ basis) * shrink), structure,
+        preconditioner = lx.FunctionLinearOperator(lambda v: v + self.through_kept(basis, curvature, shrink, v),
+                                                   structure,
                                                    (lx.symmetric_tag, lx.positive_semidefinite_tag))
         guess, _ = super().solve_newton_system(terms, t, y, args, c, basis, curvature, rhs)  # exact on the kept pairs
         options = {"preconditioner": preconditioner, "y0": guess}
