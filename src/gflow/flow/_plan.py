@@ -18,8 +18,15 @@ from jaxtyping import Array, Float
 from ..losses import LossFunction
 from ..model import ParamLayout
 from ..record import RunRecord
-from ..solvers import (EXPLICIT_MAX_STEPS, EXPLICIT_SOLVER, SWITCHING_SOLVER, SolverSetup, Tsit5UntilStiff, make_solver,
-                       stiff_solver)
+from ..solvers import (
+    EXPLICIT_MAX_STEPS,
+    EXPLICIT_SOLVER,
+    SWITCHING_SOLVER,
+    SolverSetup,
+    Tsit5UntilStiff,
+    make_solver,
+    stiff_solver,
+)
 from ._chunk import AbstractChunkStrategy, SingleState
 from ._switching import SwitchingMethods
 
