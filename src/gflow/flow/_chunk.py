@@ -18,6 +18,7 @@ step sizes, the rejected steps and the work of every member, the signals a stiff
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import NamedTuple
 
 import diffrax
@@ -30,7 +31,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 from ..common import note_new_program, solve_checks_off, stored_program
-from ..solvers import AbstractGradientFlowSolver, last_step, last_step_recorded, proposed_step, solver_counters
+from ..solvers import (
+    AbstractGradientFlowSolver,
+    Tsit5UntilStiff,
+    last_step,
+    last_step_recorded,
+    proposed_step,
+    solver_counters,
+)
 
 
 class ChunkResult(NamedTuple):
@@ -70,6 +78,8 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> Ch
     """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there (one member,
     no batch axis; traceable)."""
     keeps_state = isinstance(solver, AbstractGradientFlowSolver)
+    if isinstance(solver, Tsit5UntilStiff):  # it gives up on a chunk it would not finish in its budget
+        solver = dataclasses.replace(solver, horizon=t1, budget=max_steps)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field), solver, t0, t1, None, y0,
         saveat=diffrax.SaveAt(ts=ts, solver_state=keeps_state, controller_state=True),

@@ -28,6 +28,7 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from ._stiffness import STABILITY_FRACTION, stability_boundary
 
@@ -55,18 +56,24 @@ def _stage_difference_weights(tableau: diffrax.ButcherTableau) -> np.ndarray:
 
 
 class Tsit5UntilStiff(diffrax.Tsit5):
-    """`diffrax.Tsit5`, stopped with `max_steps_reached` once its accepted steps are held by
-    stability (module docstring): the switching default then solves the chunk with the BDF. Its
-    solutions are Tsit5's, step for step, until it stops."""
+    """`diffrax.Tsit5`, stopped with `max_steps_reached` once its steps are held by stability and,
+    at the step they are held to, would not reach `horizon` within `budget` steps (module
+    docstring): the switching default then solves the chunk with the BDF. Its solutions are
+    Tsit5's, step for step, until it stops; without a `horizon` it never stops early."""
 
+    horizon: Float[Array, ""] | float | None = None
+    """The end of the chunk (set per chunk by `flow/_chunk.py`'s `solve_chunk`)."""
+    budget: int | None = eqx.field(static=True, default=None)
+    """The chunk's step budget (`EXPLICIT_MAX_STEPS`, or the run's `max_steps` if smaller)."""
     stiff_steps: int = eqx.field(static=True, default=STIFF_STEPS)
     calm_steps: int = eqx.field(static=True, default=CALM_STEPS)
 
     def init(self, terms, t0, t1, y0, args):
-        return super().init(terms, t0, t1, y0, args), jnp.zeros(2, jnp.int32)
+        # counters: steps held by stability, calm steps in a row, accepted steps
+        return super().init(terms, t0, t1, y0, args), jnp.zeros(3, jnp.int32)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        inner, (stiff, calm) = solver_state
+        inner, (stiff, calm, accepted) = solver_state
         y1, y_error, dense_info, inner, result = super().step(terms, t0, t1, y0, args, inner, made_jump)
         k = dense_info["k"]
         weights, threshold = _watch_constants(type(self))
@@ -75,5 +82,11 @@ class Tsit5UntilStiff(diffrax.Tsit5):
         held = h_rho >= threshold
         calm = jnp.where(held, 0, calm + 1)
         stiff = jnp.where(held, stiff + 1, jnp.where(calm >= self.calm_steps, 0, stiff))
-        result = diffrax.RESULTS.where(stiff >= self.stiff_steps, diffrax.RESULTS.max_steps_reached, result)
-        return y1, y_error, dense_info, (inner, jnp.stack([stiff, calm])), result
+        accepted = accepted + 1  # this state is kept only if the step is accepted
+        if self.horizon is not None and self.budget is not None:
+            h = jnp.asarray(t1 - t0, k.dtype)
+            remaining = (jnp.asarray(self.horizon, k.dtype) - t1) / jnp.where(h > 0, h, jnp.inf)
+            projected = accepted.astype(k.dtype) + remaining
+            give_up = (stiff >= self.stiff_steps) & (projected > self.budget)
+            result = diffrax.RESULTS.where(give_up, diffrax.RESULTS.max_steps_reached, result)
+        return y1, y_error, dense_info, (inner, jnp.stack([stiff, calm, accepted])), result
