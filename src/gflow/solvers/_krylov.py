@@ -70,11 +70,11 @@ eigenpairs are renewed, which is what makes the next solves fast. Measured on pr
 (docs/performance.md): a cap of 400 spent 540,000 products (many solves ran to the cap), 60 spent
 166,000, 10 spent 54,000 with 83 renewals, at the same accuracy; 5 took more steps."""
 KEPT_WIDTHS = (2, 4, 8, 16)
-"""The widths a product with the kept pairs reads: they fill a prefix of the `KEPT_PAIRS` columns (the
-rest are zero), and each product streams only the smallest of these widths (or all the columns)
-that holds the prefix. Along most of problem D's run 2-5 pairs converge of 40 Lanczos steps; there
-the 24 columns (7 MB at 36,864 parameters) cost 0.48 ms a product, as much as a Hessian-vector
-product (0.61 ms), and 4 columns 0.11 ms (docs/performance.md)."""
+"""The widths a product with the kept pairs reads: they fill a prefix of the `KEPT_PAIRS` rows (the
+rest are zero), and each product streams only the smallest of these widths (or all the rows) that
+holds the prefix. At 36,864 parameters the 24 rows are 7 MB, and a product with all of them costs
+0.37 ms against 0.12 ms for 4 (a Hessian-vector product: 0.61 ms). How many converge varies: 4-5
+at 5 of the 183 renewals of problem D's stiff chunk, 17-24 at the rest."""
 
 POSITIVE_MARGIN = 0.1
 """CG is used when the kept eigenvalues give $1 + c\\lambda_{min} >$ this: I + cH is then safely

@@ -53,7 +53,9 @@ before the BDF took over. The budget in BDF work: a Tsit5 step costs 1/10-1/14 o
 attempt (measured on problems C and D: 0.36 against 3.7-4.5 ms, 4.8 against 45-67 ms), so 5,000
 discarded steps cost about 350-500 BDF attempts, a fraction of a stiff chunk there (C's stiff chunks
 take 2,200 attempts in all, D's last one 3,700); and an explicit chunk that needs more than 5,000
-steps is cheaper than the BDF only where the BDF would take fewer than 350-500 attempts."""
+steps is cheaper than the BDF only where the BDF would take fewer than 350-500 attempts. The
+explicit method (`Tsit5UntilStiff`) gives up sooner on a chunk whose end lies beyond this budget at
+the steps stability holds it to (`_explicit.py`)."""
 DEFAULT_SOLVER = SWITCHING_SOLVER
 ENSEMBLE_DEFAULT_SOLVER = "Kvaerno4"
 # Above this many parameters a dense Hessian (n^2 floats, n Hessian-vector products) and its
