@@ -17,7 +17,14 @@ gradient: a lower bound on $h \\lambda_{max}$, close to it when stiffness is wha
 (the difference is then dominated by the fast mode). An accepted step with $h\\rho \\ge$
 `STABILITY_FRACTION` $\\beta$ is **held by stability**, the test the switch applies between chunks.
 After `STIFF_STEPS` such steps with no `CALM_STEPS` calm ones in a row between them (DOPRI5's counts:
-15 and 6), the solve stops as if its budget were spent, and the BDF takes the chunk.
+15 and 6), the solve stops if, at the present step, the chunk's end lies beyond its step budget: it
+would spend the budget and fail anyway, so the BDF takes the chunk now instead of after it.
+
+Held steps alone are not reason enough: on problem B the last chunk's Tsit5 steps are held for a
+stretch, and stopping there (tried first) handed a chunk Tsit5 finishes in about 180 steps (0.7 s)
+to the Krylov BDF (7.3 s). The projection keeps every chunk Tsit5 would finish within its budget
+explicit, up to a later change of step: where the curvature falls again, a chunk given up on could
+have been finished.
 """
 
 from __future__ import annotations
