@@ -204,3 +204,40 @@ def test_the_folder_is_pruned_of_its_least_recently_used_programs_and_a_read_ren
     assert _programs.prune_programs(str(folder), max_bytes=size + 1500) == 2
     assert sorted(os.listdir(folder)) == sorted([used, f"old{_programs.SUFFIX}", "notes.txt"])
     assert _programs.prune_programs(str(folder), max_bytes=10**9) == 0
+
+
+def test_a_cache_folder_is_pruned_by_last_use_the_later_of_access_and_modification(tmp_path):
+    from gflow.common._prune import prune_least_recent
+
+    def entry(name, size, accessed, modified):
+        path = tmp_path / name
+        path.write_bytes(b"\0" * size)
+        os.utime(path, (accessed, modified))
+
+    entry("read-lately-cache", 1000, accessed=3e9, modified=1e9)  # written long ago, read since
+    entry("unused-cache", 1000, accessed=1e9, modified=1e9)
+    entry("written-lately-cache", 1000, accessed=2e9, modified=2.5e9)
+    entry("unused-atime", 5000, accessed=1e8, modified=1e8)  # not an entry: left alone
+    (tmp_path / "programs-cache").mkdir()  # nor is a folder
+    assert prune_least_recent(str(tmp_path), "-cache", 2500) == 1
+    assert sorted(os.listdir(tmp_path)) == ["programs-cache", "read-lately-cache", "unused-atime",
+                                            "written-lately-cache"]
+    assert prune_least_recent(str(tmp_path), "-cache", 0) == 2
+    assert prune_least_recent(str(tmp_path / "missing"), "-cache", 0) == 0
+
+
+def test_a_process_that_turns_on_the_cache_keeps_gflows_folder_under_its_bound(tmp_path):
+    import subprocess
+    import sys
+
+    from gflow.common import _warm
+
+    old, new = tmp_path / "jit_old-cache", tmp_path / "jit_new-cache"
+    with open(old, "wb") as f:  # a sparse file: its size counts, it takes no disk
+        f.truncate(_warm.JAX_CACHE_MAX_BYTES)
+    os.utime(old, (1e9, 1e9))
+    new.write_bytes(b"\0" * 1000)
+    env = dict(os.environ, GFLOW_COMPILATION_CACHE=str(tmp_path))
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    subprocess.run([sys.executable, "-c", "import gflow"], env=env, check=True, timeout=120)
+    assert sorted(os.listdir(tmp_path)) == ["jit_new-cache"]

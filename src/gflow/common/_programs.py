@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._prune import prune_least_recent
 from ._warm import cache_folder, solve_error_mode
 
 SUFFIX = ".jaxexport"
@@ -274,31 +275,11 @@ to 72 MB, 1,537 programs, in one day), so the least recently used are deleted pa
 
 
 def prune_programs(folder: str, max_bytes: int | None = None) -> int:
-    """Delete the least recently used programs in `folder` (by modification time, which every read
-    renews) until the rest fit in `max_bytes` (default `PROGRAMS_MAX_BYTES`); the number deleted. A
+    """Delete the least recently used programs in `folder` (every read renews a program's modification
+    time) until the rest fit in `max_bytes` (default `PROGRAMS_MAX_BYTES`); the number deleted. A
     program deleted while another process wants it is exported again there, never half-read (files
     are replaced whole and checked)."""
-    limit = PROGRAMS_MAX_BYTES if max_bytes is None else max_bytes
-    entries = []
-    try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    entries.append((st.st_mtime, st.st_size, entry.path))
-    except OSError:
-        return 0
-    total, deleted = sum(size for _, size, _ in entries), 0
-    for _, size, path in sorted(entries):
-        if total <= limit:
-            break
-        try:
-            os.remove(path)
-        except OSError:
-            continue
-        total -= size
-        deleted += 1
-    return deleted
+    return prune_least_recent(folder, SUFFIX, PROGRAMS_MAX_BYTES if max_bytes is None else max_bytes)
 
 
 def stored_filter_jit(body: Callable) -> Callable:

@@ -15,6 +15,11 @@ problem in a new process skips XLA compilation (docs/performance.md).
   (`throw=False`), so the in-graph checks add nothing to a gflow solve. This is scoped to gflow's
   solves: a user's own `eqx.error_if` in the same process still raises. The progress bar is updated
   from Python between chunks, not from inside the solve.
+- **How big.** gflow's folder is kept under `JAX_CACHE_MAX_BYTES`: when a process turns the cache
+  on, the least recently used entries past it are deleted (`prune_least_recent`). Every change to
+  gflow or to a package's version makes new entries and leaves the old ones unused, so an unbounded
+  folder only grows. A folder the user gave JAX is theirs to manage (JAX's own
+  `jax_compilation_cache_max_size`).
 - **What it buys.** Compilation is most of a small run's first call (the demo: about 9 s of 10);
   the cache replaces it by reading a file. Tracing (building the program in Python) is not cached
   by JAX; gflow stores its traced solves itself, next to the cache (`_programs.py`).
@@ -27,11 +32,22 @@ import os
 import threading
 import warnings
 
+from ._prune import prune_least_recent
+
 OFF = ("0", "off", "false", "no", "")
 MIN_COMPILE_SECONDS = 0.0
 """Programs that compile faster than this are not written to the cache. Every program is: reading a
 small entry takes milliseconds, compiling even the analysis's small programs 20-150 ms each (a warm
 demo is 0.2 s faster than with a 0.1 s threshold). The entries are small (the demo's 30 take 0.7 MB)."""
+
+
+JAX_CACHE_MAX_BYTES = 2**30
+"""gflow's compilation cache folder is kept under this size (1 GiB; the stored programs' subfolder
+has its own bound, `PROGRAMS_MAX_BYTES`). An entry is 5-520 kB (the demo's 30: 0.7 MB; a large
+flow's chunk solve 0.5 MB), so about two thousand solves stay cached."""
+
+JAX_CACHE_SUFFIX = "-cache"
+"""How JAX names its entries (`jax._src.lru_cache`); its access-time files end in `-atime`."""
 
 
 def cache_folder() -> str | None:
@@ -107,6 +123,7 @@ def enable_compilation_cache() -> str | None:
                       "by another; make it yours alone (chmod 700) or set GFLOW_COMPILATION_CACHE to another folder.",
                       stacklevel=2)
         return None
+    prune_least_recent(folder, JAX_CACHE_SUFFIX, JAX_CACHE_MAX_BYTES)
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return folder
