@@ -42,17 +42,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import numpy as np
 from jaxtyping import Float
 
-from ..common import is_real, stored_filter_jit
+from ..common import is_real
 from ..flow import RunPlan, run_record
-from ..losses import LossFunction
-from ..model import ParamLayout
 from ..record import Trajectory
 from ._hessian import DENSE_LIMIT, dense_hessian
-from ._saddle import CriticalPoint, locate_critical_point
+from ._saddle import CriticalPoint, _value_and_grad, locate_critical_point
 from ._signals import ROUNDOFF, crossing, interpolate_crossing
 from ._stages import episodes, resolved_loss_change
 
@@ -102,11 +99,6 @@ class EscapePrediction:
     @property
     def duration(self) -> float:
         return self.predicted_escape - self.at
-
-
-@stored_filter_jit
-def _gradient(fn: LossFunction, layout: ParamLayout, y):
-    return jax.grad(lambda w: fn(layout.unflatten(w)))(y)
 
 
 def _unstable_directions(cp: CriticalPoint, delta: np.ndarray) -> list[tuple[float, np.ndarray, float]]:
@@ -221,7 +213,7 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
     if not np.all(np.isfinite(y)):
         return EscapePrediction(**empty, **nan, failure="the state is not finite (the run diverged)")
     plan = RunPlan.of(traj.record) if plan is None else plan
-    g = np.asarray(_gradient(fn, layout, y))
+    g = np.asarray(_value_and_grad(fn, layout, y)[1])  # the saddle search's own program
     vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, y)))
     if vals[0] >= -1e-8 * max(abs(vals).max(), np.finfo(float).tiny):
         return EscapePrediction(**(empty | dict(lambda_min=float(vals[0]), lambda_max=float(vals[-1]), spectrum=vals)),

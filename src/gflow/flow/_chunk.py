@@ -18,7 +18,6 @@ step sizes, the rejected steps and the work of every member, the signals a stiff
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import NamedTuple
 
 import diffrax
@@ -33,7 +32,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ..common import note_new_program, solve_checks_off, stored_program
 from ..solvers import (
     AbstractGradientFlowSolver,
-    Tsit5UntilStiff,
+    fitted_to_chunk,
     last_step,
     last_step_recorded,
     proposed_step,
@@ -78,8 +77,7 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> Ch
     """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there (one member,
     no batch axis; traceable)."""
     keeps_state = isinstance(solver, AbstractGradientFlowSolver)
-    if isinstance(solver, Tsit5UntilStiff):  # it gives up on a chunk it would not finish in its budget
-        solver = dataclasses.replace(solver, horizon=t1, budget=max_steps)
+    solver = fitted_to_chunk(solver, t1, max_steps)  # the explicit default gives up on a chunk it would not finish
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field), solver, t0, t1, None, y0,
         saveat=diffrax.SaveAt(ts=ts, solver_state=keeps_state, controller_state=True),

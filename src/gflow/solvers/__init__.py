@@ -17,6 +17,7 @@
 
 from ._base import PID_GAINS as PID_GAINS
 from ._base import AbstractGradientFlowSolver as AbstractGradientFlowSolver
+from ._base import fitted_to_chunk as fitted_to_chunk
 from ._base import pid_controller as pid_controller
 from ._bdf import BDFInterpolation as BDFInterpolation
 from ._bdf import GradientFlowBDF as GradientFlowBDF

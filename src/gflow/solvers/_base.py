@@ -7,7 +7,9 @@ solver that knows it integrates $\\dot y = -\\nabla L(y)$ answers itself:
   controller can never disagree;
 - the step-size controller it must run under (`step_size_controller`);
 - the work it counted in its state (`counters`: Hessians, gradients), and what can be estimated
-  from the step count (`work_estimate`).
+  from the step count (`work_estimate`);
+- for a solver that plans within one chunk of the save grid, the chunk's end and step budget
+  (`fitted_to_chunk`, any solver with a `for_chunk` method: the switching default's explicit one).
 
 The driver asks these through this base class (and `SolverSetup` for diffrax's own solvers); it
 never tests for a concrete solver.
@@ -47,6 +49,14 @@ class AbstractGradientFlowSolver(diffrax.AbstractSolver):
     def work_estimate(self, attempted_steps: int) -> dict[str, int]:
         """Work estimated from the number of attempted steps, where the state does not count it."""
         return {}
+
+
+def fitted_to_chunk(solver: diffrax.AbstractSolver, t1, max_steps: int) -> diffrax.AbstractSolver:
+    """`solver` as it runs over one chunk that ends at `t1` within `max_steps` steps: a solver with a
+    `for_chunk(horizon, budget)` method returns its copy for them (`Tsit5UntilStiff` gives up on a
+    chunk it would not finish); any other solver (diffrax's own) is returned as it is."""
+    for_chunk = getattr(solver, "for_chunk", None)
+    return solver if for_chunk is None else for_chunk(t1, max_steps)
 
 
 PID_GAINS = (0.3, 0.4)

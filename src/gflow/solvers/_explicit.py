@@ -29,6 +29,7 @@ have been finished.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import diffrax
@@ -69,11 +70,15 @@ class Tsit5UntilStiff(diffrax.Tsit5):
     Tsit5's, step for step, until it stops; without a `horizon` it never stops early."""
 
     horizon: Float[Array, ""] | float | None = None
-    """The end of the chunk (set per chunk by `flow/_chunk.py`'s `solve_chunk`)."""
+    """The end of the chunk (set per chunk: `for_chunk`)."""
     budget: int | None = eqx.field(static=True, default=None)
     """The chunk's step budget (`EXPLICIT_MAX_STEPS`, or the run's `max_steps` if smaller)."""
     stiff_steps: int = eqx.field(static=True, default=STIFF_STEPS)
     calm_steps: int = eqx.field(static=True, default=CALM_STEPS)
+
+    def for_chunk(self, horizon, budget: int) -> Tsit5UntilStiff:
+        """This solver for a chunk that ends at `horizon` within `budget` steps (`fitted_to_chunk`)."""
+        return dataclasses.replace(self, horizon=horizon, budget=budget)
 
     def init(self, terms, t0, t1, y0, args):
         # counters: steps held by stability, calm steps in a row, accepted steps
