@@ -214,7 +214,7 @@ def grid_record(problem: dict, t1: float):
 
     spec, config, p0 = setting(**problem)
     grid = gflow.default_save_times((0.0, t1), 61)
-    return gflow.simulate(p0, spec, (0.0, t1), config=config, loss="meanfield", save_times=grid[1:2],
+    return gflow.simulate(p0, spec, (0.0, float(grid[1])), config=config, loss="meanfield", save_times=grid[1:2],
                           progress=False).record.with_save_times(grid)
 
 

@@ -48,8 +48,8 @@ class Bench:
         self.field = gflow.GradientField(self.loss_fn, self.layout)
         self.grid = gflow.default_save_times((0, self.t1), 121 if name == "A" else 41)
         # The record of these flows, for trajectories built from other solvers' states.
-        self.record = gflow.simulate(self.p0, self.spec, (0, self.t1), config=self.config, loss=self.loss,
-                                     save_times=self.grid[1:2], progress=False).record
+        self.record = gflow.simulate(self.p0, self.spec, (0, float(self.grid[1])), config=self.config, loss=self.loss,
+                                     save_times=self.grid[1:2], progress=False).record.with_save_times(self.grid)
         self.y0 = np.asarray(self.layout.flatten(self.p0))
         self.f = jax.jit(lambda y: self.field(0.0, y, None))
         self.jac = jax.jit(jax.jacfwd(lambda y: self.field(0.0, y, None))) if self.y0.size <= 2048 else None

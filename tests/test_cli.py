@@ -91,6 +91,17 @@ def test_bad_config_files_are_named_precisely(tmp_path, capsys, text, match):
     assert "gflow: error:" in capsys.readouterr().err
 
 
+def test_a_run_with_nothing_to_analyse_writes_its_report_and_exits_1(tmp_path, capsys):
+    """An initialisation whose loss overflows keeps one point: the report says why there is no
+    analysis (before: LAPACK's "illegal value", then `Eigenvalues did not converge` and exit 2)."""
+    cfg = tmp_path / "huge.toml"
+    cfg.write_text(SMALL.replace("scale = 0.001", "scale = 1e200"))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Status: **nonfinite**" in report and "No analysis: `traj` has 0 saved point(s)" in report
+    assert (tmp_path / "out" / "trajectory.npz").exists() and not (tmp_path / "out" / "overview.png").exists()
+
+
 def test_missing_config_file(capsys):
     assert main(["run", "/nonexistent/x.toml"]) == 2
     assert "does not exist" in capsys.readouterr().err

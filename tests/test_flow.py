@@ -121,13 +121,30 @@ def test_second_call_with_new_values_does_not_recompile(small_setting):
 
 @pytest.mark.parametrize(
     ("kw", "match"),
-    [({"t1": -1.0}, "t_span"), ({"rtol": 0.0}, "rtol"), ({"max_steps": 0}, "max_steps"),
+    [({"t1": -1.0}, "t_span"), ({"rtol": 0.0}, "rtol"), ({"rtol": 1.0}, "below 1"), ({"max_steps": 0}, "max_steps"),
      ({"save_times": [5.0, 1.0]}, "strictly increasing"), ({"save_times": [1.0, 99.0]}, "inside t_span"),
      ({"solver": "Euler"}, "adaptive"), ({"loss": "exact"}, "method")],
 )
 def test_simulate_rejects_bad_arguments(small_setting, kw, match):
     with pytest.raises(ValueError, match=match):
         run(small_setting, **kw)
+
+
+def test_a_rising_loss_stops_the_run_with_the_points_before_it():
+    """At rtol 0.5 every explicit step passed its error test while the loss went from 1.10 to 1e252,
+    and the run said "success": a gradient flow's loss cannot rise, so the run stops there."""
+    spec = gflow.MarkovSpec.sticky(pi=[0.6, 0.3, 0.1], lam=0.5, T=6)
+    config = gflow.TransformerConfig(d_model=4)
+    p0 = gflow.init_params(0, config, spec, scale=1e-2)
+    traj = gflow.simulate(p0, spec, (0.0, 1e3), config=config, loss="meanfield", n_save=21, rtol=0.5,
+                          solver="Tsit5", progress=False)
+    assert traj.status == "solver_failure" and "the loss rose" in traj.message and "rtol 0.5" in traj.message
+    assert np.all(np.diff(traj.loss) <= 0) and np.all(np.isfinite(traj.loss)) and 2 < len(traj) < 21
+
+
+def test_save_times_that_end_early_still_run_to_the_end_of_t_span(small_setting):
+    traj = run(small_setting, save_times=[1.0, 10.0])
+    assert traj.ok and list(traj.times) == [0.0, 1.0, 10.0, T_END]
 
 
 def test_simulate_rejects_params_of_another_config(small_setting):

@@ -2,6 +2,7 @@
 malformed input never gets anything else: each public entry point either works or raises
 `ValueError` with a message (a jaxtyping `TypeCheckError` under this suite's runtime type checks)."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -300,3 +301,29 @@ def test_random_parameters_either_flow_or_are_refused(name, value, form):
         assert str(e)
         return
     assert not traj.ok or np.all(np.isfinite(traj.loss)), (traj.status, traj.loss)
+
+
+def test_numpy_and_jax_scalars_in_a_config_are_plain_numbers():
+    """`TransformerConfig(d_model=np.int64(4))` passed its check and then failed inside JAX's
+    `random.normal` (a traced shape): its fields are static and become Python numbers."""
+    config = gflow.TransformerConfig(d_model=np.int64(4), n_heads=np.int32(2), mlp=np.int64(8),
+                                     attn_scale=jnp.asarray(0.5, jnp.float32))
+    assert (config.d_model, config.n_heads, config.mlp) == (4, 2, 8) and type(config.d_model) is int
+    assert config.attn_scale == 0.5 and type(config.attn_scale) is float
+    assert gflow.init_params(0, config, SPEC, scale=0.1).W_E.shape == (3, 4)
+    for bad in (dict(d_model=np.float64(4.0)), dict(attn_scale=True), dict(n_heads=np.bool_(True))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            gflow.TransformerConfig(**bad)
+
+
+def test_the_analysis_names_a_trajectory_it_cannot_read():
+    with pytest.raises(BAD_TYPE, match="Trajectory"):
+        gflow.analysis.detect_stages(None)
+    traj = gflow.simulate(P0, SPEC, (0.0, 10.0), config=CONFIG, n_save=5, progress=False)
+    overflowed = dataclasses.replace(traj, loss=np.concatenate([traj.loss[:2], [np.inf], traj.loss[3:]]))
+    with pytest.raises(ValueError, match=r"2 saved point\(s\) with a finite loss.*traj.head\(2\)"):
+        gflow.analysis.detect_stages(overflowed)
+    head = traj.head(3)
+    assert len(head) == 3 and head.params.W_E.shape[0] == 3 and head.record is traj.record
+    with pytest.raises(ValueError, match="`n`"):
+        traj.head(0)

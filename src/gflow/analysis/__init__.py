@@ -53,6 +53,7 @@ from ._metrics import compute_metrics as compute_metrics
 from ._metrics import log_time_slope as log_time_slope
 from ._metrics import open_directions as open_directions
 from ._metrics import stable_rank as stable_rank
+from ._metrics import unanalysable as unanalysable
 from ._saddle import CriticalPoint as CriticalPoint
 from ._saddle import locate_critical_point as locate_critical_point
 from ._stages import Episode as Episode

@@ -112,9 +112,28 @@ def _max_scores(params: TransformerParams, config: TransformerConfig):
     return jnp.max(jnp.abs(jax.vmap(lambda p: type_scores(p, config))(params)), axis=(1, 2, 3))
 
 
+def unanalysable(traj) -> str | None:
+    """Why the stage analysis cannot read `traj` (`None` when it can): it is not a `Trajectory`, or a
+    saved point's loss or state is not finite (a run that overflowed keeps the point where it did,
+    and an initialisation that overflows is the only point of its run)."""
+    if not isinstance(traj, Trajectory):
+        return f"`traj` must be a Trajectory (gflow.simulate, gflow.train or gflow.load); got {type(traj).__name__}"
+    finite = np.isfinite(traj.loss) & np.all(np.isfinite(traj.flat_params()), axis=1)
+    if not finite.all():
+        n = int(np.argmin(finite))
+        return (f"`traj` has {n} saved point(s) with a finite loss and state before its first non-finite one "
+                f"({len(traj)} saved; status {traj.status.value}: {traj.message or 'no message'}); the stage "
+                "analysis needs every point finite" + (f" (`traj.head({n})` holds those)" if n else ""))
+    return None
+
+
 def compute_metrics(traj: Trajectory) -> Metrics:
     """All per-time signals of `traj` (see `Metrics`); attention statistics are expectations under the
-    loss the trajectory was computed on (`_attention.py`)."""
+    loss the trajectory was computed on (`_attention.py`). A trajectory the analysis cannot read
+    (`unanalysable`) is a `ValueError` saying why."""
+    reason = unanalysable(traj)
+    if reason is not None:
+        raise ValueError(reason + ".")
     p = traj.params
     cfg: TransformerConfig = traj.config
     W_E, W_U = np.asarray(p.W_E), np.asarray(unembedding(p, cfg))

@@ -14,6 +14,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 from ..analysis import (
     Event,
     PlateauEscape,
@@ -26,6 +28,7 @@ from ..analysis import (
     linearization_table,
     plateau_linearization,
     stage_table,
+    unanalysable,
 )
 from ..common import atomic_file, check_writable_folder, claim_output_folder
 from ..data import InContextMarkovSpec, SparseLagSpec
@@ -149,6 +152,17 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
     echo(f"flow: {status}; {traj.stats['num_accepted_steps']} accepted and "
          f"{traj.stats['num_rejected_steps']} rejected steps; loss {traj.loss[0]:.5f} -> {traj.loss[-1]:.5f} "
          f"({levels})")
+    full, traj = traj, _analysed_part(traj)
+    if traj is None:  # nothing to analyse: the report says why, with the run's own status
+        reason = unanalysable(full)
+        echo(f"analysis: none ({reason})")
+        note = f"No analysis: {reason}."
+        _write_report(out_dir, settings, full, note, note, {"flow_s": t_flow, "analysis_s": 0.0, "figures_s": 0.0},
+                      figures=False)
+        echo(f"\nwrote {out_dir}/{REPORT_FILE} and {TRAJECTORY_FILE} (no figures)")
+        return ExperimentResult(full, [], [], out_dir, {"flow_s": t_flow, "analysis_s": 0.0, "figures_s": 0.0})
+    if traj is not full:
+        echo(f"analysis: of the first {len(traj)} saved points ({unanalysable(full)})")
     tic = time.perf_counter()
     echo("analysis: metrics, stage events (re-solving the flow around each), plateau linearisations ...")
     metrics = compute_metrics(traj)
@@ -169,9 +183,19 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
     writer.write({name: figures[name] for name in figures if name not in early}, out_dir)
     t_fig += time.perf_counter() - tic
     timings = {"flow_s": t_flow, "analysis_s": t_analysis, "figures_s": t_fig}
-    _write_report(out_dir, settings, traj, stages_md, lin_md + task_md, timings)
+    _write_report(out_dir, settings, full, stages_md, lin_md + task_md, timings)
     echo(f"\nwrote {out_dir}/{REPORT_FILE}, {TRAJECTORY_FILE} and figures ({', '.join(figures)}; PNG and PDF)")
-    return ExperimentResult(traj, events, plateaus, out_dir, timings)
+    return ExperimentResult(full, events, plateaus, out_dir, timings)
+
+
+def _analysed_part(traj: Trajectory) -> Trajectory | None:
+    """`traj`, or its saved points before the first non-finite one (a run whose last state
+    overflowed), or `None` when there are none."""
+    if unanalysable(traj) is None:
+        return traj
+    finite = np.isfinite(traj.loss) & np.all(np.isfinite(traj.flat_params()), axis=1)
+    n = int(np.argmin(finite))
+    return traj.head(n) if n else None
 
 
 def _task_analysis(traj: Trajectory) -> tuple[str, dict]:
@@ -223,7 +247,7 @@ def _toml_value(value) -> str:
     return repr(value)
 
 
-def _write_report(out_dir, settings, traj, stages_md, lin_md, timings):
+def _write_report(out_dir, settings, traj, stages_md, lin_md, timings, figures: bool = True):
     s, solver = traj.stats, traj.record.solver
     levels = ", ".join(f"{name} {v:.6f}" for name, v in traj.spec.reference_levels().items())
     lines = [
@@ -232,14 +256,19 @@ def _write_report(out_dir, settings, traj, stages_md, lin_md, timings):
         f" atol {solver.atol:g}: {s['num_accepted_steps']} accepted, {s['num_rejected_steps']} rejected "
         f"steps, {s['wall_time_s']:.1f} s of integration (flow stage {timings['flow_s']:.1f} s with compilation).",
         "", f"Loss {traj.loss[0]:.6f} → {traj.loss[-1]:.6f}; {levels}.", "",
-        "![overview](overview.png)", "", "## Stages of learning", "", stages_md, "",
-        "Cycle k is the stretch of time during which k embedding directions are open.", "",
-        "![attention at each event](attention.png)", "", "## Linearisation at each plateau", "", lin_md, "",
-        "Predicted escape, a priori: the saddle located by Newton from the state at the plateau's entry (or the "
-        "first later state from which a prediction holds), the flow from the saddle plus that state's unstable "
-        "component alone (the unstable manifold), timed half-way down its drop; 'linear only' grows the component "
-        "exponentially to the same exit scale (docs/analysis.md says what this assumes).", "",
-        "![Hessian spectra](hessian.png)", "",
     ]
+    if not figures:  # nothing was analysed (`_analysed_part`): the note says why
+        lines += [stages_md, ""]
+    else:
+        lines += [
+            "![overview](overview.png)", "", "## Stages of learning", "", stages_md, "",
+            "Cycle k is the stretch of time during which k embedding directions are open.", "",
+            "![attention at each event](attention.png)", "", "## Linearisation at each plateau", "", lin_md, "",
+            "Predicted escape, a priori: the saddle located by Newton from the state at the plateau's entry (or the "
+            "first later state from which a prediction holds), the flow from the saddle plus that state's unstable "
+            "component alone (the unstable manifold), timed half-way down its drop; 'linear only' grows the "
+            "component exponentially to the same exit scale (docs/analysis.md says what this assumes).", "",
+            "![Hessian spectra](hessian.png)", "",
+        ]
     with atomic_file(os.path.join(out_dir, REPORT_FILE), encoding="utf-8") as fh:
         fh.write("\n".join(lines))

@@ -65,7 +65,9 @@ def _check_save_times(save_times, t0: float, t1: float) -> np.ndarray:
         raise ValueError("`save_times` must be strictly increasing.")
     if ts[0] < t0 or ts[-1] > t1:
         raise ValueError(f"`save_times` must lie inside t_span = ({t0}, {t1}); got [{ts[0]}, {ts[-1]}].")
-    return ts if ts[0] == t0 else np.concatenate([[t0], ts])
+    # the grid spans t_span: t0 and t1 are saved too (a grid ending early would stop the run there,
+    # while its record said t1)
+    return np.concatenate([[t0] if ts[0] > t0 else [], ts, [t1] if ts[-1] < t1 else []])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,9 @@ def check_flow_arguments(t_span, *, rtol, atol, max_steps, save_times, n_save, c
             default_save_times((t0, t1), 2)  # refuses a span too short for a log-spaced grid
     with checking("rtol"):
         rtol = check_positive("rtol", rtol)
+        if rtol >= 1:
+            raise ValueError(f"`rtol` must be below 1 (a relative error of 100% a step); got {rtol!r}. gflow's "
+                             f"default is {DEFAULT_RTOL:g}.")
     with checking("atol"):
         atol = check_positive("atol", atol)
     with checking("max_steps"):

@@ -79,7 +79,8 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
       orders within `rtol`, `atol`; the others run under a PID controller with `rtol`, `atol`. A
       gflow solver instance gets these `rtol`, `atol` (its own are replaced), so solver and
       controller cannot disagree.
-    - `save_times`: times to save at (`t0` is always saved); default `n_save` log-spaced times.
+    - `save_times`: times to save at (`t0` and `t1` are always saved, and `n_save` is then unused);
+      default `n_save` log-spaced times.
     - `max_steps`: the most steps one chunk of the save grid may take.
     - `progress`: a tqdm bar (default: on when stderr is a terminal).
     - `checkpoint`: a `.npz` path; the trajectory so far is written there (atomically) after every

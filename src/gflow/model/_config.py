@@ -10,10 +10,26 @@ import dataclasses
 import math
 
 import equinox as eqx
+import jax
 import numpy as np
 
 LAYERNORMS = ("none", "pre")
 ACTIVATIONS = ("gelu", "relu")
+
+
+def _plain_number(value):
+    """numpy's integers and floats (a loop over `np.arange`, a value read from an array) as Python's:
+    these fields are static, part of every compiled program's key, and must be plain numbers. Other
+    values are left as they are for the checks to name."""
+    if isinstance(value, jax.Array) and value.ndim == 0 and not isinstance(value, jax.core.Tracer):
+        value = np.asarray(value)[()]  # a concrete 0-d JAX array, as the numpy scalar it holds
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
 
 
 class TransformerConfig(eqx.Module):
@@ -43,19 +59,19 @@ class TransformerConfig(eqx.Module):
       induction head needs; two-layer models are attention-only with a residual stream.
     """
 
-    n_heads: int = eqx.field(static=True, default=1)
-    d_model: int = eqx.field(static=True, default=8)
-    d_head: int | None = eqx.field(static=True, default=None)
+    n_heads: int = eqx.field(static=True, default=1, converter=_plain_number)
+    d_model: int = eqx.field(static=True, default=8, converter=_plain_number)
+    d_head: int | None = eqx.field(static=True, default=None, converter=_plain_number)
     value: bool = eqx.field(static=True, default=False)
     residual: bool = eqx.field(static=True, default=False)
     positional: str = eqx.field(static=True, default="none")
-    attn_scale: float | None = eqx.field(static=True, default=None)
+    attn_scale: float | None = eqx.field(static=True, default=None, converter=_plain_number)
     layernorm: str = eqx.field(static=True, default="none")
-    mlp: int | None = eqx.field(static=True, default=None)
+    mlp: int | None = eqx.field(static=True, default=None, converter=_plain_number)
     activation: str = eqx.field(static=True, default="gelu")
     tied: bool = eqx.field(static=True, default=False)
     unembed_bias: bool = eqx.field(static=True, default=False)
-    n_layers: int = eqx.field(static=True, default=1)
+    n_layers: int = eqx.field(static=True, default=1, converter=_plain_number)
 
     def __check_init__(self):
         for name in ("n_heads", "d_model"):
@@ -90,7 +106,8 @@ class TransformerConfig(eqx.Module):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"`activation` must be one of {ACTIVATIONS}; got {self.activation!r}.")
         if self.attn_scale is not None and not (
-            isinstance(self.attn_scale, (int, float)) and math.isfinite(self.attn_scale) and self.attn_scale > 0
+            isinstance(self.attn_scale, (int, float)) and not isinstance(self.attn_scale, bool)
+            and math.isfinite(self.attn_scale) and self.attn_scale > 0
         ):
             raise ValueError(f"`attn_scale` must be a finite number > 0, or None for 1/sqrt(d_head); "
                              f"got {self.attn_scale!r}.")

@@ -30,6 +30,9 @@ class RunStatus(enum.StrEnum):
     SOLVER_FAILURE = "solver_failure", {
         "flow": "the solver failed after t = {t:.6g} (step size underflow or a non-finite vector field); the points "
                 "up to there are kept.",
+        "rising": "the loss rose from {before:.6g} to {after:.6g} by t = {t:.6g}, which a gradient flow cannot do: "
+                  "the solver's steps were not accurate at rtol {rtol:g}, atol {atol:g}; tighten them (gflow's "
+                  "default is 1e-6, 1e-9). The points up to t = {t_ok:.6g} are kept.",
     }
     INTERRUPTED = "interrupted", {
         "flow": "interrupted by the user at t = {t:.6g}; the points computed so far are kept.",

@@ -121,6 +121,16 @@ class Trajectory:
                    loss=np.asarray(loss), grad_norm=np.asarray(grad_norm), record=record, stats=stats or {},
                    status=status, message=message)
 
+    def head(self, n: int) -> Trajectory:
+        """The first `n` saved points (with this run's record, stats, status and message): e.g. the
+        finite ones of a run whose last state overflowed, for the analysis."""
+        if not isinstance(n, int | np.integer) or isinstance(n, bool) or not 1 <= n <= len(self):
+            raise ValueError(f"`n` must be an integer in [1, {len(self)}]; got {n!r}.")
+        n = int(n)
+        return dataclasses.replace(self, times=self.times[:n], params=jax.tree.map(lambda a: a[:n], self.params),
+                                   loss=self.loss[:n], grad_norm=self.grad_norm[:n],
+                                   steps=None if self.steps is None else self.steps[:n])
+
     def __repr__(self) -> str:
         t = f"t in [{self.times[0]:.3g}, {self.times[-1]:.3g}]" if len(self) else "empty"
         loss = f", loss {self.loss[0]:.5f} -> {self.loss[-1]:.5f}" if len(self) else ""
