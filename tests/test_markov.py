@@ -98,3 +98,30 @@ def test_dirichlet_rows_are_distributions(key):
     np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-12)
     assert spec.positions == "all"
     assert not np.allclose(P, np.asarray(gflow.MarkovSpec.dirichlet(jax.random.key(7), 6, 0.3, T=2).P))
+
+
+def test_a_float32_chain_within_its_rounding_is_accepted_and_renormalised():
+    """A float32 matrix normalised to 1 (PyTorch, JAX without x64) sums to 1 +- 1e-7, which the
+    float64 tolerance of 1e-9 refused, with advice that could not help."""
+    rng = np.random.default_rng(0)
+    P = rng.random((5, 5)).astype(np.float32)
+    P /= P.sum(axis=1, keepdims=True)
+    spec = gflow.MarkovSpec.from_matrix(P, T=4)
+    assert np.abs(np.asarray(spec.P).sum(axis=1) - 1).max() < 1e-15
+    np.testing.assert_allclose(np.asarray(spec.P), P, rtol=1e-6)
+    pi = np.array([0.6, 0.3, 0.1], np.float32)
+    assert abs(float(np.asarray(gflow.MarkovSpec.sticky(pi, 0.5, T=4).init).sum()) - 1) < 1e-15
+    with pytest.raises(ValueError, match=r"row 0 sums to 1.00001"):  # beyond float32 rounding: refused
+        gflow.MarkovSpec.from_matrix(np.array([[0.5, 0.50001], [0.5, 0.5]], np.float32), T=3)
+    with pytest.raises(ValueError, match=r"it sums to 1.1\."):
+        gflow.MarkovSpec.sticky([0.6, 0.5], 0.5, T=3)
+
+
+def test_a_dirichlet_draw_with_closed_classes_gets_its_own_advice():
+    failures = []
+    for seed in range(30):  # alpha = 0.01: entries underflow to exactly 0 in a few draws
+        try:
+            gflow.MarkovSpec.dirichlet(seed, 5, 0.01, T=5)
+        except ValueError as e:
+            failures.append(str(e))
+    assert failures and all("`alpha` = 0.01" in m and "init=" in m and "larger alpha" in m for m in failures)

@@ -37,7 +37,20 @@ def _as_float_array(x, name: str) -> np.ndarray:
         raise ValueError(f"`{name}` must be an array of numbers; got {x!r}.") from None
 
 
+def _sum_tolerance(x, V: int) -> float:
+    """How far from 1 a row of `x` may sum: `ROW_SUM_TOL`, or for an array of a lower-precision
+    float type (float32 from PyTorch, a JAX array without x64) what its rounding allows, V times its
+    machine epsilon: a float32 row normalised to 1 sums to 1 +- 1e-7, not 1e-9."""
+    dtype = getattr(x, "dtype", None)
+    try:
+        eps = float(np.finfo(dtype).eps) if dtype is not None and np.issubdtype(dtype, np.floating) else 0.0
+    except TypeError:  # a dtype numpy does not know (bfloat16 without ml_dtypes' registration)
+        eps = float(np.finfo(np.float32).eps)
+    return max(ROW_SUM_TOL, V * eps)
+
+
 def _as_probability_matrix(P, name: str = "P") -> np.ndarray:
+    given = P
     P = _as_float_array(P, name)
     if P.ndim != 2 or P.shape[0] != P.shape[1]:
         raise ValueError(
@@ -52,26 +65,31 @@ def _as_probability_matrix(P, name: str = "P") -> np.ndarray:
         i, j = np.argwhere(P < 0)[0]
         raise ValueError(f"`{name}` has a negative entry {name}[{i}, {j}] = {P[i, j]}; probabilities must be >= 0.")
     sums = P.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > ROW_SUM_TOL)
+    tolerance = _sum_tolerance(given, P.shape[0])
+    bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
     if bad.size:
         raise ValueError(
-            f"rows of `{name}` must sum to 1 (tolerance {ROW_SUM_TOL:g}); row {bad[0]} sums to "
-            f"{sums[bad[0]]!r}. Normalise with P / P.sum(axis=1, keepdims=True)."
+            f"rows of `{name}` must sum to 1 (tolerance {tolerance:g}); row {bad[0]} sums to "
+            f"{float(sums[bad[0]]):.12g}. Normalise with P / P.sum(axis=1, keepdims=True)."
         )
-    return P
+    # exact in float64 (a float32 matrix within its rounding is renormalised; a float64 one moves by
+    # at most ROW_SUM_TOL)
+    return P / sums[:, None] if tolerance > ROW_SUM_TOL else P
 
 
 def _as_distribution(p, V: int, name: str) -> np.ndarray:
+    given = p
     p = _as_float_array(p, name)
     if p.shape != (V,):
         raise ValueError(f"`{name}` must be a distribution over the V = {V} tokens, shape ({V},); got shape {p.shape}.")
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ValueError(f"`{name}` must have finite, non-negative entries; got {p.tolist()}.")
-    if abs(p.sum() - 1.0) > ROW_SUM_TOL:
+    tolerance = _sum_tolerance(given, V)
+    if abs(p.sum() - 1.0) > tolerance:
         raise ValueError(
-            f"`{name}` must sum to 1 (tolerance {ROW_SUM_TOL:g}); it sums to {p.sum()!r}. Divide it by its sum."
+            f"`{name}` must sum to 1 (tolerance {tolerance:g}); it sums to {float(p.sum()):.12g}. Divide it by its sum."
         )
-    return p
+    return p / p.sum() if tolerance > ROW_SUM_TOL else p
 
 
 def check_transition_memory(V: int) -> None:
@@ -168,10 +186,10 @@ class MarkovSpec(AbstractDataSource):
     def sticky(cls, pi, lam: float, T: int, *, positions: str = "last", labels=None) -> MarkovSpec:
         """$P = \\lambda I + (1-\\lambda) \\mathbf 1 \\pi^\\top$: repeat the current token with
         probability $\\lambda$, else draw afresh from $\\pi$. Its stationary law is exactly `pi`."""
-        pi = _as_float_array(pi, "pi")
-        if pi.ndim != 1 or pi.shape[0] < 2:
-            raise ValueError(f"`pi` must be a 1-d distribution over V >= 2 tokens; got shape {pi.shape}.")
-        pi = _as_distribution(pi, pi.shape[0], "pi")
+        shape = _as_float_array(pi, "pi").shape
+        if len(shape) != 1 or shape[0] < 2:
+            raise ValueError(f"`pi` must be a 1-d distribution over V >= 2 tokens; got shape {shape}.")
+        pi = _as_distribution(pi, shape[0], "pi")  # from the given array: its precision sets the tolerance
         if not (is_real(lam) and 0.0 <= float(lam) < 1.0):
             raise ValueError(
                 f"`lam` (the probability of repeating the current token) must be in [0, 1); got {lam!r}. "
@@ -209,6 +227,13 @@ class MarkovSpec(AbstractDataSource):
         P = np.asarray(jax.random.dirichlet(key, jnp.full((int(V),), float(alpha), dtype=jnp.float64),
                                             shape=(int(V),)))
         P = P / P.sum(axis=1, keepdims=True)
+        try:
+            stationary_distribution(P)
+        except ValueError:  # its advice (pass init=) is from_matrix's, not this constructor's
+            raise ValueError(f"`alpha` = {alpha!r} drew a chain with several closed classes (entries of a Dirichlet "
+                             "draw with a small alpha underflow to exactly 0), so its stationary law is not unique; "
+                             "use a larger alpha or another key, or MarkovSpec.from_matrix(P, T, init=...) with an "
+                             "initial law of your own.") from None
         return cls.from_matrix(P, T, positions=positions, labels=labels)
 
     @classmethod
