@@ -171,6 +171,19 @@ def test_a_run_that_ends_on_its_first_saddle_says_so():
     assert "No stage event" in stage_table(events) and "stuck at a saddle" in stage_table(events)
 
 
+def test_a_run_stopped_by_its_solver_is_not_called_stuck_at_a_saddle():
+    """A full-block run that failed while escaping was reported "stuck at a saddle of index 28 ...
+    predicts an escape near t = 2.72", beside a linearisation table that made no prediction."""
+    spec = gflow.MarkovSpec.sticky((0.75, 0.19, 0.05, 0.01), 0.5, T=10)
+    config = gflow.TransformerConfig(d_model=8)
+    traj = gflow.simulate(gflow.init_params(0, config, spec, scale=1e-3), spec, (0, 2e4), config=config,
+                          loss="meanfield", n_save=41, max_steps=40, progress=False)
+    assert traj.status == "max_steps"
+    final = detect_stages(traj)[-1]
+    assert final.details["final"] and "the run stopped here (max_steps" in final.details["verdict"]
+    assert "stuck" not in stage_table([final])
+
+
 def test_a_drift_below_the_runs_tolerance_is_not_an_escape():
     """A permutation-like chain from init scale 1e-2 sits on its first plateau: the loss drifts down by
     8.5e-9 nats on 1.61 by t = 3e4, far below what a run at rtol 1e-6 resolves. That drift is no

@@ -75,7 +75,11 @@ class EscapePrediction:
 
     - `predicted_escape`: the time (nan with `failure` set when no linear prediction holds);
     - `linear_escape`: the same from the exponential growth alone;
-    - `saddle_loss`, `saddle_index`, `escape_rate` ($\\sigma$ of the escaping direction),
+    - `saddle_loss`, `saddle_index` (the negative eigenvalues among the directions the search
+      resolves, `CriticalPoint.solved`: those faster than the escape's own rate; below it a
+      direction is flat on the plateau's time scale, as the 49 values between -2e-7 and -4e-9 that
+      a threshold of 1e-8 of the largest eigenvalue counted beside a saddle's 12 at -0.41; -1 where
+      Newton located no critical point), `escape_rate` ($\\sigma$ of the escaping direction),
       `lambda_max`, `component` (its $|c|$ now), `exit_scale`, `saddle_distance`
       ($\\|\\theta(at) - \\theta^*\\|$), `consistency` (the relative residual of step 1);
     - `failure`: why no prediction is made, else `None`.
@@ -233,9 +237,9 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
         if abs(new_rate - rate) <= 0.1 * rate:
             break
         rate = new_rate
-    tol = 1e-8 * max(abs(cp.eigenvalues).max(), np.finfo(float).tiny)
     unexplained = _unexplained(cp, y, g) if np.linalg.norm(y - cp.y) > 0 else 0.0
-    base = dict(at=float(at), saddle_loss=cp.loss, saddle_index=int((cp.eigenvalues < -tol).sum()),
+    index = int(((cp.eigenvalues < 0) & cp.solved()).sum()) if cp.converged else -1
+    base = dict(at=float(at), saddle_loss=cp.loss, saddle_index=index,
                 lambda_min=float(cp.eigenvalues[0]), lambda_max=float(cp.eigenvalues[-1]),
                 saddle_distance=float(np.linalg.norm(y - cp.y)), consistency=unexplained, spectrum=cp.eigenvalues)
     if not cp.converged:

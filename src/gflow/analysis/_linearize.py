@@ -118,7 +118,8 @@ def linearization_table(rows: list[PlateauEscape]) -> str:
         observed = "— (run ends here)" if r.final else f"{r.observed_escape:.4g}"
         ratio = "—" if not math.isfinite(r.ratio) else f"{r.ratio:.3f}"
         left = "—" if not math.isfinite(r.remaining_ratio) else f"{r.remaining_ratio:.3f}"
-        out.append(f"| {r.plateau} | {r.entry:.4g} | {q.at:.4g} | {q.saddle_index} | {q.escape_rate:.3g} | "
+        index = "—" if q.saddle_index < 0 else str(q.saddle_index)  # no critical point located
+        out.append(f"| {r.plateau} | {r.entry:.4g} | {q.at:.4g} | {index} | {q.escape_rate:.3g} | "
                    f"{q.predicted_escape:.4g} | {q.linear_escape:.4g} | {observed} | {ratio} | {left} | "
                    f"{q.failure or ''} |")
     return "\n".join(out)

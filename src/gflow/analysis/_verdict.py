@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..record import Trajectory
+from ..record import RunStatus, Trajectory
 from ._hessian import linearize_flat
 
 CONVERGED = 1e-3
@@ -31,10 +31,13 @@ def final_verdict(traj: Trajectory) -> dict:
     best = traj.spec.best_loss() if population else None
     if best is not None and loss - best <= CONVERGED * max(float(traj.loss[0]) - best, 1e-300):
         return {"verdict": f"converged to the best possible loss ({best:.5f})", "converged": True}
+    above = "" if best is None else f", {loss - best:.3g} above the best possible loss {best:.5f}"
+    if traj.status != RunStatus.SUCCESS:  # the flow goes on past this point: nothing to conclude about it
+        return {"verdict": f"the run stopped here ({traj.status.value}, at t = {float(traj.times[-1]):.4g}){above}; "
+                           "where the flow goes from here was not computed", "converged": False}
     fn, layout = traj.loss_function(), traj.layout
     y = jnp.asarray(traj.flat_params()[-1])
     lin = linearize_flat(fn, layout, y)
-    above = "" if best is None else f", {loss - best:.3g} above the best possible loss {best:.5f}"
     if lin.saddle_index == 0:
         return {"verdict": f"ends near a minimum (no negative curvature){above}", "converged": False,
                 "saddle_index": 0}

@@ -247,24 +247,33 @@ def attention_figure(m: Metrics, events: list[Event]):
     return fig
 
 
+LEGEND_ROW_CHARACTERS = 100
+"""Characters of legend text (7 pt) that fit side by side under a 6.4-inch figure."""
+
+
 def hessian_figure(rows: list[PlateauEscape]):
     """Sorted Hessian eigenvalues at each plateau's saddle, located from the state the prediction was
     made from (symlog axis: negative directions are the saddle's); the legend says from which state."""
     with matplotlib.rc_context(STYLE):
         fig, ax = new_figure(figsize=(6.4, 3.4 + 0.16 * len(rows)))
+        labels = []
         for r in rows:
             end = ", where the run ends" if r.final else ""
-            negative = f"{r.saddle_index} negative" if r.saddle_index else "none negative"
+            negative = ("no critical point located" if r.saddle_index < 0 else
+                        f"{r.saddle_index} negative" if r.saddle_index else "none negative")
             spectrum = r.prediction.spectrum
-            ax.plot(np.arange(len(spectrum)), spectrum, marker=".", ms=3, lw=0.8,
-                    label=f"plateau {r.plateau}: from $t$ = {time_label(r.at)}{end} ({negative})")
+            labels.append(f"plateau {r.plateau}: from $t$ = {time_label(r.at)}{end} ({negative})")
+            ax.plot(np.arange(len(spectrum)), spectrum, marker=".", ms=3, lw=0.8, label=labels[-1])
         ax.axhline(0, color="k", lw=0.6)
         ax.set_yscale("symlog", linthresh=1e-4)
         ax.set_xlabel("eigenvalue number, in ascending order")
         ax.set_ylabel("Hessian eigenvalue")
         ax.set_title("Hessian spectrum at each plateau's saddle")
         if rows:  # below the axes: the full width for the data, the labels as long as they need
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1 if len(rows) > 3 else len(rows),
+            # side by side only while they fit the figure's width (about 100 characters at this size);
+            # one under the other otherwise: a wider legend was cut off at both edges
+            side_by_side = sum(len(label) for label in labels) + 6 * len(labels) <= LEGEND_ROW_CHARACTERS
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(rows) if side_by_side else 1,
                       frameon=False, fontsize=7)
         else:
             ax.text(0.5, 0.5, "no plateau before the end of the run", transform=ax.transAxes, ha="center")
