@@ -192,3 +192,18 @@ def test_default_solver_by_model_size(small_setting):
     assert default_solver(sizes[8]) == default_solver(sizes[12]) == SWITCHING_SOLVER
     assert stiff_solver(sizes[8]) == "GradientFlowBDF" and stiff_solver(sizes[12]) == "GradientFlowKrylovBDF"
     assert default_solver(sizes[12], ensemble=True) == "Kvaerno4" and default_solver(10**4, ensemble=True) == "Tsit5"
+
+
+def test_a_solver_failure_on_a_relu_mlp_names_its_kinks():
+    """A full-block run with a ReLU MLP failed at t = 2.4 with its last step at 5e-15 and no word on
+    why; its message now says what makes the flow non-smooth there (the GELU twin reached its end)."""
+    from gflow.flow import flow_record
+    from gflow.flow._loop import failure_hint
+
+    spec = gflow.MarkovSpec.sticky(pi=[0.7, 0.2, 0.1], lam=0.3, T=10)
+    hint = {activation: failure_hint(flow_record(spec, gflow.TransformerConfig(
+        d_model=4, layernorm="pre", mlp=8, activation=activation, residual=True), t_span=(0.0, 1.0)))
+        for activation in ("relu", "gelu")}
+    assert "ReLU MLP" in hint["relu"] and "gelu" in hint["relu"] and hint["gelu"] == ""
+    message = gflow.RunStatus.SOLVER_FAILURE.describe(t=2.38755, h=4.88e-15, hint=hint["relu"])
+    assert "last accepted step was 4.88e-15" in message and "ReLU" in message

@@ -40,6 +40,19 @@ def loss_rise_allowed(loss: np.ndarray, rtol: float) -> np.ndarray:
     return np.sqrt(rtol) * np.maximum(np.abs(loss), np.finfo(np.float64).tiny)
 
 
+def failure_hint(record: RunRecord) -> str:
+    """What a solver failure's message adds for this run's model: a ReLU MLP's loss has kinks (its
+    gradient jumps where a pre-activation crosses 0), where adaptive steps can collapse; GELU is
+    smooth. Seen on a full-block run (d_model 4, a ReLU MLP of 8 after LayerNorm, found by a review
+    on 2026-12-04): both BDFs failed near t = 2.4, Dopri5 and Tsit5 spent 200,000 steps on the
+    next 0.04 time units, and the same run with GELU reached its end."""
+    config = record.config
+    if config.mlp is not None and config.activation == "relu":
+        return ("; this model's ReLU MLP makes the loss's gradient jump wherever a pre-activation crosses 0, where "
+                "adaptive steps can collapse (activation = 'gelu' is smooth)")
+    return ""
+
+
 @dataclasses.dataclass
 class _Member:
     """One trajectory under construction."""
@@ -84,7 +97,7 @@ class _Member:
             self.stats[key] = totals
 
     def add(self, chunk: ChunkResult, b: int, grid: np.ndarray, i: int, n_new: int, wall: float,
-            max_steps: int, tolerances: tuple[float, float]) -> np.ndarray | None:
+            max_steps: int, tolerances: tuple[float, float], hint: str = "") -> np.ndarray | None:
         """Keep member `b`'s points of a chunk that started at save index `i`; its last state if it
         goes on, else `None` (its status then says why). Points after the loss has risen
         (`loss_rise_allowed`) are not kept: they are not the flow's."""
@@ -118,7 +131,8 @@ class _Member:
         elif ok:  # diffrax finished, but the saved state is not finite
             self.status, self.message = RunStatus.NONFINITE, RunStatus.NONFINITE.describe(t=t_fail)
         else:
-            self.status, self.message = RunStatus.SOLVER_FAILURE, RunStatus.SOLVER_FAILURE.describe(t=t_fail)
+            self.status = RunStatus.SOLVER_FAILURE
+            self.message = RunStatus.SOLVER_FAILURE.describe(t=t_fail, h=float(chunk.last_step[b]), hint=hint)
         return None
 
     def trajectory(self, record: RunRecord, plan: RunPlan, status: RunStatus, message: str,
@@ -184,7 +198,7 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
                     if result.methods is not None:
                         m.add_methods(result, b, plan.method_names, wall)
                     last = m.add(result, b, grid, i, j - i, wall, plan.max_steps,
-                                 (record.solver.rtol, record.solver.atol))
+                                 (record.solver.rtol, record.solver.atol), failure_hint(record))
                     if last is not None:
                         y[b] = last
             single = len(members) == 1 and members[0].alive

@@ -28,8 +28,8 @@ class RunStatus(enum.StrEnum):
         "discrete": "the loss became non-finite by step {step} (lr {lr:g} too large?)",
     }
     SOLVER_FAILURE = "solver_failure", {
-        "flow": "the solver failed after t = {t:.6g} (step size underflow or a non-finite vector field); the points "
-                "up to there are kept.",
+        "flow": "the solver failed after t = {t:.6g} (step size underflow or a non-finite vector field; its last "
+                "accepted step was {h:.3g}){hint}; the points up to there are kept.",
         "rising": "the loss rose from {before:.6g} to {after:.6g} by t = {t:.6g}, which a gradient flow cannot do: "
                   "the solver's steps were not accurate at rtol {rtol:g}, atol {atol:g}; tighten them (gflow's "
                   "default is 1e-6, 1e-9). The points up to t = {t_ok:.6g} are kept.",
