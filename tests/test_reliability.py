@@ -74,10 +74,12 @@ def runs():
     counts = gflow.train(P0, SPEC, CONFIG, optimizer="gd", lr=0.5, steps=4, loss="counts", n_save=3)
     all_positions = gflow.MarkovSpec.sticky((0.6, 0.3, 0.1), 0.4, T=4, positions="all")
     other = gflow.train(P0, all_positions, CONFIG, optimizer="gd", lr=0.5, steps=4, loss="meanfield", n_save=3)
-    return flow, gd, counts, other
+    late = gflow.train(P0, SPEC, CONFIG, optimizer="gd", lr=5.0, steps=4, loss="meanfield", n_save=3)  # first: t = 5
+    return flow, gd, counts, other, late
 
 
 @pytest.mark.parametrize(("pair", "match"), [
+    ((0, 4), r"no saved step within the flow's time span .* at t = lr \* step = 5, the flow ends at t = 2\)"),
     ((0, 2), "share the data source, the config and the loss"),  # meanfield flow against a counts GD run
     ((0, 3), "share the data source"),  # positions "last" against "all"
     ((0, 0), "`discrete` must be a trajectory from gflow.train; got a flow run"),

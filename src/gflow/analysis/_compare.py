@@ -8,6 +8,7 @@ interpolation error enters the distance).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,12 @@ def compare(flow: Trajectory, discrete: Trajectory, *, n_sharpness: int = 12, la
     t_end = float(flow.times[-1])
     keep = discrete.times <= t_end * (1 + 1e-12)
     times = np.asarray(discrete.times[keep])
+    if len(times) < 2:  # only the shared start: nothing to compare
+        first = float(discrete.times[1]) if len(discrete) > 1 else math.nan
+        raise ValueError(f"`discrete` has no saved step within the flow's time span (its first saved step after "
+                         f"the start is at t = lr * step = {first:.4g}, "
+                         f"the flow ends at t = {t_end:.4g}): run the flow longer, or train with a smaller lr or "
+                         "save more often.")
     ref = run_record(flow.record.with_save_times(times), flow.params_at(0), progress=progress)
     n = min(len(ref), int(keep.sum()))
     yf, yd = ref.flat_params()[:n], discrete.flat_params()[:n]

@@ -8,12 +8,13 @@ the event re-solves, the comparison with discrete training) goes through `run_re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ..common import check_writable_file
+from ..common import check_positive, check_writable_file, checking
 from ..data import AbstractDataSource
 from ..model import TransformerConfig, TransformerParams
 from ..record import RunRecord, RunStatus, Trajectory, load
@@ -101,19 +102,31 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
     return run_record(record, params0, plan=plan, progress=progress, checkpoint=checkpoint)
 
 
-def resume(path: str | os.PathLike, *, progress: bool | None = None) -> Trajectory:
+def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: int | None = None) -> Trajectory:
     """Continue the run checkpointed at `path` from its last saved state, with the same record.
 
     Because every chunk of the save grid restarts the step-size controller, the resumed result is
-    identical to the uninterrupted run. A finished run is returned as it is.
+    identical to the uninterrupted run. A finished run is returned as it is. `max_steps`: a new step
+    budget per chunk, for a run that stopped at its old one (status `max_steps`); the file's record
+    then says the new budget.
     """
     path = os.fspath(path)
+    if max_steps is not None:
+        with checking("max_steps"):
+            max_steps = check_positive("max_steps", max_steps, integer=True)
     traj = load(path)
     if traj.status == RunStatus.SUCCESS:
         return traj
     record = traj.record
     if record.kind != "flow":
         raise ValueError(f"{path!r} holds a {record.kind} run; only single flows (gflow.simulate) can be resumed.")
+    if max_steps is not None:
+        record = dataclasses.replace(record, solver=dataclasses.replace(record.solver, max_steps=int(max_steps)))
+    if traj.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
+        # a chunk that failed kept the points it reached: solve it again from its first point, so that
+        # the chunks are those of an uninterrupted run and the result is the same
+        chunk = record.solver.chunk_size
+        traj = traj.head((len(traj) - 1) // chunk * chunk + 1)
     grid = record.save_times
     start = int(np.searchsorted(grid, traj.times[-1]))
     if start >= len(grid) or grid[start] != traj.times[-1]:

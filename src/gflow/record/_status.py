@@ -18,8 +18,9 @@ class RunStatus(enum.StrEnum):
         "discrete": "{steps} steps of {optimizer} at lr {lr:g}",
     }
     MAX_STEPS = "max_steps", {
-        "flow": "stopped at t = {t:.6g}: a chunk needed more than max_steps = {max_steps} steps. Raise max_steps, "
-                "loosen rtol/atol, or check the problem's stiffness.",
+        "flow": "stopped at t = {t:.6g}: a chunk needed more than max_steps = {max_steps} steps. Raise max_steps "
+                "(a checkpointed run continues with gflow.resume(path, max_steps=...)), loosen rtol/atol, or check "
+                "the problem's stiffness.",
     }
     NONFINITE = "nonfinite", {
         "flow": "the state became non-finite after t = {t:.6g} (loss overflow or NaN gradient).",
