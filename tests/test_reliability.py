@@ -329,3 +329,14 @@ def test_the_analysis_names_a_trajectory_it_cannot_read():
     assert len(head) == 3 and head.params.W_E.shape[0] == 3 and head.record is traj.record
     with pytest.raises(ValueError, match="`n`"):
         traj.head(0)
+
+
+def test_init_params_names_a_config_and_a_spec_passed_the_other_way_round():
+    from gflow.model._params import check_config_and_source
+
+    with pytest.raises(ValueError, match="swapped"):  # the check itself (the suite's type checks come first)
+        check_config_and_source(SPEC, CONFIG)
+    with pytest.raises(ValueError, match="`spec` must be a data source"):
+        check_config_and_source(CONFIG, None)
+    with pytest.raises(BAD_TYPE, match="config"):
+        gflow.init_params(0, SPEC, CONFIG)

@@ -177,6 +177,18 @@ def check_init_scale(scale, gamma) -> tuple[float | None, float | None]:
     return scale, (0.5 if gamma is None and scale is None else gamma)
 
 
+def check_config_and_source(config, spec) -> None:
+    """`ValueError` unless `config` is a `TransformerConfig` and `spec` a data source (the two are
+    easily passed the other way round)."""
+    swapped = isinstance(config, AbstractDataSource) and isinstance(spec, TransformerConfig)
+    hint = " (the two are swapped: the order is config, then spec)" if swapped else ""
+    if not isinstance(config, TransformerConfig):
+        raise ValueError(f"`config` must be a gflow.TransformerConfig; got {type(config).__name__}{hint}.")
+    if not isinstance(spec, AbstractDataSource):
+        raise ValueError(f"`spec` must be a data source (gflow.MarkovSpec, InContextMarkovSpec, SparseLagSpec); got "
+                         f"{type(spec).__name__}.")
+
+
 def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: AbstractDataSource, *,
                 scale: float | Real[Array | np.ndarray | np.number, ""] | None = None,
                 gamma: float | Real[Array | np.ndarray | np.number, ""] | None = None) -> TransformerParams:
@@ -189,6 +201,7 @@ def init_params(key: PRNGKeyArray | int, config: TransformerConfig, spec: Abstra
     With neither given, `gamma = 0.5` (the usual $1/\\sqrt{\\text{fan\\_in}}$). `key` is a PRNG key or
     an integer seed; it is split once per Gaussian weight, in field order.
     """
+    check_config_and_source(config, spec)
     key = as_prng_key("key", key)
     scale, gamma = check_init_scale(scale, gamma)
     shapes = param_shapes(config, spec)
