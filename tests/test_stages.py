@@ -18,7 +18,12 @@ def synthetic_metrics(times, loss, sv_E, focus=None, key_mass=None, qk_change=No
                    stable_rank_U=stable_rank(sv_E), open_directions=open_directions(sv_E),
                    max_score=np.zeros(n), qk_change=np.zeros(n) if qk_change is None else qk_change,
                    key_mass=key_mass, focus=focus, attention=None, position_attention=None, loss=np.asarray(loss),
-                   grad_norm=np.zeros(n), dloss_dlogt=log_time_slope(times, np.asarray(loss)))
+                   grad_norm=flow_speed(times, loss), dloss_dlogt=log_time_slope(times, np.asarray(loss)))
+
+
+def flow_speed(times, loss):
+    """The gradient norm a gradient flow with this loss curve has: $|\\nabla L|^2 = -dL/dt$."""
+    return np.sqrt(np.maximum(-np.gradient(np.asarray(loss, dtype=float), np.asarray(times, dtype=float)), 0.0))
 
 
 def grid(per_decade=40):
@@ -245,3 +250,16 @@ def test_a_condensation_that_opens_two_directions_is_not_called_rank_one():
     assert condensation.details["stable_rank_E"] < 1.5
     assert condensation.details["directions_opened"] == 2 and not condensation.details["rank_one"]
     assert condensation.weak and "NOT rank one" in stage_table([condensation])
+
+
+def test_a_loss_that_falls_fastest_at_the_start_has_no_initial_plateau():
+    """A full block whose LayerNorm makes the first gradient the run's largest was reported on a
+    'plateau' over [0, t_1]: on a log grid the descent rate t |dL/dt| vanishes at t = 0 anyway. The
+    stretch before the first drop is a plateau only where |dL/dt| falls below a tenth of the drop's."""
+    t = grid()
+    fast = 1.0 - 0.3 * (1.0 - np.exp(-t / 1.0))  # the loss's speed is largest at t = 0
+    kinds = [e.kind for e in detect_stages(synthetic_metrics(t, fast, np.full((len(t), 2), 1e-3)))]
+    assert kinds == ["escape", "plateau"]
+    slow = 1.0 - 0.3 * step(t, 1.0)  # flat first, then the drop: the saddle's plateau stays
+    kinds = [e.kind for e in detect_stages(synthetic_metrics(t, slow, np.full((len(t), 2), 1e-3)))]
+    assert kinds == ["plateau", "escape", "plateau"]

@@ -15,7 +15,7 @@ its own range or float64 round-off, never from one run's numbers (docs/analysis.
   (`OPEN_ENERGY`), ending at least $e$ times above the largest initial singular value (so that the
   reshuffling of an isotropic small initialisation is not an opening); timed when $\\ln\\sigma_k$ is
   half-way. Each escape lists the directions that open during it, and a cycle is the number of
-  directions opened so far.
+  directions opened so far (a plateau's: at its slowest point, its saddle).
 - **condensation**: the first escape that opens a direction, with the stable ranks of `W_E`, `W_U`
   when it ends, and whether attention moved less than 1% as much as the embedding (`FROZEN`). It is
   a rank-one condensation only when that escape opens one direction: the stable rank stays near 1
@@ -181,6 +181,18 @@ class _Detector:
                                       "start": e.start, "end": e.end})
         self.openings.sort(key=lambda o: o["time"])
 
+    def slow_start(self, first_drop: Episode, b: int) -> bool:
+        """Whether the flow is slow before its first drop, when the run starts at t = 0: there the
+        descent rate $-dL/d\\ln t = t\\,|\\nabla L|^2$ vanishes however fast the loss falls, so the
+        stretch before the drop's extent is a plateau only if the loss's own rate $|\\nabla L|^2$ falls
+        in it below `EXTENT` of its peak in the drop (the fraction that bounds a drop). A small
+        initialisation's saddle at the origin passes by orders of magnitude (its gradient 2-9% of the
+        drop's, squared 1e-4 to 1e-2); a full block whose LayerNorm makes the first gradient the
+        run's largest, or a gamma = 1 initialisation, does not."""
+        speed = self.m.grad_norm**2
+        peak = speed[first_drop.start: first_drop.end + 1].max()
+        return bool(peak == 0 or speed[: b + 1].min() < EXTENT * peak)  # no gradient recorded: as before
+
     def escapes_and_plateaus(self) -> list[Event]:
         t, L = self.t, self.m.loss
         drops, under_way = self.drops()
@@ -192,10 +204,14 @@ class _Detector:
             final = p == len(drops)
             if b <= a and not final:
                 continue
+            if p == 0 and not final and t[a] == 0 and not self.slow_start(drops[0][0], b):
+                continue
             b = max(a, b)
             inner = [i for i in range(a, b + 1) if t[i] > 0] or [a]
             slowest = min(inner, key=lambda i: abs(rate[i]))
-            events.append(Event("plateau", float(t[a]), self.cycle(float(t[a])), {
+            # its cycle is its saddle's (the slowest point): a direction that an escape opens may pass
+            # half-way only after the plateau has begun
+            events.append(Event("plateau", float(t[a]), self.cycle(float(t[slowest])), {
                 "start": float(t[a]), "end": float(t[b]), "loss": float(L[slowest]), "start_index": a, "end_index": b,
                 "slowest_index": slowest, "final": final, "run_ends_in_drop": final and under_way is not None,
                 "next_escape": None if final else drops[p][1]}))
