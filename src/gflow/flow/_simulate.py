@@ -107,8 +107,8 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: 
 
     Because every chunk of the save grid restarts the step-size controller, the resumed result is
     identical to the uninterrupted run. A finished run is returned as it is. `max_steps`: a new step
-    budget per chunk, for a run that stopped at its old one (status `max_steps`); the file's record
-    then says the new budget.
+    budget per chunk, for a run that stopped at its old one (status `max_steps`); the failed chunk is
+    solved again from its first point, and the file's record then says the new budget (docs/flow.md).
     """
     path = os.fspath(path)
     if max_steps is not None:
