@@ -145,6 +145,18 @@ def test_a_rising_loss_stops_the_run_with_the_points_before_it():
 def test_save_times_that_end_early_still_run_to_the_end_of_t_span(small_setting):
     traj = run(small_setting, save_times=[1.0, 10.0])
     assert traj.ok and list(traj.times) == [0.0, 1.0, 10.0, T_END]
+    # a grid that ends a few ulps below t1 ends at t1: no second point there (its log-time rate was 0 / 0)
+    grid = np.exp(np.linspace(np.log(0.1), np.log(T_END), 30))
+    assert grid[-1] < T_END
+    traj = run(small_setting, save_times=grid)
+    assert traj.times[-1] == T_END and traj.times[-2] < T_END * 0.9 and len(traj) == 31
+
+
+def test_the_loss_rise_allowed_has_a_round_off_floor():
+    from gflow.flow._loop import loss_rise_allowed
+
+    np.testing.assert_allclose(loss_rise_allowed(np.array([1.0, 1e-20]), 1e-6, scale=1.1),
+                               [1e-3, 1e3 * np.finfo(float).eps * 1.1])
 
 
 def test_simulate_rejects_params_of_another_config(small_setting):
@@ -205,19 +217,31 @@ def test_a_solver_failure_on_a_relu_mlp_names_its_kinks():
         d_model=4, layernorm="pre", mlp=8, activation=activation, residual=True), t_span=(0.0, 1.0)))
         for activation in ("relu", "gelu")}
     assert "ReLU MLP" in hint["relu"] and "gelu" in hint["relu"] and hint["gelu"] == ""
-    message = gflow.RunStatus.SOLVER_FAILURE.describe(t=2.38755, h=4.88e-15, hint=hint["relu"])
-    assert "last accepted step was 4.88e-15" in message and "ReLU" in message
+    from gflow.flow._chunk import ChunkResult
+    from gflow.flow._loop import _Member
+
+    member = _Member.start(0.0, np.zeros(2), 1.0, 1.0)  # a chunk that failed after its first save point
+    chunk = ChunkResult(times=np.array([[1.0, np.inf]]), states=np.array([[[0.1, 0.2], [np.nan, np.nan]]]),
+                        loss=np.array([[0.9, np.nan]]), grad_norm=np.array([[1.0, np.nan]]), ok=np.array([False]),
+                        hit_max_steps=np.array([False]), accepted_steps=np.array([5]), rejected_steps=np.array([1]),
+                        last_step=np.array([4.88e-15]), next_step=np.array([1e-15]), work={})
+    assert member.add(chunk, 0, np.array([0.0, 1.0, 2.0]), 0, 2, 0.1, 100, (1e-6, 1e-9), hint["relu"]) is None
+    assert member.status == "solver_failure" and list(np.concatenate(member.times)) == [0.0, 1.0]
+    assert "after t = 1 " in member.message and "last accepted step was 4.88e-15" in member.message
+    assert hint["relu"] in member.message
 
 
 def test_a_run_stopped_at_max_steps_resumes_with_a_larger_budget(small_setting, tmp_path):
     """The max_steps message says "Raise max_steps", which resume could not do: the run failed again."""
     path = tmp_path / "run.npz"
-    stopped = run(small_setting, solver="Tsit5", max_steps=30, checkpoint=path)  # Tsit5: the cheapest to compile
+    stopped = run(small_setting, max_steps=8, chunk_size=2, checkpoint=path)  # the solve of the test above
     assert stopped.status == "max_steps" and len(stopped) < 25
     assert gflow.resume(path, progress=False).status == "max_steps"
     resumed = gflow.resume(path, progress=False, max_steps=10_000)
-    fresh = run(small_setting, solver="Tsit5", max_steps=10_000)
+    fresh = run(small_setting, max_steps=10_000, chunk_size=2)
     assert resumed.ok and resumed.record.solver.max_steps == 10_000
+    # the failed chunk starts again with the method it started with (not the BDF it fell back to)
+    assert resumed.stats["chunk_methods"] == fresh.stats["chunk_methods"]
     np.testing.assert_array_equal(flat(resumed), flat(fresh))
     with pytest.raises(ValueError, match="max_steps"):
         gflow.resume(path, max_steps=0)

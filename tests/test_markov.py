@@ -111,6 +111,8 @@ def test_a_float32_chain_within_its_rounding_is_accepted_and_renormalised():
     np.testing.assert_allclose(np.asarray(spec.P), P, rtol=1e-6)
     pi = np.array([0.6, 0.3, 0.1], np.float32)
     assert abs(float(np.asarray(gflow.MarkovSpec.sticky(pi, 0.5, T=4).init).sum()) - 1) < 1e-15
+    bf16 = gflow.MarkovSpec.from_matrix(np.array([[0.3, 0.7], [0.6, 0.4]], dtype=jnp.bfloat16), T=3)  # JAX's bfloat16
+    assert np.abs(np.asarray(bf16.P).sum(axis=1) - 1).max() < 1e-15
     with pytest.raises(ValueError, match=r"row 0 sums to 1.00001"):  # beyond float32 rounding: refused
         gflow.MarkovSpec.from_matrix(np.array([[0.5, 0.50001], [0.5, 0.5]], np.float32), T=3)
     with pytest.raises(ValueError, match=r"it sums to 1.1\."):

@@ -313,6 +313,8 @@ def test_numpy_and_jax_scalars_in_a_config_are_plain_numbers():
     assert (config.d_model, config.n_heads, config.mlp) == (4, 2, 8) and type(config.d_model) is int
     assert config.attn_scale == 0.5 and type(config.attn_scale) is float
     assert gflow.init_params(0, config, SPEC, scale=0.1).W_E.shape == (3, 4)
+    plain = gflow.TransformerConfig(residual=np.bool_(True), d_model=np.array(4))
+    assert plain.residual is True and plain.d_model == 4 and type(plain.d_model) is int
     for bad in (dict(d_model=np.float64(4.0)), dict(attn_scale=True), dict(n_heads=np.bool_(True))):
         with pytest.raises(ValueError, match=next(iter(bad))):
             gflow.TransformerConfig(**bad)
@@ -325,6 +327,11 @@ def test_the_analysis_names_a_trajectory_it_cannot_read():
     overflowed = dataclasses.replace(traj, loss=np.concatenate([traj.loss[:2], [np.inf], traj.loss[3:]]))
     with pytest.raises(ValueError, match=r"2 saved point\(s\) with a finite loss.*traj.head\(2\)"):
         gflow.analysis.detect_stages(overflowed)
+    overflowed_start = gflow.simulate(gflow.init_params(0, CONFIG, SPEC, scale=1e200), SPEC, (0.0, 10.0),
+                                      config=CONFIG, n_save=5, progress=False)
+    assert overflowed_start.status == "nonfinite"
+    prediction = gflow.analysis.predict_escape(overflowed_start)  # before: LinAlgError from eigvalsh
+    assert prediction.failure == "the loss or its gradient is not finite at the state" and prediction.saddle_index == -1
     head = traj.head(3)
     assert len(head) == 3 and head.params.W_E.shape[0] == 3 and head.record is traj.record
     with pytest.raises(ValueError, match="`n`"):

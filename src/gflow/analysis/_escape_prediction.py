@@ -79,7 +79,7 @@ class EscapePrediction:
       resolves, `CriticalPoint.solved`: those faster than the escape's own rate; below it a
       direction is flat on the plateau's time scale, as the 49 values between -2e-7 and -4e-9 that
       a threshold of 1e-8 of the largest eigenvalue counted beside a saddle's 12 at -0.41; -1 where
-      Newton located no critical point), `escape_rate` ($\\sigma$ of the escaping direction),
+      no critical point was located or searched for), `escape_rate` ($\\sigma$ of the escaping direction),
       `lambda_max`, `component` (its $|c|$ now), `exit_scale`, `saddle_distance`
       ($\\|\\theta(at) - \\theta^*\\|$), `consistency` (the relative residual of step 1);
     - `failure`: why no prediction is made, else `None`.
@@ -209,7 +209,7 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
     y = np.asarray(y, dtype=np.float64)
     nan = dict(predicted_escape=math.nan, linear_escape=math.nan, escape_rate=math.nan, component=math.nan,
                exit_scale=math.nan)
-    empty = dict(at=float(at), saddle_loss=math.nan, saddle_index=0, lambda_min=math.nan, lambda_max=math.nan,
+    empty = dict(at=float(at), saddle_loss=math.nan, saddle_index=-1, lambda_min=math.nan, lambda_max=math.nan,
                  saddle_distance=math.nan, consistency=math.nan, spectrum=np.zeros(0))
     if layout.size > DENSE_LIMIT:
         return EscapePrediction(**empty, **nan, failure=f"the model has {layout.size} parameters; locating a saddle "
@@ -217,10 +217,13 @@ def _predict(traj: Trajectory, y: Float[np.ndarray, " n"], at: float, plan: RunP
     if not np.all(np.isfinite(y)):
         return EscapePrediction(**empty, **nan, failure="the state is not finite (the run diverged)")
     plan = RunPlan.of(traj.record) if plan is None else plan
-    g = np.asarray(_value_and_grad(fn, layout, y)[1])  # the saddle search's own program
+    loss, g = (np.asarray(v) for v in _value_and_grad(fn, layout, y))  # the saddle search's own program
+    if not (np.isfinite(loss) and np.all(np.isfinite(g))):
+        return EscapePrediction(**empty, **nan, failure="the loss or its gradient is not finite at the state")
     vals = np.linalg.eigvalsh(np.asarray(dense_hessian(fn, layout, y)))
     if vals[0] >= -1e-8 * max(abs(vals).max(), np.finfo(float).tiny):
-        return EscapePrediction(**(empty | dict(lambda_min=float(vals[0]), lambda_max=float(vals[-1]), spectrum=vals)),
+        return EscapePrediction(**(empty | dict(saddle_index=0, lambda_min=float(vals[0]), lambda_max=float(vals[-1]),
+                                                spectrum=vals)),
                                 **nan, failure="no negative curvature at the state: nothing grows "
                                 "exponentially (a minimum's basin or a degenerate critical point)")
     sigma_state = -float(vals[0])

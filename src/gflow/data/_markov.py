@@ -41,11 +41,11 @@ def _sum_tolerance(x, V: int) -> float:
     """How far from 1 a row of `x` may sum: `ROW_SUM_TOL`, or for an array of a lower-precision
     float type (float32 from PyTorch, a JAX array without x64) what its rounding allows, V times its
     machine epsilon: a float32 row normalised to 1 sums to 1 +- 1e-7, not 1e-9."""
-    dtype = getattr(x, "dtype", None)
-    try:
-        eps = float(np.finfo(dtype).eps) if dtype is not None and np.issubdtype(dtype, np.floating) else 0.0
-    except TypeError:  # a dtype numpy does not know (bfloat16 without ml_dtypes' registration)
-        eps = float(np.finfo(np.float32).eps)
+    try:  # numpy's view of it: a PyTorch tensor's float32 as numpy's, bfloat16 as ml_dtypes' (JAX's)
+        dtype = np.asarray(x).dtype
+        eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else 0.0
+    except (TypeError, ValueError):  # a dtype neither knows: the float64 tolerance
+        eps = 0.0
     return max(ROW_SUM_TOL, V * eps)
 
 

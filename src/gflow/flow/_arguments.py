@@ -66,7 +66,16 @@ def _check_save_times(save_times, t0: float, t1: float) -> np.ndarray:
     if ts[0] < t0 or ts[-1] > t1:
         raise ValueError(f"`save_times` must lie inside t_span = ({t0}, {t1}); got [{ts[0]}, {ts[-1]}].")
     # the grid spans t_span: t0 and t1 are saved too (a grid ending early would stop the run there,
-    # while its record said t1)
+    # while its record said t1); a time within round-off of either end is that end (a second point a
+    # few ulps away would make the log-time rates divide by zero)
+    ulps = 8 * np.finfo(np.float64).eps
+    if t1 - ts[-1] <= ulps * t1:
+        ts = np.concatenate([ts[:-1], [t1]])
+    if 0 < ts[0] - t0 <= ulps * t0:  # (t0 = 0 is excluded from log time anyway)
+        ts = np.concatenate([[t0], ts[1:]])
+    if len(ts) > 1 and ts[0] == ts[1] or len(ts) > 1 and ts[-2] == ts[-1]:
+        raise ValueError("`save_times` must be strictly increasing (two of its times are within round-off of "
+                         "an end of t_span).")
     return np.concatenate([[t0] if ts[0] > t0 else [], ts, [t1] if ts[-1] < t1 else []])
 
 

@@ -23,12 +23,13 @@ from ._chunk import ChunkResult
 from ._plan import RunPlan
 
 STEP_COUNTS = ("num_accepted_steps", "num_rejected_steps")
-METHOD_STATS = ("chunk_methods", "next_method", "method_wall_time_s", "method_steps")
-"""What a switching run records per member: the method of every chunk, the one the next chunk calls
-for (which `resume` continues with), and the wall time and attempted steps each method had."""
+METHOD_STATS = ("chunk_methods", "chunk_started_with", "next_method", "method_wall_time_s", "method_steps")
+"""What a switching run records per member: the method of every chunk (and the one it started with:
+a chunk the explicit method gave up on ends with the BDF), the one the next chunk calls for (which
+`resume` continues with), and the wall time and attempted steps each method had."""
 
 
-def loss_rise_allowed(loss: np.ndarray, rtol: float) -> np.ndarray:
+def loss_rise_allowed(loss: np.ndarray, rtol: float, scale: float) -> np.ndarray:
     """How far the loss may rise between two saved points before the run is stopped as inaccurate.
 
     Along $\\dot\\theta = -\\nabla L$ the loss never rises. A solver's local errors at relative
@@ -36,8 +37,10 @@ def loss_rise_allowed(loss: np.ndarray, rtol: float) -> np.ndarray:
     rises below 1e-9 of the loss at rtol 1e-6). A rise of $\\sqrt{\\mathrm{rtol}}$ of the loss (1e-3 at
     the default 1e-6) is far beyond that, and far below what the unstable explicit steps that too
     loose a tolerance lets through do (at rtol 0.5 the loss of a 3-token chain went from 1.10 to
-    1e252 while every step passed its error test)."""
-    return np.sqrt(rtol) * np.maximum(np.abs(loss), np.finfo(np.float64).tiny)
+    1e252 while every step passed its error test). `scale`, the run's first loss, sets a floor of
+    1,000 ulps of it: a loss falling towards 0 (a deterministic chain) still wobbles by the round-off
+    of the terms it was summed from."""
+    return np.maximum(np.sqrt(rtol) * np.abs(loss), 1e3 * np.finfo(np.float64).eps * abs(scale))
 
 
 def failure_hint(record: RunRecord) -> str:
@@ -88,7 +91,9 @@ class _Member:
     def add_methods(self, chunk: ChunkResult, b: int, names: tuple[str, ...], wall: float) -> None:
         """Record which method solved member `b`'s chunk, and which its next chunk calls for."""
         used, following = names[int(chunk.methods[b])], names[int(chunk.next_methods[b])]
+        called = self.stats.get("next_method", names[0])  # what this chunk was started with
         self.stats["chunk_methods"] = [*self.stats.get("chunk_methods", []), used]
+        self.stats["chunk_started_with"] = [*self.stats.get("chunk_started_with", []), called]
         self.stats["next_method"] = following
         for key, value in (("method_wall_time_s", wall),
                            ("method_steps", int(chunk.accepted_steps[b]) + int(chunk.rejected_steps[b]))):
@@ -104,7 +109,7 @@ class _Member:
         reached = np.isfinite(chunk.times[b, :n_new]) & np.all(np.isfinite(chunk.states[b, :n_new]), axis=1)
         n_ok = n_new if reached.all() else int(np.argmin(reached))
         before = np.concatenate([[self.loss[-1][-1]], chunk.loss[b, :n_ok]])
-        risen = np.flatnonzero(np.diff(before) > loss_rise_allowed(before[:-1], tolerances[0]))
+        risen = np.flatnonzero(np.diff(before) > loss_rise_allowed(before[:-1], tolerances[0], self.loss[0][0]))
         if risen.size:
             n_ok = int(risen[0])
         self.times.append(grid[i + 1: i + 1 + n_ok])

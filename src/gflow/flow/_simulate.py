@@ -102,6 +102,23 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
     return run_record(record, params0, plan=plan, progress=progress, checkpoint=checkpoint)
 
 
+def _without_failed_chunk(traj: Trajectory, chunk: int) -> Trajectory:
+    """`traj` cut back to a chunk boundary, its per-chunk methods too: the failed chunk's entries go,
+    and the method it was started with is the one it starts with again (a file written before that
+    was recorded: the method it ended with)."""
+    methods = traj.stats.get("chunk_methods")
+    if not methods:
+        return traj
+    done = (len(traj) - 1) // chunk
+    started = traj.stats.get("chunk_started_with", methods)
+    stats = dict(traj.stats, chunk_methods=methods[:done])
+    if "chunk_started_with" in traj.stats:
+        stats["chunk_started_with"] = started[:done]
+    if done < len(methods):
+        stats["next_method"] = started[done]
+    return dataclasses.replace(traj, stats=stats)
+
+
 def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: int | None = None) -> Trajectory:
     """Continue the run checkpointed at `path` from its last saved state, with the same record.
 
@@ -123,10 +140,10 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: 
     if max_steps is not None:
         record = dataclasses.replace(record, solver=dataclasses.replace(record.solver, max_steps=int(max_steps)))
     if traj.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
-        # a chunk that failed kept the points it reached: solve it again from its first point, so that
-        # the chunks are those of an uninterrupted run and the result is the same
+        # a chunk that failed kept the points it reached: solve it again from its first point with the
+        # method it started with, so that the chunks are those of an uninterrupted run
         chunk = record.solver.chunk_size
-        traj = traj.head((len(traj) - 1) // chunk * chunk + 1)
+        traj = _without_failed_chunk(traj.head((len(traj) - 1) // chunk * chunk + 1), chunk)
     grid = record.save_times
     start = int(np.searchsorted(grid, traj.times[-1]))
     if start >= len(grid) or grid[start] != traj.times[-1]:

@@ -18,11 +18,13 @@ ACTIVATIONS = ("gelu", "relu")
 
 
 def _plain_number(value):
-    """numpy's integers and floats (a loop over `np.arange`, a value read from an array) as Python's:
+    """numpy's booleans, integers and floats (a loop over `np.arange`, a value read from an array) as Python's:
     these fields are static, part of every compiled program's key, and must be plain numbers. Other
     values are left as they are for the checks to name."""
     if isinstance(value, jax.Array) and value.ndim == 0 and not isinstance(value, jax.core.Tracer):
         value = np.asarray(value)[()]  # a concrete 0-d JAX array, as the numpy scalar it holds
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.integer):
@@ -62,15 +64,15 @@ class TransformerConfig(eqx.Module):
     n_heads: int = eqx.field(static=True, default=1, converter=_plain_number)
     d_model: int = eqx.field(static=True, default=8, converter=_plain_number)
     d_head: int | None = eqx.field(static=True, default=None, converter=_plain_number)
-    value: bool = eqx.field(static=True, default=False)
-    residual: bool = eqx.field(static=True, default=False)
+    value: bool = eqx.field(static=True, default=False, converter=_plain_number)
+    residual: bool = eqx.field(static=True, default=False, converter=_plain_number)
     positional: str = eqx.field(static=True, default="none")
     attn_scale: float | None = eqx.field(static=True, default=None, converter=_plain_number)
     layernorm: str = eqx.field(static=True, default="none")
     mlp: int | None = eqx.field(static=True, default=None, converter=_plain_number)
     activation: str = eqx.field(static=True, default="gelu")
-    tied: bool = eqx.field(static=True, default=False)
-    unembed_bias: bool = eqx.field(static=True, default=False)
+    tied: bool = eqx.field(static=True, default=False, converter=_plain_number)
+    unembed_bias: bool = eqx.field(static=True, default=False, converter=_plain_number)
     n_layers: int = eqx.field(static=True, default=1, converter=_plain_number)
 
     def __check_init__(self):
