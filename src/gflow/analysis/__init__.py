@@ -50,6 +50,7 @@ from ._linearize import linearization_table as linearization_table
 from ._linearize import plateau_linearization as plateau_linearization
 from ._metrics import Metrics as Metrics
 from ._metrics import compute_metrics as compute_metrics
+from ._metrics import finite_points as finite_points
 from ._metrics import log_time_slope as log_time_slope
 from ._metrics import open_directions as open_directions
 from ._metrics import stable_rank as stable_rank

@@ -112,15 +112,20 @@ def _max_scores(params: TransformerParams, config: TransformerConfig):
     return jnp.max(jnp.abs(jax.vmap(lambda p: type_scores(p, config))(params)), axis=(1, 2, 3))
 
 
+def finite_points(traj: Trajectory) -> int:
+    """How many saved points of `traj`, from the first, have a finite loss and state."""
+    finite = np.isfinite(traj.loss) & np.all(np.isfinite(traj.flat_params()), axis=1)
+    return len(traj) if finite.all() else int(np.argmin(finite))
+
+
 def unanalysable(traj) -> str | None:
     """Why the stage analysis cannot read `traj` (`None` when it can): it is not a `Trajectory`, or a
     saved point's loss or state is not finite (a run that overflowed keeps the point where it did,
     and an initialisation that overflows is the only point of its run)."""
     if not isinstance(traj, Trajectory):
         return f"`traj` must be a Trajectory (gflow.simulate, gflow.train or gflow.load); got {type(traj).__name__}"
-    finite = np.isfinite(traj.loss) & np.all(np.isfinite(traj.flat_params()), axis=1)
-    if not finite.all():
-        n = int(np.argmin(finite))
+    n = finite_points(traj)
+    if n < len(traj):
         return (f"`traj` has {n} saved point(s) with a finite loss and state before its first non-finite one "
                 f"({len(traj)} saved; status {traj.status.value}: {traj.message or 'no message'}); the stage "
                 "analysis needs every point finite" + (f" (`traj.head({n})` holds those)" if n else ""))

@@ -14,8 +14,6 @@ import json
 import os
 import time
 
-import numpy as np
-
 from ..analysis import (
     Event,
     PlateauEscape,
@@ -23,6 +21,7 @@ from ..analysis import (
     detect_induction_events,
     detect_lag_events,
     detect_stages,
+    finite_points,
     induction_probes,
     lag_probes,
     linearization_table,
@@ -191,11 +190,8 @@ def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir:
 def _analysed_part(traj: Trajectory) -> Trajectory | None:
     """`traj`, or its saved points before the first non-finite one (a run whose last state
     overflowed), or `None` when there are none."""
-    if unanalysable(traj) is None:
-        return traj
-    finite = np.isfinite(traj.loss) & np.all(np.isfinite(traj.flat_params()), axis=1)
-    n = int(np.argmin(finite))
-    return traj.head(n) if n else None
+    n = finite_points(traj)
+    return traj if n == len(traj) else traj.head(n) if n else None
 
 
 def _task_analysis(traj: Trajectory) -> tuple[str, dict]:

@@ -73,9 +73,6 @@ def _check_save_times(save_times, t0: float, t1: float) -> np.ndarray:
         ts = np.concatenate([ts[:-1], [t1]])
     if 0 < ts[0] - t0 <= ulps * t0:  # (t0 = 0 is excluded from log time anyway)
         ts = np.concatenate([[t0], ts[1:]])
-    if len(ts) > 1 and ts[0] == ts[1] or len(ts) > 1 and ts[-2] == ts[-1]:
-        raise ValueError("`save_times` must be strictly increasing (two of its times are within round-off of "
-                         "an end of t_span).")
     return np.concatenate([[t0] if ts[0] > t0 else [], ts, [t1] if ts[-1] < t1 else []])
 
 

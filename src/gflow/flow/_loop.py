@@ -183,6 +183,7 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
                 for b, m in enumerate(members)]
 
     i = start_index
+    tolerances, hint = (record.solver.rtol, record.solver.atol), failure_hint(record)
     final_status, final_message = RunStatus.SUCCESS, RunStatus.SUCCESS.describe(t=grid[-1])
     with save_point_loop(progress, len(grid) - 1, start_index) as loop:
         while i < len(grid) - 1 and any(m.alive for m in members):
@@ -202,8 +203,7 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
                 if m.alive:
                     if result.methods is not None:
                         m.add_methods(result, b, plan.method_names, wall)
-                    last = m.add(result, b, grid, i, j - i, wall, plan.max_steps,
-                                 (record.solver.rtol, record.solver.atol), failure_hint(record))
+                    last = m.add(result, b, grid, i, j - i, wall, plan.max_steps, tolerances, hint)
                     if last is not None:
                         y[b] = last
             single = len(members) == 1 and members[0].alive

@@ -103,13 +103,14 @@ def simulate(params0: TransformerParams, markov_spec: AbstractDataSource, t_span
 
 
 def _without_failed_chunk(traj: Trajectory, chunk: int) -> Trajectory:
-    """`traj` cut back to a chunk boundary, its per-chunk methods too: the failed chunk's entries go,
-    and the method it was started with is the one it starts with again (a file written before that
-    was recorded: the method it ended with)."""
+    """`traj` cut back to its last chunk boundary, its per-chunk methods too: the failed chunk's
+    points and entries go, and the method it was started with is the one it starts with again (a
+    file written before that was recorded: the method it ended with)."""
+    done = (len(traj) - 1) // chunk
+    traj = traj.head(done * chunk + 1)
     methods = traj.stats.get("chunk_methods")
     if not methods:
         return traj
-    done = (len(traj) - 1) // chunk
     started = traj.stats.get("chunk_started_with", methods)
     stats = dict(traj.stats, chunk_methods=methods[:done])
     if "chunk_started_with" in traj.stats:
@@ -142,8 +143,7 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: 
     if traj.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
         # a chunk that failed kept the points it reached: solve it again from its first point with the
         # method it started with, so that the chunks are those of an uninterrupted run
-        chunk = record.solver.chunk_size
-        traj = _without_failed_chunk(traj.head((len(traj) - 1) // chunk * chunk + 1), chunk)
+        traj = _without_failed_chunk(traj, record.solver.chunk_size)
     grid = record.save_times
     start = int(np.searchsorted(grid, traj.times[-1]))
     if start >= len(grid) or grid[start] != traj.times[-1]:
