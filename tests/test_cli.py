@@ -32,14 +32,26 @@ def test_demo_settings_are_the_focus_dilution_setting():
     assert config == gflow.TransformerConfig(d_model=8) and run["loss"] == "meanfield" and run["t_end"] == 1e5
 
 
-def test_gflow_run_writes_report_figures_and_trajectory(tmp_path, capsys):
-    cfg = tmp_path / "small.toml"
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """`gflow run` of `SMALL` (its output folder and what it printed), shared by the tests that read it."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("small")
+    cfg = folder / "small.toml"
     cfg.write_text(SMALL)
-    out = tmp_path / "out"
-    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["run", str(cfg), "--out", str(folder / "out"), "--no-progress"])
+    return status, folder / "out", printed.getvalue()
+
+
+def test_gflow_run_writes_report_figures_and_trajectory(small_run):
+    status, out, printed = small_run
+    assert status == 0
     for name in ("report.md", "trajectory.npz", "overview.png", "overview.pdf", "attention.png", "hessian.pdf"):
         assert os.path.getsize(out / name) > 0, name
-    printed = capsys.readouterr().out
     assert "Stages of learning" in printed and "condensation" in printed
     report = (out / "report.md").read_text()
     assert "![overview](overview.png)" in report and "| plateau |" in report
@@ -215,3 +227,25 @@ def test_the_console_script_flushes_its_output_and_keeps_the_exit_status(tmp_pat
     bad = subprocess.run([sys.executable, "-m", "gflow.app", "run", str(tmp_path / "missing.toml")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("does not exist.")
+
+
+def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_path, capsys, small_run):
+    """A run stopped at max_steps continues with `gflow resume DIR --max-steps N` to the trajectory
+    and report of a run given that budget from the start, and its settings.json says the new budget."""
+    import json
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL + "max_steps = 40\n")
+    out, ref = tmp_path / "out", small_run[1]  # the same settings with the default budget, 100,000
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 1
+    stopped = gflow.load(out / "trajectory.npz")
+    assert stopped.status == "max_steps" and 0 < stopped.times[-1] < 300.0
+    assert "gflow resume DIR --max-steps N" in stopped.message
+    assert main(["resume", str(out), "--max-steps", "0", "--no-progress"]) == 2
+    assert "--max-steps must be at least 1" in capsys.readouterr().err
+    assert main(["resume", str(out), "--max-steps", "100000", "--no-progress"]) == 0
+    resumed, whole = gflow.load(out / "trajectory.npz"), gflow.load(ref / "trajectory.npz")
+    np.testing.assert_array_equal(resumed.flat_params(), whole.flat_params())
+    assert resumed.record.solver.max_steps == 100000
+    assert json.loads((out / "settings.json").read_text())["flow"]["max_steps"] == 100000
+    assert _report_without_timings(out / "report.md") == _report_without_timings(ref / "report.md")

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                            "interrupted run")
     res = sub.add_parser("resume", help="finish an interrupted `gflow run`/`gflow demo` in its output folder")
     res.add_argument("dir", help="the output folder of the interrupted run")
+    res.add_argument("--max-steps", type=int, default=None, help="a new step budget per chunk, for a run that "
+                     "stopped at its old one ([flow].max_steps; settings.json is updated)")
     cmp = sub.add_parser("compare", help="GD, SGD and Adam against the flow, on the settings of a TOML file")
     cmp.add_argument("config", nargs="?", default=None, help="TOML file (default: the demo settings)")
     cmp.add_argument("--out", default="gflow-compare", help="output folder (default: ./gflow-compare)")
@@ -160,8 +162,10 @@ def _command(args, progress) -> int:
                            address=args.address, plot=args.plot, progress=progress)
             return EXIT_OK if all(r["status"] == "success" for r in result.rows) else EXIT_FAILED
         if args.command == "resume":
+            if args.max_steps is not None and args.max_steps < 1:
+                return _error(f"--max-steps must be at least 1; got {args.max_steps}.")
             tic = time.perf_counter()
-            result = resume_experiment(args.dir, progress=progress)
+            result = resume_experiment(args.dir, progress=progress, max_steps=args.max_steps)
             return _finish(result, tic)
         if args.command == "demo" or (args.command == "compare" and args.config is None):
             settings = ExperimentSettings.demo()

@@ -121,10 +121,18 @@ def check_checkpoint_matches(settings: ExperimentSettings, traj: Trajectory, whe
                          f"{SETTINGS_FILE} ({shown}); it cannot be resumed. Start afresh with --restart.")
 
 
-def resume_experiment(out_dir: str, *, progress: bool | None = None, echo=print) -> ExperimentResult:
+def resume_experiment(out_dir: str, *, progress: bool | None = None, max_steps: int | None = None,
+                      echo=print) -> ExperimentResult:
     """Finish the interrupted experiment in `out_dir` (written by `run_experiment`, `gflow run` or
     `gflow demo`), or draw what an interrupted report left out, and write the same report and
-    figures as an uninterrupted run."""
+    figures as an uninterrupted run.
+
+    `max_steps`: a new step budget per chunk (`[flow].max_steps`), for a run that stopped at its
+    old one; the failed chunk is solved again from its first point (`gflow.resume`), and
+    `settings.json` is rewritten first with the new budget, so that the folder keeps describing the
+    run it holds. The budget decides only where a run gives up, never its steps, so a checkpoint whose
+    budget differs from its settings' (a resume with a new budget that was itself interrupted) is the
+    same run, and continues with the settings' budget."""
     out_dir = os.fspath(out_dir)
     if not os.path.isfile(os.path.join(out_dir, SETTINGS_FILE)):
         raise ValueError(f"{out_dir!r} holds no {SETTINGS_FILE}: it is not a folder written by `gflow run` or "
@@ -136,11 +144,33 @@ def resume_experiment(out_dir: str, *, progress: bool | None = None, echo=print)
         if not os.path.isfile(path):
             raise ValueError(f"{out_dir!r} holds no {TRAJECTORY_FILE} (the run stopped before its first checkpoint); "
                              "start afresh with `gflow run ... --restart`.")
-        check_checkpoint_matches(settings, load(path), out_dir)
+        if max_steps is not None:
+            settings = _with_max_steps(settings, max_steps)
+        checkpoint, budget = load(path), settings.record.solver.max_steps
+        flow_checkpoint = checkpoint.record.solver is not None  # else the check below names what differs
+        check_checkpoint_matches(settings, _with_budget(checkpoint, budget) if flow_checkpoint else checkpoint, out_dir)
+        if max_steps is not None:
+            with atomic_file(os.path.join(out_dir, SETTINGS_FILE)) as fh:
+                json.dump(settings.to_dict(), fh, indent=1)
+        new_budget = budget if budget != checkpoint.record.solver.max_steps else None
         with FigureWriter() as writer:
             tic = time.perf_counter()
-            traj = resume(path, progress=progress)
+            traj = resume(path, progress=progress, max_steps=new_budget)
             return _analyse_and_report(settings, traj, out_dir, time.perf_counter() - tic, echo, writer)
+
+
+def _with_max_steps(settings: ExperimentSettings, max_steps: int) -> ExperimentSettings:
+    """`settings` with `[flow].max_steps` replaced (checked as a TOML value would be)."""
+    raw = settings.to_dict()
+    return ExperimentSettings.from_dict({**raw, "flow": {**raw["flow"], "max_steps": max_steps}},
+                                        source="--max-steps")
+
+
+def _with_budget(traj: Trajectory, max_steps: int) -> Trajectory:
+    """`traj` as if its record had the step budget `max_steps` (for comparing records: the budget is
+    not part of what a run computes)."""
+    solver = dataclasses.replace(traj.record.solver, max_steps=max_steps)
+    return dataclasses.replace(traj, record=dataclasses.replace(traj.record, solver=solver))
 
 
 def _analyse_and_report(settings: ExperimentSettings, traj: Trajectory, out_dir: str, t_flow: float,

@@ -19,7 +19,8 @@ class RunStatus(enum.StrEnum):
     }
     MAX_STEPS = "max_steps", {
         "flow": "stopped at t = {t:.6g}: a chunk needed more than max_steps = {max_steps} steps. Raise max_steps "
-                "(a checkpointed run continues with gflow.resume(path, max_steps=...)), loosen rtol/atol, or check "
+                "(a checkpointed run continues with gflow.resume(path, max_steps=...), a gflow run folder with "
+                "`gflow resume DIR --max-steps N`), loosen rtol/atol, or check "
                 "the problem's stiffness.",
     }
     NONFINITE = "nonfinite", {
