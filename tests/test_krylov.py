@@ -92,7 +92,7 @@ def test_new_values_reuse_the_compiled_solve(small_setting):
     kw = dict(config=config, loss="counts", n_save=13, progress=False, rtol=1e-8, atol=1e-11)
     krylov = gflow.simulate(params0, spec, (0.0, 60.0), solver="GradientFlowKrylovBDF", **kw)
     assert krylov.ok
-    compiles = []  # new values (start, tolerances) reuse the compiled solve
+    compiles = []  # new values (start, tolerances) and a finer save grid reuse the compiled solve
 
     def listener(event, duration, **kw):
         if "backend_compile" in event:
@@ -102,10 +102,10 @@ def test_new_values_reuse_the_compiled_solve(small_setting):
     try:
         other = gflow.init_params(jax.random.key(5), config, spec, scale=0.2)
         again = gflow.simulate(other, spec, (0.0, 60.0), solver="GradientFlowKrylovBDF",
-                               **{**kw, "rtol": 1e-7, "atol": 1e-10})
+                               **{**kw, "rtol": 1e-7, "atol": 1e-10, "n_save": 25})
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert again.ok and not compiles, compiles
+    assert again.ok and len(again) == 25 and not compiles, compiles
 
 
 @pytest.mark.parametrize("c, bound", [(0.01, KRYLOV_RTOL), (2.5, 1e-4)])

@@ -43,6 +43,23 @@ def loss_rise_allowed(loss: np.ndarray, rtol: float, scale: float) -> np.ndarray
     return np.maximum(np.sqrt(rtol) * np.abs(loss), 1e3 * np.finfo(np.float64).eps * abs(scale))
 
 
+MIN_SAVE_SLOTS = 16
+"""The fewest save slots a chunk's compiled solve has (`save_slots`)."""
+
+
+def save_slots(chunk_size: int) -> int:
+    """How many save times a chunk's solve takes for chunks of `chunk_size` points: the next power of
+    two, at least `MIN_SAVE_SLOTS`; the slots after a chunk's last point repeat its end time.
+
+    The number of save times is a shape of the compiled solve, so without this every `n_save` (its
+    default chunk is a tenth of the grid) compiled the solve again, 4-6 s on CPU each time for a
+    3-token model (tests/test_stages.py: grids of 61, 121 and 241 points, three compilations).
+    With it, every grid of up to 161 points in ten chunks shares one program, and larger ones one
+    per doubling. A repeated save time costs one more copy of the state when the step that
+    reaches the chunk's end is taken: nothing next to the step's own work."""
+    return max(MIN_SAVE_SLOTS, 1 << max(0, chunk_size - 1).bit_length())
+
+
 def failure_hint(record: RunRecord) -> str:
     """What a solver failure's message adds for this run's model: a ReLU MLP's loss has kinks (its
     gradient jumps where a pre-activation crosses 0), where adaptive steps can collapse; GELU is
@@ -193,7 +210,7 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
             if not any(m.alive for m in members):
                 break
             j = min(i + chunk, len(grid) - 1)
-            ts = np.full(chunk, grid[j])
+            ts = np.full(save_slots(chunk), grid[j])
             ts[: j - i] = grid[i + 1: j + 1]
             methods = np.array([m.next_method(plan.method_names) for m in members])
             tic = time.perf_counter()
