@@ -229,10 +229,12 @@ def test_the_console_script_flushes_its_output_and_keeps_the_exit_status(tmp_pat
     assert bad.returncode == 2 and bad.stderr.strip().endswith("does not exist.")
 
 
-def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_path, capsys, small_run):
-    """A run stopped at max_steps continues with `gflow resume DIR --max-steps N` to the trajectory
-    and report of a run given that budget from the start, and its settings.json says the new budget."""
+def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_path, capsys, small_run, monkeypatch):
+    """A run stopped at max_steps continues with `gflow resume DIR --max-steps N`, or with `gflow run
+    CFG --resume` once the file's budget is raised, to the trajectory and report of a run given that
+    budget from the start, and its settings.json says the new budget."""
     import json
+    import shutil
 
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL + "max_steps = 40\n")
@@ -241,6 +243,8 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
     stopped = gflow.load(out / "trajectory.npz")
     assert stopped.status == "max_steps" and 0 < stopped.times[-1] < 300.0
     assert "gflow resume DIR --max-steps N" in stopped.message
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
     assert main(["resume", str(out), "--max-steps", "0", "--no-progress"]) == 2
     assert "--max-steps must be at least 1" in capsys.readouterr().err
     assert main(["resume", str(out), "--max-steps", "100000", "--no-progress"]) == 0
@@ -249,3 +253,13 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
     assert resumed.record.solver.max_steps == 100000
     assert json.loads((out / "settings.json").read_text())["flow"]["max_steps"] == 100000
     assert _report_without_timings(out / "report.md") == _report_without_timings(ref / "report.md")
+    # The file with the budget raised: the same run, offered for resuming (it was "other settings").
+    raised = tmp_path / "raised.toml"
+    raised.write_text(SMALL)
+    assert main(["run", str(raised), "--out", str(copy), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "(max_steps 40; it continues with 100000); pass --resume" in err and "other settings" not in err
+    monkeypatch.setattr(gflow.app._cli, "run_experiment", None)  # --resume must not start afresh
+    assert main(["run", str(raised), "--out", str(copy), "--resume", "--no-progress"]) == 0
+    np.testing.assert_array_equal(gflow.load(copy / "trajectory.npz").flat_params(), whole.flat_params())
+    assert json.loads((copy / "settings.json").read_text())["flow"]["max_steps"] == 100000

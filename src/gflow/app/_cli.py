@@ -19,7 +19,13 @@ from ..plot import PHASE_COLUMNS
 from ..record import RunStatus
 from ._comparison import DEFAULT_RUNS, run_comparison
 from ._executors import EXECUTORS
-from ._experiment import check_checkpoint_matches, resume_experiment, run_experiment, unfinished_run
+from ._experiment import (
+    check_checkpoint_matches,
+    resume_experiment,
+    run_experiment,
+    same_run_but_budget,
+    unfinished_run,
+)
 from ._settings import ExperimentSettings
 from ._sweep import sweep
 
@@ -84,9 +90,14 @@ def _exit_status(traj) -> int:
 
 
 def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str | None:
-    """What to do with an interrupted run already in `out_dir`: "resume", "restart", or an error message.
+    """What to do with an unfinished run already in `out_dir`: "resume", "restart", or an error message.
     With `--restart` the folder's checkpoint is not even read (it may be the unreadable file that
-    stops everything else)."""
+    stops everything else).
+
+    A run whose settings differ from the file's only in `[flow].max_steps` is the same run (the
+    budget never changes a step): it resumes with the file's budget, as `gflow resume DIR
+    --max-steps N` would. A run stopped at its budget resumes only with a larger one (with its own it
+    would stop at the same step again); otherwise it starts afresh, as a run that ended does."""
     if args.restart:
         return "restart"
     try:
@@ -95,20 +106,25 @@ def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str 
         return str(e)
     if found is None:
         return "restart"
-    same = found[0].to_dict() == settings.to_dict()
-    where = f"{out_dir!r} holds an interrupted run ({found[1].status.value} at t = {found[1].times[-1]:.6g})"
-    if not same:
+    old_budget, budget = found[1].record.solver.max_steps, settings.record.solver.max_steps
+    if found[1].status == RunStatus.MAX_STEPS and budget <= old_budget:
+        return "restart"
+    where = f"{out_dir!r} holds an unfinished run ({found[1].status.value} at t = {found[1].times[-1]:.6g})"
+    if not same_run_but_budget(settings, found[0]):
         return (f"{where} of other settings; choose another --out, or pass --restart to overwrite it.")
     try:
         check_checkpoint_matches(settings, found[1], out_dir)
     except ValueError as e:
         return str(e)
+    these = "these settings"
+    if budget != old_budget:
+        these += f" (max_steps {old_budget}; it continues with {budget})"
     if args.resume:
         return "resume"
     if sys.stdin.isatty():
-        answer = input(f"gflow: {where} of these settings. Resume it? [Y/n] ").strip().lower()
+        answer = input(f"gflow: {where} of {these}. Resume it? [Y/n] ").strip().lower()
         return "restart" if answer in ("n", "no") else "resume"
-    return f"{where} of these settings; pass --resume to finish it (or `gflow resume {out_dir}`), or --restart."
+    return f"{where} of {these}; pass --resume to finish it (or `gflow resume {out_dir}`), or --restart."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +200,7 @@ def _command(args, progress) -> int:
             decision = _settle_unfinished(settings, out_dir, args)
             tic = time.perf_counter()
             if decision == "resume":
-                result = resume_experiment(out_dir, progress=progress)
+                result = resume_experiment(out_dir, progress=progress, max_steps=settings.record.solver.max_steps)
             elif decision == "restart":
                 result = run_experiment(settings, out_dir, progress=progress)
             else:

@@ -94,26 +94,41 @@ def read_settings(out_dir: str) -> ExperimentSettings:
     return ExperimentSettings.from_dict(raw, source=path)
 
 
+RESUMABLE = (RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.MAX_STEPS)
+"""The statuses of a checkpoint that `resume_experiment` can continue (a run stopped at its step
+budget continues with a larger one)."""
+
+
 def unfinished_run(out_dir: str) -> tuple[ExperimentSettings, Trajectory] | None:
-    """The settings and checkpoint of an interrupted (or still running) experiment in `out_dir`, if
-    any. An unreadable checkpoint is a `ValueError` saying so (and that `--restart` discards it)."""
+    """The settings and checkpoint of an interrupted (or still running) experiment in `out_dir`, or of
+    one stopped at its step budget, if any. An unreadable checkpoint is a `ValueError` saying so (and
+    that `--restart` discards it)."""
     settings_path, path = os.path.join(out_dir, SETTINGS_FILE), os.path.join(out_dir, TRAJECTORY_FILE)
     if not (os.path.isfile(settings_path) and os.path.isfile(path)):
         return None
     status = read_status(path)
-    if status is not None and status not in (RunStatus.INTERRUPTED, RunStatus.RUNNING):
+    if status is not None and status not in RESUMABLE:
         return None  # a run that ended: nothing to resume (its weights need not be read)
     try:
         traj = load(path)
     except ValueError as e:
         raise ValueError(f"{e} Pass --restart to discard it and start afresh.") from None
-    if traj.ok or traj.status not in (RunStatus.INTERRUPTED, RunStatus.RUNNING):
+    if traj.ok or traj.status not in RESUMABLE:
         return None
     return read_settings(out_dir), traj
 
 
+def same_run_but_budget(settings: ExperimentSettings, other: ExperimentSettings) -> bool:
+    """Whether two experiments' settings are the same apart from `[flow].max_steps`: the budget decides
+    only where a run gives up, never its steps, so a checkpoint of one is a checkpoint of the other."""
+    return _with_max_steps(other, settings.record.solver.max_steps).to_dict() == settings.to_dict()
+
+
 def check_checkpoint_matches(settings: ExperimentSettings, traj: Trajectory, where: str) -> None:
-    """Refuse a checkpoint whose record is not the one the settings describe, naming what differs."""
+    """Refuse a checkpoint whose record is not the one the settings describe, naming what differs.
+    The step budget is not compared: it decides only where a run gives up, never its steps."""
+    if traj.record.solver is not None and settings.record.solver is not None:
+        traj = _with_budget(traj, settings.record.solver.max_steps)
     differences = settings.record.differences(traj.record)
     if differences:
         shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
@@ -147,8 +162,7 @@ def resume_experiment(out_dir: str, *, progress: bool | None = None, max_steps: 
         if max_steps is not None:
             settings = _with_max_steps(settings, max_steps)
         checkpoint, budget = load(path), settings.record.solver.max_steps
-        flow_checkpoint = checkpoint.record.solver is not None  # else the check below names what differs
-        check_checkpoint_matches(settings, _with_budget(checkpoint, budget) if flow_checkpoint else checkpoint, out_dir)
+        check_checkpoint_matches(settings, checkpoint, out_dir)
         if max_steps is not None:
             with atomic_file(os.path.join(out_dir, SETTINGS_FILE)) as fh:
                 json.dump(settings.to_dict(), fh, indent=1)
