@@ -59,6 +59,22 @@ def test_a_staircase_of_drops_gives_one_escape_per_step():
     assert [e.cycle for e in escapes] == [1, 2, 3, 4]
     assert all(e.strength == pytest.approx(0.1, rel=0.05) and not e.weak for e in escapes)  # tails excluded
     assert sum(e.kind == "plateau" for e in events) == 5
+    plateaus = [e for e in events if e.kind == "plateau"]
+    assert [plateaus[e.details["from_plateau"]].details["next_escape"] for e in escapes] == [e.time for e in escapes]
+
+
+def test_a_run_that_starts_falling_has_no_plateau_before_its_first_escape():
+    """No slow start (the loss falls fastest at t = 0): the first escape comes from no plateau, and the
+    later ones name the plateau before them (they named the one after them)."""
+    t = grid()
+    loss = 1.0 - 0.3 * (1 - np.exp(-t / 0.3)) - 0.1 * step(t, 100.0) - 0.1 * step(t, 1000.0)
+    sv = np.stack([1e-3 + step(t, 100.0), 1e-3 + step(t, 1000.0), np.full_like(t, 1e-3)], axis=1)
+    events = detect_stages(synthetic_metrics(t, loss, sv))
+    escapes, plateaus = ([e for e in events if e.kind == kind] for kind in ("escape", "plateau"))
+    assert [e.details["from_plateau"] for e in escapes] == [None, 0, 1] and len(plateaus) == 3
+    assert plateaus[0].time > escapes[0].time
+    assert [plateaus[e.details["from_plateau"]].details["next_escape"] for e in escapes[1:]] == pytest.approx(
+        [e.time for e in escapes[1:]])
 
 
 def test_a_drop_under_way_at_the_end_or_of_round_off_size_is_no_escape():

@@ -199,6 +199,7 @@ class _Detector:
         events, used = [], set()
         bounds = [0] + [x for e, _, _ in drops for x in (e.start, e.end)] + [len(t) - 1]
         rate = -log_time_rate(t, L)
+        plateau_before = {}  # drop p -> the number of the plateau event before it (none: the run starts falling)
         for p in range(len(drops) + 1):
             a, b = bounds[2 * p], bounds[2 * p + 1]
             final = p == len(drops)
@@ -207,6 +208,7 @@ class _Detector:
             if p == 0 and not final and t[a] == 0 and not self.slow_start(drops[0][0], b):
                 continue
             b = max(a, b)
+            plateau_before[p] = len(plateau_before)
             inner = [i for i in range(a, b + 1) if t[i] > 0] or [a]
             slowest = min(inner, key=lambda i: abs(rate[i]))
             # its cycle is its saddle's (the slowest point): a direction that an escape opens may pass
@@ -230,7 +232,8 @@ class _Detector:
             used.update(id(o) for o in opened)
             nxt = drops[j + 1][0].start if j + 1 < len(drops) else len(t) - 1
             events.append(Event("escape", time, self.cycle(time), {
-                "from_plateau": j, "loss_before": float(L[e.before]), "loss_after": float(L[e.after]),
+                "from_plateau": plateau_before.get(j),
+                "loss_before": float(L[e.before]), "loss_after": float(L[e.after]),
                 "released": e.change, "fraction_of_total_drop": e.change / max(self.total_drop, 1e-300),
                 "fraction_of_stage_drop": e.change / max(scale, 1e-300),
                 "opened": [{k: o[k] for k in ("direction", "time", "from", "to")} for o in opened],
