@@ -59,6 +59,23 @@ def test_gflow_run_writes_report_figures_and_trajectory(small_run):
     assert traj.ok and len(traj) == 41 and traj.times[-1] == 300.0
 
 
+def test_resume_into_a_finished_run_recomputes_nothing_and_overwrites_nothing(tmp_path, capsys, small_run,
+                                                                            monkeypatch):
+    """`gflow run CFG --resume` into a folder whose run finished: with the same settings it says so and
+    exits 0 without computing; with other settings it refuses (it used to start afresh silently)."""
+    out = small_run[1]
+    written = os.path.getmtime(out / "trajectory.npz")
+    monkeypatch.setattr(gflow.app._cli, "run_experiment", None)  # nothing may be run
+    same, other = tmp_path / "same.toml", tmp_path / "other.toml"
+    same.write_text(SMALL + "max_steps = 5000\n")  # the budget does not make it another run
+    other.write_text(SMALL.replace("t_end = 300.0", "t_end = 400.0"))
+    assert main(["run", str(same), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "already holds this run, finished; nothing to resume" in capsys.readouterr().out
+    assert main(["run", str(other), "--out", str(out), "--resume", "--no-progress"]) == 2
+    assert "holds a finished run of other settings: there is nothing to resume" in capsys.readouterr().err
+    assert os.path.getmtime(out / "trajectory.npz") == written
+
+
 def test_gflow_run_on_a_sparse_lag_task(tmp_path, capsys):
     """examples/sparse_lags.toml builds the sparse-lag teacher it says; a short run of a smaller one
     adds the sparse-task events and figures to the report."""
@@ -245,6 +262,8 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
     assert "gflow resume DIR --max-steps N" in stopped.message
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
+    assert main(["run", str(cfg), "--out", str(copy), "--resume", "--no-progress"]) == 2  # its own budget again
+    assert "(max_steps 40) at t = " in capsys.readouterr().err
     assert main(["resume", str(out), "--max-steps", "0", "--no-progress"]) == 2
     assert "--max-steps must be at least 1" in capsys.readouterr().err
     assert main(["resume", str(out), "--max-steps", "100000", "--no-progress"]) == 0

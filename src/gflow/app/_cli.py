@@ -16,11 +16,14 @@ import time
 from ..common import DiskFullError, claim_output_folder
 from ..flow import make_optimizer
 from ..plot import PHASE_COLUMNS
-from ..record import RunStatus
+from ..record import RunStatus, read_status
 from ._comparison import DEFAULT_RUNS, run_comparison
 from ._executors import EXECUTORS
 from ._experiment import (
+    SETTINGS_FILE,
+    TRAJECTORY_FILE,
     check_checkpoint_matches,
+    read_settings,
     resume_experiment,
     run_experiment,
     same_run_but_budget,
@@ -54,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     for s in (demo, run):
         again = s.add_mutually_exclusive_group()
         again.add_argument("--resume", action="store_true", help="if the folder holds an interrupted run of these "
-                           "settings, finish it")
+                           "settings, finish it (a finished one is left as it is)")
         again.add_argument("--restart", action="store_true", help="start afresh even if the folder holds an "
                            "interrupted run")
     res = sub.add_parser("resume", help="finish an interrupted `gflow run`/`gflow demo` in its output folder")
@@ -105,9 +108,14 @@ def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str 
     except ValueError as e:
         return str(e)
     if found is None:
-        return "restart"
+        return _nothing_to_resume(settings, out_dir) if args.resume else "restart"
     old_budget, budget = found[1].record.solver.max_steps, settings.record.solver.max_steps
     if found[1].status == RunStatus.MAX_STEPS and budget <= old_budget:
+        if args.resume:
+            return (f"{out_dir!r} holds a run that stopped at its step budget (max_steps {old_budget}) at t = "
+                    f"{found[1].times[-1]:.6g}; with max_steps {budget} it would stop there again. Raise "
+                    f"[flow].max_steps above {old_budget} to continue it (or `gflow resume {out_dir} --max-steps N`), "
+                    "or pass --restart to start afresh.")
         return "restart"
     where = f"{out_dir!r} holds an unfinished run ({found[1].status.value} at t = {found[1].times[-1]:.6g})"
     if not same_run_but_budget(settings, found[0]):
@@ -125,6 +133,24 @@ def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str 
         answer = input(f"gflow: {where} of {these}. Resume it? [Y/n] ").strip().lower()
         return "restart" if answer in ("n", "no") else "resume"
     return f"{where} of {these}; pass --resume to finish it (or `gflow resume {out_dir}`), or --restart."
+
+
+def _nothing_to_resume(settings: ExperimentSettings, out_dir: str) -> str:
+    """`--resume` where no unfinished run is: "restart" into a folder without a run (resume if there is
+    one, else run), "done" where the folder holds this run finished (its results are there: nothing is
+    recomputed), else an error message. A run that ended in failure, or one of other settings, is not
+    silently overwritten by a command that asked to continue it."""
+    status = read_status(os.path.join(out_dir, TRAJECTORY_FILE))
+    if status is None or not os.path.isfile(os.path.join(out_dir, SETTINGS_FILE)):
+        return "restart"
+    settings_there = read_settings(out_dir)
+    if status == RunStatus.SUCCESS and same_run_but_budget(settings, settings_there):
+        return "done"
+    what = "a finished run" if status == RunStatus.SUCCESS else f"a run that ended ({status})"
+    if not same_run_but_budget(settings, settings_there):
+        what += " of other settings"
+    return (f"{out_dir!r} holds {what}: there is nothing to resume. Pass --restart to overwrite it, or choose "
+            "another --out.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +225,10 @@ def _command(args, progress) -> int:
         with claim_output_folder(out_dir):  # held from the decision to the last file
             decision = _settle_unfinished(settings, out_dir, args)
             tic = time.perf_counter()
+            if decision == "done":
+                print(f"gflow: {out_dir} already holds this run, finished; nothing to resume (its report is "
+                      f"{os.path.join(out_dir, 'report.md')}; --restart runs it again).")
+                return EXIT_OK
             if decision == "resume":
                 result = resume_experiment(out_dir, progress=progress, max_steps=settings.record.solver.max_steps)
             elif decision == "restart":
