@@ -77,6 +77,20 @@ def test_a_run_that_starts_falling_has_no_plateau_before_its_first_escape():
         [e.time for e in escapes[1:]])
 
 
+def test_a_drop_right_after_another_names_the_plateau_before_both():
+    """Drops at 200 and 400, a decade wide, meet with no plateau between them: the second escape names
+    the last plateau before it (it had no plateau, `None`, which only a run that starts falling has)."""
+    t = grid()
+    times = [20.0, 200.0, 400.0, 3000.0]
+    loss = 1.0 - sum(0.1 * step(t, a, width=0.1) for a in times)
+    sv = np.stack([1e-3 + step(t, a, width=0.1) for a in times] + [np.full_like(t, 1e-3)], axis=1)
+    events = detect_stages(synthetic_metrics(t, loss, sv))
+    escapes, plateaus = ([e for e in events if e.kind == kind] for kind in ("escape", "plateau"))
+    assert len(escapes) == 4 and escapes[2].details["start"] == escapes[1].details["end"]  # back to back
+    assert [e.details["from_plateau"] for e in escapes] == [0, 1, 1, 2]
+    assert all(plateaus[e.details["from_plateau"]].details["end"] <= e.details["start"] for e in escapes)
+
+
 def test_a_drop_under_way_at_the_end_or_of_round_off_size_is_no_escape():
     t = grid()
     drop = 1.0 - 0.3 * step(t, 1e4, width=0.3)  # half-way exactly at the end of the run

@@ -199,7 +199,7 @@ class _Detector:
         events, used = [], set()
         bounds = [0] + [x for e, _, _ in drops for x in (e.start, e.end)] + [len(t) - 1]
         rate = -log_time_rate(t, L)
-        plateau_before = {}  # drop p -> the number of the plateau event before it (none: the run starts falling)
+        plateau_before = {}  # drop p -> the number of the plateau event just before it, where there is one
         for p in range(len(drops) + 1):
             a, b = bounds[2 * p], bounds[2 * p + 1]
             final = p == len(drops)
@@ -232,7 +232,9 @@ class _Detector:
             used.update(id(o) for o in opened)
             nxt = drops[j + 1][0].start if j + 1 < len(drops) else len(t) - 1
             events.append(Event("escape", time, self.cycle(time), {
-                "from_plateau": plateau_before.get(j),
+                # the last plateau before it: a drop that starts where the one before it ended shares
+                # that drop's plateau
+                "from_plateau": max((n for q, n in plateau_before.items() if q <= j), default=None),
                 "loss_before": float(L[e.before]), "loss_after": float(L[e.after]),
                 "released": e.change, "fraction_of_total_drop": e.change / max(self.total_drop, 1e-300),
                 "fraction_of_stage_drop": e.change / max(scale, 1e-300),
