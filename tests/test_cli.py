@@ -264,6 +264,16 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
     shutil.copytree(out, copy)
     assert main(["run", str(cfg), "--out", str(copy), "--resume", "--no-progress"]) == 2  # its own budget again
     assert "(max_steps 40) at t = " in capsys.readouterr().err
+    lowered = tmp_path / "lowered.toml"
+    lowered.write_text(SMALL + "max_steps = 30\n")  # a smaller budget might have stopped a finished chunk
+    assert main(["run", str(lowered), "--out", str(copy), "--resume", "--no-progress"]) == 2
+    assert "[flow].max_steps: 30 is below the budget the run's finished chunks were solved under (40)" in \
+        capsys.readouterr().err
+    assert main(["resume", str(out), "--max-steps", "30", "--no-progress"]) == 2
+    assert "--max-steps: 30 is below" in capsys.readouterr().err
+    assert json.loads((out / "settings.json").read_text())["flow"]["max_steps"] == 40  # not rewritten
+    with pytest.raises(ValueError, match="with 40 it would stop there again"):
+        gflow.resume(out / "trajectory.npz", max_steps=40)
     assert main(["resume", str(out), "--max-steps", "0", "--no-progress"]) == 2
     assert "--max-steps must be at least 1" in capsys.readouterr().err
     assert main(["resume", str(out), "--max-steps", "100000", "--no-progress"]) == 0

@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..common import DiskFullError, claim_output_folder
-from ..flow import make_optimizer
+from ..flow import check_resume_budget, make_optimizer
 from ..plot import PHASE_COLUMNS
 from ..record import RunStatus, read_status
 from ._comparison import DEFAULT_RUNS, run_comparison
@@ -99,8 +99,10 @@ def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str 
 
     A run whose settings differ from the file's only in `[flow].max_steps` is the same run (the
     budget never changes a step): it resumes with the file's budget, as `gflow resume DIR
-    --max-steps N` would. A run stopped at its budget resumes only with a larger one (with its own it
-    would stop at the same step again); otherwise it starts afresh, as a run that ended does."""
+    --max-steps N` would, but never with a smaller one (`check_resume_budget`). A run stopped at its
+    budget resumes only with a larger one (with its own it would stop at the same step again);
+    otherwise it starts afresh, as a run that ended does, or with `--resume` stops with a message.
+    Other settings are never resumed."""
     if args.restart:
         return "restart"
     try:
@@ -110,16 +112,22 @@ def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str 
     if found is None:
         return _nothing_to_resume(settings, out_dir) if args.resume else "restart"
     old_budget, budget = found[1].record.solver.max_steps, settings.record.solver.max_steps
-    if found[1].status == RunStatus.MAX_STEPS and budget <= old_budget:
-        if args.resume:
-            return (f"{out_dir!r} holds a run that stopped at its step budget (max_steps {old_budget}) at t = "
-                    f"{found[1].times[-1]:.6g}; with max_steps {budget} it would stop there again. Raise "
-                    f"[flow].max_steps above {old_budget} to continue it (or `gflow resume {out_dir} --max-steps N`), "
-                    "or pass --restart to start afresh.")
-        return "restart"
+    same = same_run_but_budget(settings, found[0])
+    if found[1].status == RunStatus.MAX_STEPS and budget <= old_budget and not args.resume:
+        return "restart"  # as a run that ended: its own budget would stop it at the same step again
     where = f"{out_dir!r} holds an unfinished run ({found[1].status.value} at t = {found[1].times[-1]:.6g})"
-    if not same_run_but_budget(settings, found[0]):
+    if not same:
         return (f"{where} of other settings; choose another --out, or pass --restart to overwrite it.")
+    if budget != old_budget:
+        try:
+            check_resume_budget(found[1], budget, "[flow].max_steps")
+        except ValueError as e:
+            return f"{where} of these settings but another step budget; {e} Or pass --restart."
+    elif found[1].status == RunStatus.MAX_STEPS:  # --resume with its own budget
+        return (f"{out_dir!r} holds a run that stopped at its step budget (max_steps {old_budget}) at t = "
+                f"{found[1].times[-1]:.6g}; with that budget it would stop there again. Raise [flow].max_steps "
+                f"above {old_budget} to continue it (or `gflow resume {out_dir} --max-steps N`), or pass --restart "
+                "to start afresh.")
     try:
         check_checkpoint_matches(settings, found[1], out_dir)
     except ValueError as e:

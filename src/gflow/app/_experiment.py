@@ -31,7 +31,7 @@ from ..analysis import (
 )
 from ..common import atomic_file, check_writable_folder, claim_output_folder
 from ..data import InContextMarkovSpec, SparseLagSpec
-from ..flow import resume, run_record
+from ..flow import check_resume_budget, resume, run_record
 from ..losses import MAX_ENUMERATED_SEQUENCES
 from ..plot import (
     FigureWriter,
@@ -163,6 +163,8 @@ def resume_experiment(out_dir: str, *, progress: bool | None = None, max_steps: 
             settings = _with_max_steps(settings, max_steps)
         checkpoint, budget = load(path), settings.record.solver.max_steps
         check_checkpoint_matches(settings, checkpoint, out_dir)
+        if checkpoint.status != RunStatus.SUCCESS and budget != checkpoint.record.solver.max_steps:
+            check_resume_budget(checkpoint, budget, "--max-steps" if max_steps is not None else "[flow].max_steps")
         if max_steps is not None:
             with atomic_file(os.path.join(out_dir, SETTINGS_FILE)) as fh:
                 json.dump(settings.to_dict(), fh, indent=1)

@@ -28,6 +28,7 @@ from ._ensemble import stack_params as stack_params
 from ._loop import integrate as integrate
 from ._plan import GradientField as GradientField
 from ._plan import RunPlan as RunPlan
+from ._simulate import check_resume_budget as check_resume_budget
 from ._simulate import continue_run as continue_run
 from ._simulate import resume as resume
 from ._simulate import run_record as run_record

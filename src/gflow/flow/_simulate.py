@@ -120,6 +120,21 @@ def _without_failed_chunk(traj: Trajectory, chunk: int) -> Trajectory:
     return dataclasses.replace(traj, stats=stats)
 
 
+def check_resume_budget(traj: Trajectory, max_steps: int, name: str = "max_steps") -> None:
+    """Refuse a new step budget under which the checkpoint `traj` would not be its run: one below the
+    budget its finished chunks were solved under (a smaller one might have stopped one of them, so
+    the continued run would be one no run of that budget gives), or, for a run that stopped at its
+    budget, one that is not larger (it would stop at the same step again)."""
+    old = traj.record.solver.max_steps
+    if max_steps < old:
+        raise ValueError(f"{name}: {max_steps} is below the budget the run's finished chunks were solved under "
+                         f"({old}); a smaller one might have stopped one of them. Continue with at least {old}, or "
+                         "start afresh with the smaller budget.")
+    if traj.status == RunStatus.MAX_STEPS and max_steps == old:
+        raise ValueError(f"{name}: the run stopped because a chunk needed more than {old} steps; with {old} it "
+                         f"would stop there again. Give more than {old}.")
+
+
 def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: int | None = None) -> Trajectory:
     """Continue the run checkpointed at `path` from its last saved state, with the same record.
 
@@ -127,6 +142,7 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: 
     identical to the uninterrupted run. A finished run is returned as it is. `max_steps`: a new step
     budget per chunk, for a run that stopped at its old one (status `max_steps`); the failed chunk is
     solved again from its first point, and the file's record then says the new budget (docs/flow.md).
+    A budget below the run's own is refused (`check_resume_budget`).
     """
     path = os.fspath(path)
     if max_steps is not None:
@@ -139,6 +155,7 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: 
     if record.kind != "flow":
         raise ValueError(f"{path!r} holds a {record.kind} run; only single flows (gflow.simulate) can be resumed.")
     if max_steps is not None:
+        check_resume_budget(traj, max_steps)
         record = dataclasses.replace(record, solver=dataclasses.replace(record.solver, max_steps=int(max_steps)))
     if traj.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
         # a chunk that failed kept the points it reached: solve it again from its first point with the
