@@ -163,7 +163,8 @@ def resume_experiment(out_dir: str, *, progress: bool | None = None, max_steps: 
             settings = _with_max_steps(settings, max_steps)
         checkpoint, budget = load(path), settings.record.solver.max_steps
         check_checkpoint_matches(settings, checkpoint, out_dir)
-        if checkpoint.status != RunStatus.SUCCESS and budget != checkpoint.record.solver.max_steps:
+        budget_given = max_steps is not None or budget != checkpoint.record.solver.max_steps
+        if checkpoint.status != RunStatus.SUCCESS and budget_given:
             check_resume_budget(checkpoint, budget, "--max-steps" if max_steps is not None else "[flow].max_steps")
         if max_steps is not None:
             with atomic_file(os.path.join(out_dir, SETTINGS_FILE)) as fh:
