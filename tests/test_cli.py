@@ -62,7 +62,11 @@ def test_gflow_run_writes_report_figures_and_trajectory(small_run):
 def test_resume_into_a_finished_run_recomputes_nothing_and_overwrites_nothing(tmp_path, capsys, small_run,
                                                                             monkeypatch):
     """`gflow run CFG --resume` into a folder whose run finished: with the same settings it says so and
-    exits 0 without computing; with other settings it refuses (it used to start afresh silently)."""
+    exits 0 without computing (or writes only a missing report); with other settings it refuses (it
+    used to start afresh silently); a new budget for it is refused."""
+    import json
+    import shutil
+
     out = small_run[1]
     written = os.path.getmtime(out / "trajectory.npz")
     monkeypatch.setattr(gflow.app._cli, "run_experiment", None)  # nothing may be run
@@ -73,7 +77,18 @@ def test_resume_into_a_finished_run_recomputes_nothing_and_overwrites_nothing(tm
     assert "already holds this run, finished; nothing to resume" in capsys.readouterr().out
     assert main(["run", str(other), "--out", str(out), "--resume", "--no-progress"]) == 2
     assert "holds a finished run of other settings: there is nothing to resume" in capsys.readouterr().err
+    assert main(["resume", str(out), "--max-steps", "20", "--no-progress"]) == 2  # not a budget it ran under
+    assert "--max-steps: the run in" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="20 is below the budget"):
+        gflow.resume(out / "trajectory.npz", max_steps=20)
     assert os.path.getmtime(out / "trajectory.npz") == written
+    assert json.loads((out / "settings.json").read_text())["flow"]["max_steps"] == 100000
+    # a finished run whose report was never written (its analysis interrupted): --resume writes it
+    unreported = tmp_path / "unreported"
+    shutil.copytree(out, unreported)
+    os.remove(unreported / "report.md")
+    assert main(["run", str(same), "--out", str(unreported), "--resume", "--no-progress"]) == 0
+    assert (unreported / "report.md").read_text().count("Stages of learning")
 
 
 def test_gflow_run_on_a_sparse_lag_task(tmp_path, capsys):
@@ -271,6 +286,10 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
         capsys.readouterr().err
     assert main(["resume", str(out), "--max-steps", "30", "--no-progress"]) == 2
     assert "--max-steps: 30 is below" in capsys.readouterr().err
+    assert main(["resume", str(out), "--no-progress"]) == 2  # it would stop at the same step again
+    assert "pass a larger --max-steps N" in capsys.readouterr().err
+    assert main(["resume", str(out), "--max-steps", "40", "--no-progress"]) == 2
+    assert "--max-steps: the run stopped because a chunk needed more than 40 steps" in capsys.readouterr().err
     assert json.loads((out / "settings.json").read_text())["flow"]["max_steps"] == 40  # not rewritten
     with pytest.raises(ValueError, match="with 40 it would stop there again"):
         gflow.resume(out / "trajectory.npz", max_steps=40)

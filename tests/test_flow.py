@@ -232,11 +232,13 @@ def test_a_solver_failure_on_a_relu_mlp_names_its_kinks():
 
 
 def test_a_run_stopped_at_max_steps_resumes_with_a_larger_budget(small_setting, tmp_path):
-    """The max_steps message says "Raise max_steps", which resume could not do: the run failed again."""
+    """The max_steps message says "Raise max_steps": resume does it (and without a larger budget it says
+    why it cannot continue, instead of failing at the same step again)."""
     path = tmp_path / "run.npz"
     stopped = run(small_setting, max_steps=8, chunk_size=2, checkpoint=path)  # the solve of the test above
     assert stopped.status == "max_steps" and len(stopped) < 25
-    assert gflow.resume(path, progress=False).status == "max_steps"
+    with pytest.raises(ValueError, match="with 8 it would stop there again"):  # it used to fail again
+        gflow.resume(path, progress=False)
     resumed = gflow.resume(path, progress=False, max_steps=10_000)
     fresh = run(small_setting, max_steps=10_000, chunk_size=2)
     assert resumed.ok and resumed.record.solver.max_steps == 10_000

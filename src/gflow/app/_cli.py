@@ -16,10 +16,11 @@ import time
 from ..common import DiskFullError, claim_output_folder
 from ..flow import check_resume_budget, make_optimizer
 from ..plot import PHASE_COLUMNS
-from ..record import RunStatus, read_status
+from ..record import RunStatus, load, read_status
 from ._comparison import DEFAULT_RUNS, run_comparison
 from ._executors import EXECUTORS
 from ._experiment import (
+    REPORT_FILE,
     SETTINGS_FILE,
     TRAJECTORY_FILE,
     check_checkpoint_matches,
@@ -146,14 +147,20 @@ def _settle_unfinished(settings: ExperimentSettings, out_dir: str, args) -> str 
 def _nothing_to_resume(settings: ExperimentSettings, out_dir: str) -> str:
     """`--resume` where no unfinished run is: "restart" into a folder without a run (resume if there is
     one, else run), "done" where the folder holds this run finished (its results are there: nothing is
-    recomputed), else an error message. A run that ended in failure, or one of other settings, is not
-    silently overwritten by a command that asked to continue it."""
+    recomputed), "report" where only its report is missing, else an error message. A run that ended
+    in failure, or one of other settings, is not silently overwritten by a command that asked to
+    continue it."""
     status = read_status(os.path.join(out_dir, TRAJECTORY_FILE))
     if status is None or not os.path.isfile(os.path.join(out_dir, SETTINGS_FILE)):
         return "restart"
     settings_there = read_settings(out_dir)
     if status == RunStatus.SUCCESS and same_run_but_budget(settings, settings_there):
-        return "done"
+        try:
+            check_checkpoint_matches(settings, load(os.path.join(out_dir, TRAJECTORY_FILE)), out_dir)
+        except ValueError as e:
+            return str(e)
+        # a report that was never written (the analysis interrupted) is what is left to do
+        return "done" if os.path.isfile(os.path.join(out_dir, REPORT_FILE)) else "report"
     what = "a finished run" if status == RunStatus.SUCCESS else f"a run that ended ({status})"
     if not same_run_but_budget(settings, settings_there):
         what += " of other settings"
@@ -239,6 +246,8 @@ def _command(args, progress) -> int:
                 return EXIT_OK
             if decision == "resume":
                 result = resume_experiment(out_dir, progress=progress, max_steps=settings.record.solver.max_steps)
+            elif decision == "report":  # a finished run whose report was not written: only that is left
+                result = resume_experiment(out_dir, progress=progress)
             elif decision == "restart":
                 result = run_experiment(settings, out_dir, progress=progress)
             else:

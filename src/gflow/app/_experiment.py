@@ -163,9 +163,14 @@ def resume_experiment(out_dir: str, *, progress: bool | None = None, max_steps: 
             settings = _with_max_steps(settings, max_steps)
         checkpoint, budget = load(path), settings.record.solver.max_steps
         check_checkpoint_matches(settings, checkpoint, out_dir)
-        budget_given = max_steps is not None or budget != checkpoint.record.solver.max_steps
-        if checkpoint.status != RunStatus.SUCCESS and budget_given:
-            check_resume_budget(checkpoint, budget, "--max-steps" if max_steps is not None else "[flow].max_steps")
+        if checkpoint.status == RunStatus.SUCCESS:
+            if max_steps is not None and max_steps != checkpoint.record.solver.max_steps:
+                raise ValueError(f"--max-steps: the run in {out_dir!r} finished (under max_steps "
+                                 f"{checkpoint.record.solver.max_steps}); there is nothing to continue (`gflow "
+                                 "resume DIR` alone draws what its report left out).")
+        else:  # no budget under which it would not be its run, nor one that stops it where it stopped
+            check_resume_budget(checkpoint, budget, "--max-steps" if max_steps is not None else
+                                "max_steps (pass a larger --max-steps N)")
         if max_steps is not None:
             with atomic_file(os.path.join(out_dir, SETTINGS_FILE)) as fh:
                 json.dump(settings.to_dict(), fh, indent=1)

@@ -142,20 +142,24 @@ def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: 
     identical to the uninterrupted run. A finished run is returned as it is. `max_steps`: a new step
     budget per chunk, for a run that stopped at its old one (status `max_steps`); the failed chunk is
     solved again from its first point, and the file's record then says the new budget (docs/flow.md).
-    A budget below the run's own is refused (`check_resume_budget`).
+    A budget below the run's own is refused (`check_resume_budget`), and so is resuming a run stopped
+    at its budget without a larger one (it would stop at the same step again).
     """
     path = os.fspath(path)
     if max_steps is not None:
         with checking("max_steps"):
             max_steps = check_positive("max_steps", max_steps, integer=True)
     traj = load(path)
+    if max_steps is not None:
+        check_resume_budget(traj, max_steps)
     if traj.status == RunStatus.SUCCESS:
         return traj
     record = traj.record
     if record.kind != "flow":
         raise ValueError(f"{path!r} holds a {record.kind} run; only single flows (gflow.simulate) can be resumed.")
+    if traj.status == RunStatus.MAX_STEPS and max_steps is None:
+        check_resume_budget(traj, record.solver.max_steps, "max_steps (pass a larger one)")
     if max_steps is not None:
-        check_resume_budget(traj, max_steps)
         record = dataclasses.replace(record, solver=dataclasses.replace(record.solver, max_steps=int(max_steps)))
     if traj.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
         # a chunk that failed kept the points it reached: solve it again from its first point with the
