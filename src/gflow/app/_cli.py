@@ -153,8 +153,8 @@ def _nothing_to_resume(settings: ExperimentSettings, out_dir: str) -> str:
     status = read_status(os.path.join(out_dir, TRAJECTORY_FILE))
     if status is None or not os.path.isfile(os.path.join(out_dir, SETTINGS_FILE)):
         return "restart"
-    settings_there = read_settings(out_dir)
-    if status == RunStatus.SUCCESS and same_run_but_budget(settings, settings_there):
+    same = same_run_but_budget(settings, read_settings(out_dir))
+    if status == RunStatus.SUCCESS and same:
         try:
             check_checkpoint_matches(settings, load(os.path.join(out_dir, TRAJECTORY_FILE)), out_dir)
         except ValueError as e:
@@ -162,7 +162,7 @@ def _nothing_to_resume(settings: ExperimentSettings, out_dir: str) -> str:
         # a report that was never written (the analysis interrupted) is what is left to do
         return "done" if os.path.isfile(os.path.join(out_dir, REPORT_FILE)) else "report"
     what = "a finished run" if status == RunStatus.SUCCESS else f"a run that ended ({status})"
-    if not same_run_but_budget(settings, settings_there):
+    if not same:
         what += " of other settings"
     return (f"{out_dir!r} holds {what}: there is nothing to resume. Pass --restart to overwrite it, or choose "
             "another --out.")
@@ -242,7 +242,7 @@ def _command(args, progress) -> int:
             tic = time.perf_counter()
             if decision == "done":
                 print(f"gflow: {out_dir} already holds this run, finished; nothing to resume (its report is "
-                      f"{os.path.join(out_dir, 'report.md')}; --restart runs it again).")
+                      f"{os.path.join(out_dir, REPORT_FILE)}; --restart runs it again).")
                 return EXIT_OK
             if decision == "resume":
                 result = resume_experiment(out_dir, progress=progress, max_steps=settings.record.solver.max_steps)
