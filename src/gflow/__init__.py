@@ -11,13 +11,14 @@ The layers are the folders (docs/architecture.md): `gflow.data` (data sources) -
 (checks, progress bars, the compilation cache, stored programs, the worker pool), under them all.
 """
 
-from .common import _warm
+from .common import _threads, _warm
 
 _warm.prepare_environment()  # before equinox is imported (see common/_warm.py)
 
 import jax as _jax  # noqa: E402
 
 _jax.config.update("jax_enable_x64", True)
+_threads.one_thread_cpu_client()  # before JAX creates its CPU client (see common/_threads.py)
 _warm.enable_compilation_cache()
 
 from importlib.metadata import PackageNotFoundError as _PNF

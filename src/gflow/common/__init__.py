@@ -1,5 +1,6 @@
 """What every layer shares: argument checks, progress bars, and the runtime machinery that makes
-runs start fast and use the cores (the compilation cache, stored programs, the worker pool).
+runs start fast and use the cores (the compilation cache, stored programs, the worker pool, the
+thread counts).
 
 Nothing here knows about Markov chains, models or flows; every other folder may import from here.
 `_warm.py` must stay importable without equinox: `gflow/__init__.py` runs it before equinox is
@@ -36,6 +37,8 @@ from ._programs import stored_program as stored_program
 from ._progress import SavePointLoop as SavePointLoop
 from ._progress import progress_bar as progress_bar
 from ._progress import save_point_loop as save_point_loop
+from ._threads import blas_threads_for as blas_threads_for
+from ._threads import one_thread_cpu_client as one_thread_cpu_client
 from ._warm import cache_folder as cache_folder
 from ._warm import enable_compilation_cache as enable_compilation_cache
 from ._warm import prepare_environment as prepare_environment

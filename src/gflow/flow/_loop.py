@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from ..common import save_point_loop
+from ..common import blas_threads_for, save_point_loop
 from ..losses import loss_and_gradient_norm
 from ..record import RunRecord, RunStatus, Trajectory
 from ._chunk import ChunkResult
@@ -202,7 +202,7 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
     i = start_index
     tolerances, hint = (record.solver.rtol, record.solver.atol), failure_hint(record)
     final_status, final_message = RunStatus.SUCCESS, RunStatus.SUCCESS.describe(t=grid[-1])
-    with save_point_loop(progress, len(grid) - 1, start_index) as loop:
+    with save_point_loop(progress, len(grid) - 1, start_index) as loop, blas_threads_for(y.shape[1]):
         while i < len(grid) - 1 and any(m.alive for m in members):
             for m in members:  # a state whose loss or gradient is not finite cannot be integrated further
                 if m.alive and not (np.isfinite(m.loss[-1][-1]) and np.isfinite(m.grad_norm[-1][-1])):
