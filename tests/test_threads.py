@@ -10,7 +10,8 @@ import pytest
 
 from gflow.common import _threads
 
-LINUX_WITH_CORES = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2 and os.path.isdir("/proc/self/task")
+LINUX_WITH_CORES = (hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+                    and os.path.isdir("/proc/self/task"))
 
 PROBE = """
 import json, os
@@ -39,24 +40,26 @@ def test_the_cpu_client_gets_one_pool_thread_and_no_thread_stays_pinned():
     assert default["pool"] == len(os.sched_getaffinity(0)) and default["pinned"] == 0
 
 
+def blas_threads() -> dict[str, int]:
+    """Each BLAS library's thread count, by file, as threadpoolctl sees it."""
+    from threadpoolctl import threadpool_info
+
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
 def test_blas_is_held_to_one_thread_for_small_flows_only(monkeypatch):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("threadpoolctl")
     import numpy as np
 
     np.linalg.eigh(np.eye(2))  # loads the BLAS libraries threadpoolctl reports
-    own = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+    own = blas_threads()
     if not own:
         pytest.skip("no BLAS library that threadpoolctl can see")
     with _threads.blas_threads_for(_threads.ONE_BLAS_THREAD_UP_TO):
-        inside = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
-                  if lib["user_api"] == "blas"}
-        assert set(inside.values()) == {1}
-    after = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
-    assert after == own
+        assert set(blas_threads().values()) == {1}
+    assert blas_threads() == own
     with _threads.blas_threads_for(_threads.ONE_BLAS_THREAD_UP_TO + 1):
-        assert {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
-                if lib["user_api"] == "blas"} == own
+        assert blas_threads() == own
     monkeypatch.setenv(_threads.THREADS_ENV, "all")
     with _threads.blas_threads_for(2):
-        assert {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
-                if lib["user_api"] == "blas"} == own
+        assert blas_threads() == own
