@@ -63,3 +63,9 @@ def test_blas_is_held_to_one_thread_for_small_flows_only(monkeypatch):
     monkeypatch.setenv(_threads.THREADS_ENV, "all")
     with _threads.blas_threads_for(2):
         assert blas_threads() == own
+
+
+@pytest.mark.skipif(not LINUX_WITH_CORES, reason="needs Linux's CPU affinity and at least two cores")
+def test_several_host_devices_keep_jaxs_own_pool(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert probe(None)["pool"] == len(os.sched_getaffinity(0))

@@ -17,14 +17,16 @@ it (`ONE_BLAS_THREAD_UP_TO`).
 no option for it). `one_thread_cpu_client` wraps JAX's CPU backend factory, so that whenever JAX
 creates the client, the creating thread is held to one core. The affinity of that thread, and of the
 threads started meanwhile, is then restored. So nothing stays pinned: only the pool's size changes.
-This takes effect only if JAX has not created its CPU client before gflow is imported, and only on
-Linux. `GFLOW_CPU_THREADS=all` keeps JAX's and OpenBLAS's own thread counts.
+This takes effect only if JAX has not created its CPU client before gflow is imported, only on
+Linux, and not when the process asked for several CPU devices (`several_cpu_devices_asked`).
+`GFLOW_CPU_THREADS=all` keeps JAX's and OpenBLAS's own thread counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 THREADS_ENV = "GFLOW_CPU_THREADS"
 """`all`: JAX's CPU client and OpenBLAS keep their own thread counts; anything else (or unset): one."""
@@ -68,6 +70,16 @@ def _on_one_core():
                 os.sched_setaffinity(tid, cores)
 
 
+def several_cpu_devices_asked() -> bool:
+    """Whether the process asked JAX for several CPU devices (`jax_num_cpu_devices` or XLA's
+    `--xla_force_host_platform_device_count`): their shards are meant to run side by side, so
+    the client keeps JAX's own threads."""
+    import jax
+
+    flags = re.findall(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return int(getattr(jax.config, "jax_num_cpu_devices", -1) or -1) > 1 or any(int(f) > 1 for f in flags)
+
+
 def one_thread_cpu_client() -> bool:
     """Have JAX create its CPU client with a one-thread intra-op pool. Returns whether this took
     effect: `False` with `GFLOW_CPU_THREADS=all`, off Linux, or when JAX's backends already exist
@@ -84,6 +96,8 @@ def one_thread_cpu_client() -> bool:
         return True
 
     def create_on_one_core(*args, **kwargs):
+        if several_cpu_devices_asked():
+            return factory(*args, **kwargs)
         with _on_one_core():
             return factory(*args, **kwargs)
 
