@@ -86,10 +86,14 @@ def one_thread_cpu_client() -> bool:
     (then the pool keeps the size it was given)."""
     if not one_thread_wanted() or not hasattr(os, "sched_setaffinity"):
         return False
-    from jax._src import xla_bridge
+    try:  # JAX's private registry: if a later JAX lays it out otherwise, gflow leaves the client alone
+        from jax._src import xla_bridge
 
-    registration = getattr(xla_bridge, "_backend_factories", {}).get("cpu")
-    if registration is None or xla_bridge.backends_are_initialized():
+        registration = getattr(xla_bridge, "_backend_factories", {}).get("cpu")
+        initialized = getattr(xla_bridge, "backends_are_initialized", lambda: True)()
+    except ImportError:
+        return False
+    if registration is None or initialized or not callable(getattr(registration, "factory", None)):
         return False
     factory = registration.factory
     if getattr(factory, "gflow_one_thread", False):
@@ -102,7 +106,10 @@ def one_thread_cpu_client() -> bool:
             return factory(*args, **kwargs)
 
     create_on_one_core.gflow_one_thread = True
-    registration.factory = create_on_one_core
+    try:
+        registration.factory = create_on_one_core
+    except (AttributeError, TypeError):  # a frozen registration
+        return False
     return True
 
 
