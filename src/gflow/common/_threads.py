@@ -81,9 +81,10 @@ def several_cpu_devices_asked() -> bool:
 
 
 def one_thread_cpu_client() -> bool:
-    """Have JAX create its CPU client with a one-thread intra-op pool. Returns whether this took
-    effect: `False` with `GFLOW_CPU_THREADS=all`, off Linux, or when JAX's backends already exist
-    (then the pool keeps the size it was given)."""
+    """Have JAX create its CPU client with a one-thread intra-op pool. Returns whether JAX's factory
+    is wrapped: `False` with `GFLOW_CPU_THREADS=all`, off Linux, or when JAX's backends already exist
+    (then the pool keeps the size it was given). A wrapped factory still keeps JAX's pool if, when
+    the client is created, several CPU devices were asked for."""
     if not one_thread_wanted() or not hasattr(os, "sched_setaffinity"):
         return False
     try:  # JAX's private registry: if a later JAX lays it out otherwise, gflow leaves the client alone
@@ -118,8 +119,6 @@ def blas_threads_for(n_params: int):
     `n_params` parameters is solved, when `ONE_BLAS_THREAD_UP_TO` says so; otherwise a no-op."""
     if not one_thread_wanted() or n_params > ONE_BLAS_THREAD_UP_TO:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits  # a dependency of gflow's (pyproject.toml)
+
     return threadpool_limits(limits=1, user_api="blas")
