@@ -165,7 +165,9 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
     # The kept vectors are rows here (`lanczos_eigenpairs`), and products read only the converged ones.
     def in_kept_basis(self, basis, curvature, v):
         r = basis.shape[0]
-        return _over_kept_prefix(curvature, lambda w: jnp.concatenate([basis[:w] @ v, jnp.zeros(r - w, v.dtype)]))
+        return _over_kept_prefix(curvature, lambda w: jnp.concatenate([v @ basis[:w].T,
+                                                                       jnp.zeros((*v.shape[:-1], r - w), v.dtype)],
+                                                                      axis=-1))
 
     def through_kept(self, basis, curvature, weights, v):
         return _over_kept_prefix(curvature, lambda w: basis[:w].T @ ((basis[:w] @ v) * weights[:w]))
