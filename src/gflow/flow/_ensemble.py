@@ -12,8 +12,10 @@ loss and save grid. It runs the same chunk loop as `simulate` (`_loop.py`), in o
   (`_workers.py`, `common/_pool.py`): a small solve runs faster on one core than spread over two, so
   this is how the cores are used. Scripts need the `if __name__ == "__main__":` guard (the workers
   are spawned).
-- `"threads"`: the same solves on a pool of threads. On CPUs XLA already spreads one solve over the
-  cores, so threads only contend (measured: 0.74-0.9x a loop on 2 cores).
+- `"threads"`: the same solves on a pool of threads. On CPUs this buys nothing: gflow's one-thread
+  XLA pool (`common/_threads.py`) runs the threads' solves one after another (1.00x a loop on 2
+  cores), and with `GFLOW_CPU_THREADS=all` XLA spreads each solve over the cores and the threads
+  contend (0.74-0.9x a loop). Kept for accelerators and for hosts with other settings.
 - `"vmap"` (the default on accelerators, and in multi-process jobs): one vmapped solve per chunk
   (`ShardedBatch`), the batch axis laid out over every JAX device (`jax.sharding`): all GPUs of a
   machine, the host devices of `--xla_force_host_platform_device_count`, or, in a multi-process job
