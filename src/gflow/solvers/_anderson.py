@@ -48,9 +48,10 @@ def mixed_step(memory: Memory, k: Int[Array, ""], d: Float[Array, " n"], r: Floa
     m = memory.iterates.shape[0]
     slot = (k - 1) % m
     first = k == 0
-    iterates = jnp.where(first, memory.iterates, memory.iterates.at[slot].set(d - memory.last_iterate))
-    corrections = jnp.where(first, memory.corrections,
-                            memory.corrections.at[slot].set(r - memory.last_correction))
+    # rows selected, then written in place (a select over the whole memory would copy it every iteration)
+    iterates = memory.iterates.at[slot].set(jnp.where(first, memory.iterates[slot], d - memory.last_iterate))
+    corrections = memory.corrections.at[slot].set(jnp.where(first, memory.corrections[slot],
+                                                            r - memory.last_correction))
     filled = jnp.arange(m, dtype=k.dtype) < jnp.minimum(k, m)
     g = jnp.where(filled[:, None], corrections / weights, 0.0)
     gram = g @ g.T

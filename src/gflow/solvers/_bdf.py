@@ -63,7 +63,7 @@ Hessian that has turned, the chord iteration stalls and the Hessian is renewed; 
 in most of those steps. Measured (dense BDF, rtol 1e-6, t to 1e5, against the chord iteration): problem E
 of docs/performance.md 133 renewals against 215 and 0.56 s against 0.76 s at the same error (5.2e-5
 against 5.4e-5); three untuned chains of 132-256 parameters 117/174, 83/139 and 172/264 renewals,
-15-27% less time, errors equal or smaller; memories 2 and 4 within 5% of 3. The Krylov BDF's runs
+15-28% less time, errors equal or smaller; memories 2 and 4 within 5% of 3. The Krylov BDF's runs
 (problems C and F) did not move: their kept pairs are renewed rarely."""
 RATE_MEMORY = 0.3
 """With mixing, Newton's contraction rate is the larger of the latest ratio of corrections and this
