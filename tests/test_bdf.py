@@ -107,8 +107,8 @@ def test_cvodes_newton_tolerance_renews_fewer_hessians_at_the_same_order_of_accu
     min(0.03, sqrt(rtol)): fewer Hessians and gradients, and a global error still of the order of
     the tolerance (here 4.6e-6 against scipy's rule's 9.1e-7; at rtol 1e-6 the error of either rule
     moves by such factors with the tolerance itself: 2.3e-6 at 0.003, 7.4e-7 at 0.03)."""
-    ys, sol = ours(1e-6, 1e-9, newton_divergence=None)
-    ys_scipy, sol_scipy = ours(1e-6, 1e-9, newton_tolerance=None, newton_divergence=None)
+    ys, sol = ours(1e-6, 1e-9, newton_divergence=None, newton_acceleration=0)
+    ys_scipy, sol_scipy = ours(1e-6, 1e-9, newton_tolerance=None, newton_divergence=None, newton_acceleration=0)
     assert int(sol.solver_state.hessians) < int(sol_scipy.solver_state.hessians)
     assert int(sol.solver_state.gradients) < int(sol_scipy.solver_state.gradients)
     assert np.abs(ys - exact).max() < 10 * 1e-6 * np.abs(exact).max()
@@ -150,22 +150,62 @@ def test_cvodes_divergence_test_renews_fewer_hessians_at_the_same_accuracy(turni
 
 
 def test_anderson_mixing_solves_a_linear_system_where_the_chord_iteration_diverges():
-    """On a linear system, Anderson's mixing with a memory as long as the dimension is GMRES on the
-    preconditioned system (Walker & Ni 2011, section 4): exact after n + 1 corrections, here with a
-    stale inverse whose chord iteration diverges (contraction factor 1.78)."""
+    """On a linear system, Anderson's mixing with a memory as long as the iteration is GMRES on the
+    preconditioned system, shifted by one correction (Walker & Ni 2011, section 4): exact after n + 1
+    corrections (to the fit's regularisation floor, 1e-10 here), with a stale inverse whose chord
+    iteration diverges (contraction factor 1.78)."""
     a = jnp.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
     b = jnp.array([1.0, -2.0, 0.5])
     stale_inverse = jnp.diag(jnp.array([0.9, 0.2, 1.5]))
     assert np.max(np.abs(np.linalg.eigvals(np.eye(3) - stale_inverse @ a))) > 1.5
     solution = np.linalg.solve(a, b)
     chord, mixed, memory = jnp.zeros(3), jnp.zeros(3), Memory.empty(3, jnp.zeros(3))
-    for k in range(5):
+    for k in range(4):
         chord = chord + stale_inverse @ (b - a @ chord)
         step, memory = mixed_step(memory, jnp.asarray(k, jnp.int32), mixed, stale_inverse @ (b - a @ mixed),
                                   jnp.ones(3))
         mixed = mixed + step
     assert np.abs(chord - solution).max() > 1.0
-    np.testing.assert_allclose(mixed, solution, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mixed, solution, rtol=0, atol=1e-9)
+
+
+def test_anderson_mixing_equals_a_least_squares_reference_with_a_rotating_memory():
+    """`mixed_step` with a memory of 2 over 10 corrections (the oldest difference overwritten from
+    the fourth on) against Anderson's update written out with numpy's `lstsq`, on a slightly
+    nonlinear fixed point with uneven error weights."""
+    rng = np.random.default_rng(4)
+    n, m = 6, 2
+    a = rng.standard_normal((n, n))
+    a = a @ a.T + n * np.eye(n)
+    b, weights = rng.standard_normal(n), rng.uniform(0.5, 2.0, n)
+    inverse = 1.3 * np.diag(1.0 / np.diag(a))
+
+    def correction(x):
+        return inverse @ (b - a @ x) + 0.01 * np.sin(x)
+
+    iterates, corrections, x = [np.zeros(n)], [], np.zeros(n)
+    ours, memory = jnp.zeros(n), Memory.empty(m, jnp.zeros(n))
+    for k in range(10):
+        r = correction(x)
+        corrections.append(r)
+        if k == 0:
+            x = x + r
+        else:
+            kept = range(max(k - m, 0), k)
+            d_iterates = np.stack([iterates[i + 1] - iterates[i] for i in kept], axis=1)
+            d_corrections = np.stack([corrections[i + 1] - corrections[i] for i in kept], axis=1)
+            gamma = np.linalg.lstsq(d_corrections / weights[:, None], r / weights, rcond=None)[0]
+            x = x + r - (d_iterates + d_corrections) @ gamma
+        iterates.append(x)
+        step, memory = mixed_step(memory, jnp.asarray(k, jnp.int32), ours, jnp.asarray(correction(np.asarray(ours))),
+                                  jnp.asarray(weights))
+        ours = ours + step
+        np.testing.assert_allclose(np.asarray(ours), x, rtol=1e-10, atol=1e-12 * np.abs(x).max())
+
+
+def test_a_negative_anderson_memory_is_refused():
+    with pytest.raises(ValueError, match="newton_acceleration"):
+        GradientFlowBDF(rtol=1e-6, atol=1e-9, newton_acceleration=-1)
 
 
 def test_anderson_mixing_renews_fewer_hessians_at_the_same_accuracy(turning_chain):

@@ -12,9 +12,11 @@ Anderson's mixing (type II; Walker & Ni, *Anderson acceleration for fixed-point 
 Numer. Anal. 49(4), 2011) steps instead along the combination of the last `m` corrections that
 minimises the linearised residual: with $\\Delta D$ and $\\Delta R$ the differences of the last `m`
 iterates and of their corrections, $\\gamma = \\arg\\min \\|r_k - \\Delta R\\,\\gamma\\|$ (in the step's
-error weights) and the step is $r_k - (\\Delta D + \\Delta R)\\,\\gamma$. On a linear system this is
-GMRES on the preconditioned system (Walker & Ni, section 4): the few directions in which the kept
-Hessian is wrong are learned from the iteration's own history, at the cost of a few vector products.
+error weights) and the step is $r_k - (\\Delta D + \\Delta R)\\,\\gamma$. On a linear system, with a
+memory as long as the iteration, the iterates are GMRES's on the system preconditioned by the kept
+Hessian, each taken one chord correction further (Walker & Ni, section 4): the few directions in
+which the kept Hessian is wrong are learned from the iteration's own history, at the cost of a few
+vector products. Under the BDF's cap of four corrections a memory of three is the whole history.
 With `m = 0` the step is the chord correction itself.
 """
 

@@ -63,11 +63,17 @@ Hessian that has turned, the chord iteration stalls and the Hessian is renewed; 
 in most of those steps. Measured (dense BDF, rtol 1e-6, t to 1e5, against the chord iteration): problem E
 of docs/performance.md 133 renewals against 215 and 0.56 s against 0.76 s at the same error (5.2e-5
 against 5.4e-5); three untuned chains of 132-256 parameters 117/174, 83/139 and 172/264 renewals,
-15-28% less time, errors equal or smaller; memories 2 and 4 within 5% of 3. The Krylov BDF's runs
+15-28% less time, errors equal or smaller; a memory of 2 within 2% of 3 (under the cap of four
+corrections, 3 is the whole history and larger memories give the same steps). The Krylov BDF's runs
 (problems C and F) did not move: their kept pairs are renewed rarely."""
+MIXED_STEP_BOUND = 10.0
+"""A mixed step longer than this many times the chord correction (in the error norm) is replaced by the
+correction: the least-squares fit behind it was ill-posed (nearly parallel differences). Never reached
+on problem E or the untuned chains of docs/performance.md; a guard, not a tuning."""
 RATE_MEMORY = 0.3
 """With mixing, Newton's contraction rate is the larger of the latest ratio of corrections and this
-times the rate before: CVODE's `crate` with SUNDIALS' `CRDOWN` = 0.3."""
+times the rate before: CVODE's `crate` with SUNDIALS' `CRDOWN` = 0.3, restarted at every step (CVODE
+keeps it from step to step until the Jacobian is renewed)."""
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 # NDF coefficients kappa_k (Shampine & Reichelt 1997, table 1; zero for order 5: plain BDF5), and
@@ -168,6 +174,11 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
     """How many earlier corrections Anderson's mixing combines in Newton's iteration (`_anderson.py`;
     `NEWTON_ACCELERATION`); 0: the plain chord iteration, as scipy."""
 
+    def __check_init__(self):
+        if not (isinstance(self.newton_acceleration, int) and self.newton_acceleration >= 0):
+            raise ValueError(f"`newton_acceleration` must be a whole number >= 0 (0: the chord iteration); "
+                             f"got {self.newton_acceleration!r}.")
+
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar[Callable[..., BDFInterpolation]] = BDFInterpolation
     dense_hessian: ClassVar[bool] = True
@@ -215,7 +226,8 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         return _State(differences, h, one, 0 * one, basis, curvature, one, one, products)
 
     def _newton(self, terms, t_new, y_predict, c, psi, scale, basis, curvature, args):
-        """scipy's `solve_bdf_system`: (converged, iterations, y, d, products) with $d = y - y_{pred}$."""
+        """scipy's `solve_bdf_system`, with Anderson's mixing of the corrections unless
+        `newton_acceleration` is 0: (converged, iterations, y, d, products) with $d = y - y_{pred}$."""
         if self.newton_tolerance is None:
             tol = jnp.maximum(10 * jnp.finfo(y_predict.dtype).eps / self.rtol, jnp.minimum(0.03, jnp.sqrt(self.rtol)))
         else:
@@ -243,7 +255,12 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
             if mixing:
                 rate = jnp.where(k >= 2, jnp.maximum(rate, RATE_MEMORY * rate_before), rate)
             converged = ~diverging & ((norm == 0) | (~first & (rate < 1) & (rate / (1 - rate) * norm < tol)))
-            step, memory = mixed_step(memory, k, d, dy, scale) if mixing else (dy, memory)
+            if mixing:  # a mixed step that is not finite, or far longer than the correction, is an ill-posed fit
+                mixed, memory = mixed_step(memory, k, d, dy, scale)
+                sound = jnp.all(jnp.isfinite(mixed)) & (rms(mixed / scale) <= MIXED_STEP_BOUND * norm)
+                step = jnp.where(sound, mixed, dy)
+            else:
+                step = dy
             y = jnp.where(diverging, y, y + step)
             d = jnp.where(diverging, d, d + step)
             return k + 1, y, d, norm, rate, converged, diverging | converged, products + used, memory
