@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._base import AbstractGradientFlowSolver
 from ._anderson import Memory, mixed_step
+from ._base import AbstractGradientFlowSolver
 from ._chosen_steps import SolverChosenSteps, StepDecision, rms
 from ._hessian import hessian_eigenbasis, unstable_error_norm, unstable_step_limit
 
