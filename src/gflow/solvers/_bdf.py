@@ -64,8 +64,8 @@ in most of those steps. Measured (dense BDF, rtol 1e-6, t to 1e5, against the ch
 of docs/performance.md 133 renewals against 215 and 0.56 s against 0.76 s at the same error (5.2e-5
 against 5.4e-5); three untuned chains of 132-256 parameters 117/174, 83/139 and 172/264 renewals,
 15-28% less time, errors equal or smaller; a memory of 2 within 2% of 3 (under the cap of four
-corrections, 3 is the whole history and larger memories give the same steps). The Krylov BDF's runs
-(problems C and F) did not move: their kept pairs are renewed rarely."""
+corrections, 3 is the whole history and larger memories give the same steps). The Krylov BDF does not
+mix by default (`GradientFlowKrylovBDF.newton_acceleration`)."""
 MIXED_STEP_BOUND = 10.0
 """A mixed step longer than this many times the chord correction (in the error norm) is replaced by the
 correction: the least-squares fit behind it was ill-posed (nearly parallel differences). Never reached
