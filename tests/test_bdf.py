@@ -12,6 +12,7 @@ import gflow
 from gflow.solvers import GradientFlowBDF, SolverChosenSteps
 from gflow.solvers._anderson import Memory, mixed_step
 from gflow.solvers._bdf import NEWTON_DIVERGENCE, _difference_rescaling
+from gflow.solvers._hessian import GROWTH_PER_STEP
 
 # A stiff, non-quadratic loss whose curvature changes along the path (eigenvalues ~0.1 to ~2500).
 COUPLING = jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.5], [0.0, 0.5, 50.0]])
@@ -220,6 +221,29 @@ def test_anderson_mixing_renews_fewer_hessians_at_the_same_accuracy(turning_chai
     assert mixed.stats["num_gradient_evaluations"] < 1.2 * chord.stats["num_gradient_evaluations"]
     error, error_chord = largest_relative_error(mixed, exact), largest_relative_error(chord, exact)
     assert error < 2 * error_chord and error < 1e-4, (error, error_chord)
+
+
+def test_the_step_limit_follows_the_saddle_the_flow_is_at_not_the_one_it_left():
+    """`unstable_step_limit` comes from the kept Hessian, which Newton's iteration has no reason to renew
+    (the unstable curvatures hardly change $I + cH$). Here the unstable rate of $z$ falls from 0.1 to 1e-4
+    as $x$ decays, and with the first Hessian kept every step stayed at $0.5 / 0.1$: 4,106 steps to
+    t = 2e4 (the code before `STALE_LIMIT_STEPS`). A limit set by stale eigenpairs renews them, and the
+    run takes 191 steps. The deviation $z$, 1e-10 and growing by a known factor, is followed to 5e-6."""
+    fast, slow, a, z0, t1 = 0.1, 1e-4, 0.1, 1e-10, 2e4
+
+    def field(t, y, args):
+        x, z = y
+        return -jax.grad(lambda y: 0.5 * a * y[0] ** 2 - 0.5 * (slow + (fast - slow) * y[0] ** 2) * y[1] ** 2)(y)
+
+    rtol = 1e-6
+    solver = GradientFlowBDF(rtol=rtol, atol=rtol * 1e-3)
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, t1, None, jnp.array([1.0, z0]),
+                              stepsize_controller=solver.step_size_controller(), max_steps=100_000)
+    stale_steps = t1 * fast / GROWTH_PER_STEP
+    assert int(sol.stats["num_accepted_steps"]) < 0.25 * stale_steps
+    # x(t) = e^{-a t}, so z grows by exp(slow t + (fast - slow) (1 - e^{-2 a t}) / 2a) (the x-z coupling is z^2)
+    exact = z0 * np.exp(slow * t1 + (fast - slow) * (1 - np.exp(-2 * a * t1)) / (2 * a))
+    assert abs(float(sol.ys[-1, 1]) / exact - 1) < 20 * rtol
 
 
 def test_too_small_a_step_is_reported_not_hidden():

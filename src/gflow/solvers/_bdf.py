@@ -31,7 +31,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from ._anderson import Memory, mixed_step
 from ._base import AbstractGradientFlowSolver
@@ -74,6 +74,17 @@ RATE_MEMORY = 0.3
 """With mixing, Newton's contraction rate is the larger of the latest ratio of corrections and this
 times the rate before: CVODE's `crate` with SUNDIALS' `CRDOWN` = 0.3, restarted at every step (CVODE
 keeps it from step to step until the Jacobian is renewed)."""
+STALE_LIMIT_STEPS = 20
+"""A step that `unstable_step_limit` cut, with eigenpairs kept over at least this many steps, renews
+them before the next step's Newton iteration. The limit is the kept Hessian's, and Newton cannot
+tell that it is stale: the unstable curvatures are far below $1/c$, so they hardly change Newton's
+matrix. When a saddle is left, its rate falls by orders of magnitude (problem E of docs/performance.md:
+0.093 on its first plateau, 1e-4 on its second), and the kept rate then held every step of the next
+plateau at a fortieth of the flow's own limit: 8,908 steps to t = 1e5 with one save time, against
+2,107 with this renewal (the benchmarks' save grid hid it, its chunks restarting the solver). A limit
+that binds with a current Hessian binds for at most about $2\\ln(1/\\epsilon) \\approx 72$ steps (each
+grows the deviation by $e^{0.5}$, from round-off to order one), so this costs at most a few renewals per
+saddle; 20 is also `GradientFlowRosenbrock`'s `max_age`."""
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 # NDF coefficients kappa_k (Shampine & Reichelt 1997, table 1; zero for order 5: plain BDF5), and
@@ -126,6 +137,8 @@ class _State(eqx.Module):
     # (`in_kept_basis`): columns n x r for the dense one, rows r x n for the Krylov one
     basis: Float[Array, "n r"] | Float[Array, "r n"]
     curvature: Float[Array, " r"]
+    kept_steps: Int[Array, ""]  # steps taken since the eigenpairs were computed
+    limited: Bool[Array, ""]  # the last step was cut by the kept eigenpairs' `unstable_step_limit`
     hessians: Int[Array, ""]  # statistics, for gflow's Trajectory.stats
     gradients: Int[Array, ""]
     products: Int[Array, ""]  # Hessian-vector products (matrix-free solvers)
@@ -223,7 +236,8 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         differences = differences.at[0].set(y0).at[1].set(h * terms.vf(t0, y0, args))
         one = jnp.ones((), jnp.int32)
         basis, curvature, products = self.kept_eigenpairs(terms, t0, y0, args)
-        return _State(differences, h, one, 0 * one, basis, curvature, one, one, products)
+        return _State(differences, h, one, 0 * one, basis, curvature, 0 * one, jnp.zeros((), bool), one, one,
+                      products)
 
     def _newton(self, terms, t_new, y_predict, c, psi, scale, basis, curvature, args):
         """scipy's `solve_bdf_system`, with Anderson's mixing of the corrections unless
@@ -296,7 +310,10 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         c = h / alpha
 
         # Newton with the kept Hessian, then (as scipy) once more with a fresh one if that failed:
-        # one loop, so that the vector field and its Jacobian are traced (and compiled) once each.
+        # one loop, so that the vector field and its Jacobian are traced (and compiled) once each. A
+        # step limit set by stale eigenpairs renews them first (`STALE_LIMIT_STEPS`).
+        renew_first = s.limited & (s.kept_steps >= STALE_LIMIT_STEPS)
+
         def attempt(carry):
             basis, curvature, hessians, products, tries, total, _ = carry
 
@@ -305,13 +322,13 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
                 return b, lam, hessians + 1, products + used
 
             basis, curvature, hessians, products = jax.lax.cond(
-                tries > 0, renew, lambda: (basis, curvature, hessians, products))
+                (tries > 0) | renew_first, renew, lambda: (basis, curvature, hessians, products))
             result = self._newton(terms, t1, y_predict, c, psi, scale, basis, curvature, args)
             return basis, curvature, hessians, products + result[4], tries + 1, total + result[1], result[:4]
 
-        def again(carry):
+        def again(carry):  # a second try only with a Hessian fresher than the first's
             tries, converged = carry[4], carry[6][0]
-            return (tries == 0) | ((tries == 1) & ~converged)
+            return (tries == 0) | ((tries == 1) & ~converged & ~renew_first)
 
         zero = jnp.zeros((), jnp.int32)
         first = (jnp.zeros((), bool), zero, y_predict, y_predict)
@@ -358,9 +375,12 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         equal_steps = jnp.where(choose, 0, equal_steps)
 
         y1 = jnp.where(accept, y_new, y0)
-        next_h = jnp.minimum(h * jnp.where(accept, accept_factor, reject_factor), unstable_step_limit(curvature))
-        state = _State(new, h, next_order, equal_steps, basis, curvature, hessians,
+        wanted_h = h * jnp.where(accept, accept_factor, reject_factor)
+        limit = unstable_step_limit(curvature)
+        kept_steps = jnp.where(hessians > s.hessians, 0, s.kept_steps) + 1
+        state = _State(new, h, next_order, equal_steps, basis, curvature, kept_steps, wanted_h > limit, hessians,
                        s.gradients + iterations_total, products)
+        next_h = jnp.minimum(wanted_h, limit)
         dense_info = dict(differences=new[: MAX_ORDER + 1], order=order, h=h)
         work = jnp.stack([hessians - s.hessians, iterations_total, products - s.products]).astype(h.dtype)
         decision = StepDecision(accept=accept.astype(h.dtype), next_step=next_h, work=work)
