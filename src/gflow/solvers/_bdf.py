@@ -11,9 +11,10 @@ against each other (tests/test_bdf.py).
 What is different is the linear algebra. Newton's matrix is $I - cJ = I + cH$ with $H$ the Hessian,
 symmetric: kept as $Q\\,\\mathrm{diag}(\\lambda)\\,Q^\\top$ from one `eigh`, every Newton solve is two
 products with $Q$ for *any* $c$, so the step-size changes that make scipy refactorise its LU cost
-nothing here. As in scipy, the Hessian is recomputed only when Newton's iteration fails to converge
-with the kept one; the iteration mixes its last corrections (Anderson's mixing, `_anderson.py`), so
-that a kept Hessian that has turned still converges in most steps. A step costs one to four gradients.
+nothing here. As in scipy, the Hessian is recomputed when Newton's iteration fails to converge
+with the kept one (and when a stale one limits the step, `STALE_LIMIT_STEPS`); the iteration mixes
+its last corrections (Anderson's mixing, `_anderson.py`), so that a kept Hessian that has turned
+still converges in most steps. A step costs one to four gradients.
 
 diffrax's step-size controllers choose a step from one error estimate of a fixed order; a
 variable-order method chooses step and order together. The solver therefore makes both decisions

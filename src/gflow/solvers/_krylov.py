@@ -13,7 +13,8 @@ algebra) and:
   estimate $|\\beta_m s_{mi}|$ is below `RITZ_TOLERANCE` of the largest Ritz value (unconverged
   interior ones would be wrong eigenvalues, and a spurious negative one would be taken for an
   unstable direction). At most `KEPT_PAIRS` are kept, the unstable ones first, then the stiffest. As
-  in the dense solver, they are renewed only when Newton's iteration fails.
+  in the dense solver, they are renewed when Newton's iteration fails (or when stale ones limit the
+  step, `STALE_LIMIT_STEPS`).
 - **solves** each Newton system $(I + cH)\\,x = r$ by CG, or GMRES where $I + cH$ may be indefinite
   (lineax), with Hessian-vector products (forward-over-reverse), to `KRYLOV_RTOL` of the
   right-hand side *entry by entry* (lineax's test: the 2-norm of $r_{res,i} / (\\text{rtol}\\,|r_i|)$
