@@ -233,8 +233,7 @@ def test_the_step_limit_follows_the_saddle_the_flow_is_at_not_the_one_it_left(so
     and growing by a known factor, is followed to 5e-6."""
     fast, slow, a, z0, t1 = 0.1, 1e-4, 0.1, 1e-10, 2e4
 
-    def field(t, y, args):
-        x, z = y
+    def field(t, y, args):  # the loss a x^2 / 2 - (slow + (fast - slow) x^2) z^2 / 2
         return -jax.grad(lambda y: 0.5 * a * y[0] ** 2 - 0.5 * (slow + (fast - slow) * y[0] ** 2) * y[1] ** 2)(y)
 
     rtol = 1e-6

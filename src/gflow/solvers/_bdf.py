@@ -81,8 +81,9 @@ them before the next step's Newton iteration. The limit is the kept Hessian's, a
 tell that it is stale: the unstable curvatures are far below $1/c$, so they hardly change Newton's
 matrix. When a saddle is left, its rate falls by orders of magnitude (problem E of docs/performance.md:
 0.093 on its first plateau, 1e-4 on its second), and the kept rate then held every step of the next
-plateau at a fortieth of the flow's own limit: 8,908 steps to t = 1e5 with one save time, against
-2,107 with this renewal (the benchmarks' save grid hid it, its chunks restarting the solver). A limit
+plateau at a thousandth of the flow's own limit (5.35 against 5,000): 8,908 steps to t = 1e5 with one
+save time, against 2,107 with this renewal (the benchmarks' save grid hid it, its chunks restarting the
+solver). A limit
 that binds with a current Hessian binds for at most about $2\\ln(1/\\epsilon) \\approx 72$ steps (each
 grows the deviation by $e^{0.5}$, from round-off to order one), so this costs at most a few renewals per
 saddle; 20 is also `GradientFlowRosenbrock`'s `max_age`."""
