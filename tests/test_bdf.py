@@ -11,7 +11,7 @@ from scipy.integrate._ivp.bdf import compute_R
 import gflow
 from gflow.solvers import GradientFlowBDF, GradientFlowKrylovBDF, SolverChosenSteps
 from gflow.solvers._anderson import Memory, mixed_step
-from gflow.solvers._bdf import NEWTON_DIVERGENCE, _difference_rescaling
+from gflow.solvers._bdf import NEWTON_DIVERGENCE, STALE_LIMIT_STEPS, _difference_rescaling
 from gflow.solvers._hessian import GROWTH_PER_STEP
 
 # A stiff, non-quadratic loss whose curvature changes along the path (eigenvalues ~0.1 to ~2500).
@@ -245,6 +245,26 @@ def test_the_step_limit_follows_the_saddle_the_flow_is_at_not_the_one_it_left(so
     # x(t) = e^{-a t}, so z grows by exp(slow t + (fast - slow) (1 - e^{-2 a t}) / 2a) (the x-z coupling is z^2)
     exact = z0 * np.exp(slow * t1 + (fast - slow) * (1 - np.exp(-2 * a * t1)) / (2 * a))
     assert abs(float(sol.ys[-1, 1]) / exact - 1) < 20 * rtol
+
+
+def test_a_limit_that_binds_with_a_current_hessian_is_renewed_for_rarely():
+    """On an invariant subspace (the deviation exactly zero) the step limit binds for the whole run, and
+    every renewal for it finds the same rate. Each such renewal doubles the wait before the next: 7
+    Hessians in 2,095 steps, where renewing every `STALE_LIMIT_STEPS` took 100 (the trajectory is the
+    same either way; z stays exactly 0)."""
+    rate, a = 0.1, 0.1
+
+    def field(t, y, args):  # the loss a x^2 / 2 - rate z^2 / 2: z's rate never changes
+        return -jax.grad(lambda y: 0.5 * a * y[0] ** 2 - 0.5 * rate * y[1] ** 2)(y)
+
+    solver = GradientFlowBDF(rtol=1e-6, atol=1e-9)
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, 0.0, 1e4, None, jnp.array([1.0, 0.0]),
+                              saveat=diffrax.SaveAt(t1=True, solver_state=True),
+                              stepsize_controller=solver.step_size_controller(), max_steps=100_000)
+    steps, hessians = int(sol.stats["num_accepted_steps"]), int(sol.solver_state.hessians)
+    assert steps > 1e4 * rate / GROWTH_PER_STEP  # the limit did bind throughout
+    assert hessians <= 2 + np.log2(steps / STALE_LIMIT_STEPS), (steps, hessians)
+    assert float(sol.ys[-1, 1]) == 0.0
 
 
 def test_too_small_a_step_is_reported_not_hidden():

@@ -83,10 +83,13 @@ matrix. When a saddle is left, its rate falls by orders of magnitude (problem E 
 0.093 on its first plateau, 1e-4 on its second), and the kept rate then held every step of the next
 plateau at a thousandth of the flow's own limit (5.35 against 5,000): 8,908 steps to t = 1e5 with one
 save time, against 2,107 with this renewal (the benchmarks' save grid hid it, its chunks restarting the
-solver). A limit
-that binds with a current Hessian binds for at most about $2\\ln(1/\\epsilon) \\approx 72$ steps (each
-grows the deviation by $e^{0.5}$, from round-off to order one), so this costs at most a few renewals per
-saddle; 20 is also `GradientFlowRosenbrock`'s `max_age`."""
+solver). A limit that binds with a current Hessian binds for at most about $2\\ln(1/\\epsilon) \\approx 72$
+steps when the deviation is at least round-off (each step grows it by $e^{0.5}$, to order one). Where
+it binds longer (a deviation exactly zero: a state on an invariant subspace), a renewal that does not
+relax the limit by more than 2x doubles the wait before the next one, up to `MAX_PATIENCE`: a few
+renewals per saddle either way. 20 is also `GradientFlowRosenbrock`'s `max_age`."""
+MAX_PATIENCE = 2**20
+"""The longest wait `STALE_LIMIT_STEPS` doubles to (a bound that keeps the counter far from overflow)."""
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 # NDF coefficients kappa_k (Shampine & Reichelt 1997, table 1; zero for order 5: plain BDF5), and
@@ -141,6 +144,7 @@ class _State(eqx.Module):
     curvature: Float[Array, " r"]
     kept_steps: Int[Array, ""]  # steps taken since the eigenpairs were computed
     limited: Bool[Array, ""]  # the last step was cut by the kept eigenpairs' `unstable_step_limit`
+    patience: Int[Array, ""]  # kept steps after which a cut step renews them (`STALE_LIMIT_STEPS`, doubled)
     hessians: Int[Array, ""]  # statistics, for gflow's Trajectory.stats
     gradients: Int[Array, ""]
     products: Int[Array, ""]  # Hessian-vector products (matrix-free solvers)
@@ -238,8 +242,8 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         differences = differences.at[0].set(y0).at[1].set(h * terms.vf(t0, y0, args))
         one = jnp.ones((), jnp.int32)
         basis, curvature, products = self.kept_eigenpairs(terms, t0, y0, args)
-        return _State(differences, h, one, 0 * one, basis, curvature, 0 * one, jnp.zeros((), bool), one, one,
-                      products)
+        return _State(differences, h, one, 0 * one, basis, curvature, 0 * one, jnp.zeros((), bool),
+                      STALE_LIMIT_STEPS * one, one, one, products)
 
     def _newton(self, terms, t_new, y_predict, c, psi, scale, basis, curvature, args):
         """scipy's `solve_bdf_system`, with Anderson's mixing of the corrections unless
@@ -314,7 +318,7 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         # Newton with the kept Hessian, then (as scipy) once more with a fresh one if that failed:
         # one loop, so that the vector field and its Jacobian are traced (and compiled) once each. A
         # step limit set by stale eigenpairs renews them first (`STALE_LIMIT_STEPS`).
-        renew_first = s.limited & (s.kept_steps >= STALE_LIMIT_STEPS)
+        renew_first = s.limited & (s.kept_steps >= s.patience)
 
         def attempt(carry):
             basis, curvature, hessians, products, tries, total, _ = carry
@@ -379,9 +383,15 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         y1 = jnp.where(accept, y_new, y0)
         wanted_h = h * jnp.where(accept, accept_factor, reject_factor)
         limit = unstable_step_limit(curvature)
-        kept_steps = jnp.where(hessians > s.hessians, 0, s.kept_steps) + 1
-        state = _State(new, h, next_order, equal_steps, basis, curvature, kept_steps, wanted_h > limit, hessians,
-                       s.gradients + iterations_total, products)
+        renewed = hessians > s.hessians
+        kept_steps = jnp.where(renewed, 0, s.kept_steps) + 1
+        # A renewal for the limit that did not relax it (the limit binds with a current Hessian, or the
+        # deviation is exactly zero) doubles the wait before the next; any other renewal restores it.
+        relaxed = limit > 2.0 * unstable_step_limit(s.curvature)
+        patience = jnp.where(renew_first & ~relaxed, jnp.minimum(2 * s.patience, MAX_PATIENCE),
+                             jnp.where(renewed, STALE_LIMIT_STEPS, s.patience))
+        state = _State(new, h, next_order, equal_steps, basis, curvature, kept_steps, wanted_h > limit, patience,
+                       hessians, s.gradients + iterations_total, products)
         next_h = jnp.minimum(wanted_h, limit)
         dense_info = dict(differences=new[: MAX_ORDER + 1], order=order, h=h)
         work = jnp.stack([hessians - s.hessians, iterations_total, products - s.products]).astype(h.dtype)
