@@ -14,7 +14,8 @@ products with $Q$ for *any* $c$, so the step-size changes that make scipy refact
 nothing here. As in scipy, the Hessian is recomputed when Newton's iteration fails to converge
 with the kept one (and when a stale one limits the step, `STALE_LIMIT_STEPS`); the iteration mixes
 its last corrections (Anderson's mixing, `_anderson.py`), so that a kept Hessian that has turned
-still converges in most steps. A step costs one to four gradients.
+still converges in most steps, within `MIXED_NEWTON_MAXITER` corrections. A step costs one to four
+gradients most often, at most twelve per Newton attempt (two attempts when the first renews the Hessian).
 
 diffrax's step-size controllers choose a step from one error estimate of a fixed order; a
 variable-order method chooses step and order together. The solver therefore makes both decisions
@@ -41,7 +42,22 @@ from ._hessian import hessian_eigenbasis, unstable_error_norm, unstable_step_lim
 
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
-"""scipy's cap on Newton iterations per step (`GradientFlowBDF(newton_iterations=...)`)."""
+"""scipy's cap on Newton iterations per step: the Krylov BDF's and that of scipy's algorithm
+(`GradientFlowBDF(newton_iterations=4, newton_divergence=None, newton_tolerance=None,
+newton_acceleration=0)`)."""
+MIXED_NEWTON_MAXITER = 12
+"""The dense BDF's cap on Newton iterations per step (`GradientFlowBDF(newton_iterations=...)`). A
+kept Hessian that has turned makes the chord iteration stall, and renewing it costs a Hessian and an
+`eigh`: 3.4 ms at 224 parameters, the time of a hundred iterations or more within the step. Anderson's
+mixing (`NEWTON_ACCELERATION`) still converges there, but often after more than scipy's four
+corrections. Measured with `MIXED_NEWTON_DIVERGENCE` against scipy's cap and CVODE's ratio (rtol 1e-6
+to t = 1e5; in every case the same largest error against the rtol-1e-9 reference, to two digits):
+problem E of docs/performance.md 77 renewals against 133, 0.42 s against 0.51-0.52 s; three chains
+7-12% less time; of six untuned flows of 56 to 288 parameters, two 21-25% faster, three level (two of
+them renew no more than ten Hessians), and problem A (the demo flow) 5% slower (0.159 s against
+0.152 s, alternating runs: 1,663 steps against 1,370 for 22 renewals against 31; its renewals were
+few already). With a ratio of 4, a cap of 16 took the same steps as 12 on E and two chains (the
+divergence test ends the iteration first), and 8 was 10% slower on E."""
 NEWTON_TOLERANCE = 0.1
 """Newton's iteration stops when its predicted remaining error is below this, in the units of the
 local error test (whose bound is 1). CVODE's value (SUNDIALS' nonlinear convergence coefficient,
@@ -57,7 +73,21 @@ soon as the ratio reaches 1, or when the ratio predicts no convergence within th
 iterations; with a kept Hessian the first ratio is a noisy estimate, and most of those iterations
 would have converged. Measured on problem E of docs/performance.md (the dense BDF, alternating
 runs): 218 Hessian renewals against 294, 1.29-1.48 s (five runs) against 1.67-1.76 s (three), the
-same error (5.59e-5 against 5.59e-5). `GradientFlowBDF(newton_divergence=None)` is scipy's test."""
+same error (5.59e-5 against 5.59e-5). `GradientFlowBDF(newton_divergence=None)` is scipy's test.
+That measurement was the chord iteration's, with `NEWTON_MAXITER`; this is now the Krylov BDF's ratio,
+and the dense BDF's default, which mixes its corrections, is `MIXED_NEWTON_DIVERGENCE`."""
+MIXED_NEWTON_DIVERGENCE = 3.0
+"""The dense BDF's divergence ratio (`GradientFlowBDF(newton_divergence=...)`). With Anderson's
+mixing a correction is the residual at a mixed iterate, not the chord iteration's contracted
+correction, and a single ratio above 2 is often followed by convergence. The ratio trades renewals
+against how fresh the kept eigenvectors are, which the unstable-direction error test needs
+(`unstable_error_norm`). Measured with `MIXED_NEWTON_MAXITER` on problem E: ratios of 2, 3, 4, 6 and
+10 gave 95, 77, 63, 54 and 49 renewals and 0.49, 0.42-0.45, 0.39-0.40, 0.42 and 0.45 s (beyond 4 the
+time saved on renewals goes to longer iterations and more steps). But at 4 one escape of
+tests/test_saddle.py (a degenerate saddle, pi = (0.4, 0.3, 0.15, 0.15), deviation 1e-10) came 0.46% early
+against the explicit reference, outside the test's 0.3%; at 2, 2.5 and 3 all nine of its cases are
+within 0.06%, as before the change, and so, at 3, are twelve more (four other pi with two equal rare
+tokens, deviations 1e-8, 1e-11 and 1e-12)."""
 NEWTON_ACCELERATION = 3
 """Anderson's mixing of the last three corrections in Newton's iteration (`_anderson.py`). With a kept
 Hessian that has turned, the chord iteration stalls and the Hessian is renewed; mixed steps converge
@@ -65,8 +95,10 @@ in most of those steps. Measured (dense BDF, rtol 1e-6, t to 1e5, against the ch
 of docs/performance.md 133 renewals against 215 and 0.56 s against 0.76 s at the same error (5.2e-5
 against 5.4e-5); three untuned chains of 132-256 parameters 117/174, 83/139 and 172/264 renewals,
 15-28% less time, errors equal or smaller; a memory of 2 within 2% of 3 (under the cap of four
-corrections, 3 is the whole history and larger memories give the same steps). The Krylov BDF does not
-mix by default (`GradientFlowKrylovBDF.newton_acceleration`)."""
+corrections, 3 is the whole history and larger memories give the same steps). Under the cap of 12
+(`MIXED_NEWTON_MAXITER`, with a divergence ratio of 4), memories of 5 and 8 were within 5% of 3 on E
+and three chains. The Krylov BDF
+does not mix by default (`GradientFlowKrylovBDF.newton_acceleration`)."""
 MIXED_STEP_BOUND = 10.0
 """A mixed step longer than this many times the chord correction (in the error norm) is replaced by the
 correction: the least-squares fit behind it was ill-posed (nearly parallel differences). Never reached
@@ -90,6 +122,10 @@ relax the limit by more than 2x doubles the wait before the next one, up to `MAX
 renewals per saddle either way. 20 is also `GradientFlowRosenbrock`'s `max_age`."""
 MAX_PATIENCE = 2**20
 """The longest wait `STALE_LIMIT_STEPS` doubles to (a bound that keeps the counter far from overflow)."""
+SAFETY_ITERATIONS = 4
+"""The next step's safety factor after $k$ Newton iterations is scipy's $0.9\\,(2K + 1)/(2K + \\min(k, K))$
+with $K$ = this (scipy's cap, `NEWTON_MAXITER`): from 0.9 after one iteration to 0.675 after four.
+Beyond $K$ no further penalty, so that a larger `newton_iterations` does not shrink every step."""
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 # NDF coefficients kappa_k (Shampine & Reichelt 1997, table 1; zero for order 5: plain BDF5), and
@@ -182,11 +218,12 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
 
     rtol: Float[Array, ""] | float
     atol: Float[Array, ""] | float
-    newton_iterations: int = eqx.field(static=True, default=NEWTON_MAXITER)
+    newton_iterations: int = eqx.field(static=True, default=MIXED_NEWTON_MAXITER)
+    """Newton's cap per step (`MIXED_NEWTON_MAXITER`; scipy's is `NEWTON_MAXITER`)."""
     newton_tolerance: float | None = eqx.field(static=True, default=NEWTON_TOLERANCE)
     """Newton stops when its predicted error is below this (in the units of the local error test);
     `None`: scipy's $\\max(10\\epsilon/rtol, \\min(0.03, \\sqrt{rtol}))$ (`NEWTON_TOLERANCE`)."""
-    newton_divergence: float | None = eqx.field(static=True, default=NEWTON_DIVERGENCE)
+    newton_divergence: float | None = eqx.field(static=True, default=MIXED_NEWTON_DIVERGENCE)
     """Newton is abandoned when a correction grows by more than this factor; `None`: scipy's test
     (`NEWTON_DIVERGENCE`)."""
     newton_acceleration: int = eqx.field(static=True, default=NEWTON_ACCELERATION)
@@ -341,8 +378,8 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         basis, curvature, hessians, products, _, iterations_total, (converged, iterations, y_new, d) = \
             jax.lax.while_loop(again, attempt, (s.basis, s.curvature, s.hessians, s.products, zero, zero, first))
 
-        cap = self.newton_iterations
-        safety = 0.9 * (2 * cap + 1) / (2 * cap + iterations.astype(h.dtype))
+        k = jnp.minimum(iterations, SAFETY_ITERATIONS).astype(h.dtype)
+        safety = 0.9 * (2 * SAFETY_ITERATIONS + 1) / (2 * SAFETY_ITERATIONS + k)
         exponent = 1.0 + order.astype(h.dtype)  # the error of order k is O(h^(k+1))
         scale = self.atol + self.rtol * jnp.abs(y_new)
         error_const = jnp.asarray(_ERROR_CONST)

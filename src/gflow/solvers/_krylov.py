@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float, Int
 
-from ._bdf import GradientFlowBDF
+from ._bdf import NEWTON_DIVERGENCE, NEWTON_MAXITER, GradientFlowBDF
 
 LANCZOS_STEPS = 40
 """Lanczos steps per renewal of the kept eigenpairs (each one Hessian-vector product)."""
@@ -155,6 +155,11 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
     thousands of parameters and more, where a dense Hessian costs too much time and memory."""
 
     dense_hessian: ClassVar[bool] = False
+    newton_iterations: int = eqx.field(static=True, default=NEWTON_MAXITER)
+    """scipy's cap, and below CVODE's divergence ratio: with the Hessian at the step in every solve,
+    the corrections contract as Newton's do, and a stalled iteration is a step too long, not a stale
+    Newton matrix (the dense BDF's `MIXED_NEWTON_MAXITER` and `MIXED_NEWTON_DIVERGENCE`)."""
+    newton_divergence: float | None = eqx.field(static=True, default=NEWTON_DIVERGENCE)
     newton_acceleration: int = eqx.field(static=True, default=0)
     """No Anderson's mixing here by default (`_anderson.py`): each Newton solve already uses the
     Hessian at the step (its products), and only the preconditioner is kept, so there is no stale
