@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float, Int
 
-from ._bdf import NEWTON_DIVERGENCE, NEWTON_MAXITER, GradientFlowBDF
+from ._bdf import NEWTON_DIVERGENCE, NEWTON_MAXITER, NEWTON_TOLERANCE, GradientFlowBDF
 
 LANCZOS_STEPS = 40
 """Lanczos steps per renewal of the kept eigenpairs (each one Hessian-vector product)."""
@@ -156,10 +156,12 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
 
     dense_hessian: ClassVar[bool] = False
     newton_iterations: int = eqx.field(static=True, default=NEWTON_MAXITER)
-    """scipy's cap, and below CVODE's divergence ratio: with the Hessian at the step in every solve,
-    the corrections contract as Newton's do, and a stalled iteration is a step too long, not a stale
-    Newton matrix (the dense BDF's `MIXED_NEWTON_MAXITER` and `MIXED_NEWTON_DIVERGENCE`)."""
+    """scipy's cap, and below CVODE's divergence ratio and tolerance: with the Hessian at the step in
+    every solve, the corrections contract as Newton's do, and a stalled iteration is a step too long,
+    not a stale Newton matrix (the dense BDF's `MIXED_NEWTON_MAXITER`, `MIXED_NEWTON_DIVERGENCE` and
+    `MIXED_NEWTON_TOLERANCE`)."""
     newton_divergence: float | None = eqx.field(static=True, default=NEWTON_DIVERGENCE)
+    newton_tolerance: float | None = eqx.field(static=True, default=NEWTON_TOLERANCE)
     newton_acceleration: int = eqx.field(static=True, default=0)
     """No Anderson's mixing here by default (`_anderson.py`): each Newton solve already uses the
     Hessian at the step (its products), and only the preconditioner is kept, so there is no stale
