@@ -80,8 +80,8 @@ def test_takes_the_steps_scipys_bdf_takes(exact):
     same work and accuracy, up to decisions that round-off tips the other way. scipy counts the work
     of every attempt, so gflow's counters must include the rejected ones' (measured: 235 steps and
     592 gradients against scipy's 233 and 600; the accepted attempts alone: 565). With scipy's
-    Newton tolerance and divergence test and its plain chord iteration; gflow's defaults (CVODE's
-    tolerance and test, Anderson's mixing) are tested below."""
+    cap, Newton tolerance and divergence test and its plain chord iteration; gflow's rules (CVODE's
+    tolerance and test, Anderson's mixing, the longer mixed iteration) are tested below."""
     ys, sol = ours(1e-6, 1e-9, newton_iterations=NEWTON_MAXITER, newton_tolerance=None, newton_divergence=None,
                    newton_acceleration=0)
     ref = scipy_solve("BDF", 1e-6, 1e-9)
@@ -111,7 +111,7 @@ def test_high_orders_are_used(small_setting):
 
 
 def test_cvodes_newton_tolerance_renews_fewer_hessians_at_the_same_order_of_accuracy(exact):
-    """Newton stopped at a tenth of the local error bound (CVODE's rule, the default) against scipy's
+    """Newton stopped at a tenth of the local error bound (CVODE's rule, the Krylov BDF's default) against scipy's
     min(0.03, sqrt(rtol)): fewer Hessians and gradients, and a global error still of the order of
     the tolerance (here 4.6e-6 against scipy's rule's 9.1e-7; at rtol 1e-6 the error of either rule
     moves by such factors with the tolerance itself: 2.3e-6 at 0.003, 7.4e-7 at 0.03)."""
@@ -145,7 +145,7 @@ def largest_relative_error(traj, exact) -> float:
 
 def test_cvodes_divergence_test_renews_fewer_hessians_at_the_same_accuracy(turning_chain):
     """A kept Hessian's Newton iteration abandoned only when a correction doubles (CVODE's test, the
-    default) against scipy's (no contraction, or too slow a one for the remaining iterations), on a
+    Krylov BDF's default) against scipy's (no contraction, or too slow a one for the remaining iterations), on a
     gradient flow whose Hessian changes along the way: fewer renewals (measured 82 against 110 with
     the plain chord iteration; to t = 1e5 164/226 on this chain, 67/90 and 76/93 on two others) and
     the same error against a reference at rtol 1e-8 (2.6e-5 for both)."""
@@ -249,7 +249,7 @@ def test_a_longer_mixed_newton_iteration_renews_fewer_hessians_at_the_same_accur
     (2.2e-5 for both)."""
     run, exact = turning_chain
     longer, four = (run(GradientFlowBDF(rtol=1e-6, atol=1e-9, **options)) for options in ({}, PREVIOUS_ITERATION))
-    assert longer.stats["num_hessian_evaluations"] < 0.7 * four.stats["num_hessian_evaluations"]
+    assert longer.stats["num_hessian_evaluations"] < 0.8 * four.stats["num_hessian_evaluations"]
     assert longer.stats["num_gradient_evaluations"] < 1.4 * four.stats["num_gradient_evaluations"]
     error, error_four = largest_relative_error(longer, exact), largest_relative_error(four, exact)
     assert 0.8 < error / error_four < 1.25 and error < 1e-4, (error, error_four)
