@@ -114,8 +114,7 @@ against 5.4e-5); three untuned chains of 132-256 parameters 117/174, 83/139 and 
 15-28% less time, errors equal or smaller; a memory of 2 within 2% of 3 (under the cap of four
 corrections, 3 is the whole history and larger memories give the same steps). Under the cap of 12
 (`MIXED_NEWTON_MAXITER`, with a divergence ratio of 4), memories of 5 and 8 were within 5% of 3 on E
-and three chains. The Krylov BDF
-does not mix by default (`GradientFlowKrylovBDF.newton_acceleration`)."""
+and three chains. The Krylov BDF does not mix by default (`GradientFlowKrylovBDF.newton_acceleration`)."""
 MIXED_STEP_BOUND = 10.0
 """A mixed step longer than this many times the chord correction (in the error norm) is replaced by the
 correction: the least-squares fit behind it was ill-posed (nearly parallel differences). Never reached
