@@ -27,8 +27,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from scale import PROBLEMS, setting  # this folder, put on the path above
+
 FLOWS = {
-    "E": dict(V=6, d=8, heads=1, value=False, chain="dirichlet", alpha=0.3, T=8, seed=3),
+    "E": PROBLEMS["E"],
     "A": None,  # the demo flow, built by `solvers.problem("A")`
     "dirichlet11": dict(V=5, d=6, heads=1, value=False, chain="dirichlet", alpha=0.5, seed=11),
     "sticky7": dict(V=8, d=8, heads=1, value=False, chain="sticky", exponent=1.0, lam=0.3, seed=7),
@@ -49,8 +51,6 @@ def flow(name: str):
 
         spec, config, p0, _, _ = problem("A")
         return spec, config, p0, 121
-    from scale import setting
-
     return (*setting(**FLOWS[name]), 61)
 
 

@@ -110,7 +110,7 @@ def test_escape_times_match_an_explicit_reference(pi, eps, solver, request):
 @pytest.mark.parametrize("pi", [(0.45, 0.25, 0.15, 0.15), (0.5, 0.2, 0.15, 0.15)])
 @pytest.mark.parametrize("eps", [1e-8, 1e-11])
 def test_more_degenerate_escapes_match_an_explicit_reference(pi, eps, solver):
-    """The dense BDF renews its kept Hessian only when Newton fails (`MIXED_NEWTON_MAXITER`,
+    """The dense BDF renews its kept Hessian mostly when Newton fails (`MIXED_NEWTON_MAXITER`,
     `MIXED_NEWTON_DIVERGENCE`), and a degenerate saddle's escape time jumps with how fresh the kept
     eigenvectors are (a divergence ratio of 4 moved one case of the test above by 0.46%). Four more
     saddles with two equal rare tokens, at deviations between those of the test above: measured within
