@@ -273,10 +273,15 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
         basis, curvature = hessian_eigenbasis(terms, t, y, args)
         return basis, curvature, jnp.zeros((), jnp.int32)
 
-    def solve_newton_system(self, terms, t, y, args, c, basis, curvature, rhs) -> tuple[Float[Array, " n"],
-                                                                                         Int[Array, ""]]:
+    needs_field_at_prediction: ClassVar[bool] = False
+    """Whether `solve_newton_system` reads the vector field at the predicted point (`field_at_y`):
+    a solver whose products are difference quotients of the field does (`_krylov.py`)."""
+
+    def solve_newton_system(self, terms, t, y, args, c, basis, curvature, rhs,
+                            field_at_y=None) -> tuple[Float[Array, " n"], Int[Array, ""]]:
         """$(I + cH)^{-1}$ rhs with the kept eigenpairs (exact when they are all of H's), and the
-        Hessian-vector products it took."""
+        Hessian-vector products it took. `field_at_y`: the vector field at (t, y), given when
+        `needs_field_at_prediction`."""
         return self.through_kept(basis, curvature, 1.0 / (1.0 + c * curvature), rhs), jnp.zeros((), jnp.int32)
 
     def in_kept_basis(self, basis, curvature, v: Float[Array, "*k n"]) -> Float[Array, "*k r"]:
@@ -310,10 +315,19 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
 
         mixing = self.newton_acceleration > 0
 
+        # The first correction's residual is taken at the prediction; a solver that also needs the field
+        # there for its products (`needs_field_at_prediction`) evaluates it once, for both
+        field_at_prediction = terms.vf(t_new, y_predict, args) if self.needs_field_at_prediction else None
+
+        def field_at(k, y):
+            if field_at_prediction is None:
+                return terms.vf(t_new, y, args)
+            return jax.lax.cond(k == 0, lambda: field_at_prediction, lambda: terms.vf(t_new, y, args))
+
         def body(carry):
             k, y, d, norm_old, rate_before, _, _, products, memory = carry
             dy, used = self.solve_newton_system(terms, t_new, y_predict, args, c, basis, curvature,
-                                                c * terms.vf(t_new, y, args) - psi - d)
+                                                c * field_at(k, y) - psi - d, field_at_prediction)
             norm = rms(dy / scale)
             rate = norm / norm_old
             first = k == 0
