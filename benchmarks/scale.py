@@ -8,9 +8,10 @@ Problems E and F: two stiff flows that no solver setting was tuned on (`PROBLEMS
 
 A contender is a name, optionally with `@rtol` (`default@1e-7`, `cvode-gmres@1e-5`; atol is rtol *
 1e-3): gflow's `default`, `dense`, `krylov`, `tsit5`, scipy's `lsoda`, `gd`, and SUNDIALS' CVODE
-`cvode-dense`, `cvode-gmres`, `cvode-gmres-dq` (its own difference-quotient products), `cvode-adams` (`cvode.py`); a final `:all` (`cvode-gmres@1e-8:all`) runs it
-with JAX's and OpenBLAS's own thread counts instead of gflow's one thread. The table ends with each family's fastest
-run at most as far from the reference as gflow's default: the ratio at equal accuracy.
+`cvode-dense`, `cvode-gmres`, `cvode-gmres-dq` (CVODE's own difference-quotient products),
+`cvode-adams` (`cvode.py`); a final `:all` (`cvode-gmres@1e-8:all`) runs it with JAX's and OpenBLAS's
+own thread counts instead of gflow's one thread. The table ends with each family's fastest run at most
+as far from the reference as gflow's default: the ratio at equal accuracy.
 
 Each contender runs in its own process (so that its peak memory is its own) under a wall-clock
 budget; a contender that runs out of budget or steps is reported as such. Times are after
