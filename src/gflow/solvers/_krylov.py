@@ -79,6 +79,14 @@ holds the prefix. At 36,864 parameters the 24 rows are 7 MB, and a product with 
 0.37 ms against 0.12 ms for 4 (a Hessian-vector product: 0.61 ms). How many converge varies: 4-5
 at 5 of the 183 renewals of problem D's stiff chunk, 17-24 at the rest."""
 
+CG_PRECONDITIONER_DTYPE = jnp.float32
+"""The precision of the conjugate-gradient solves' preconditioner (its two passes over the kept rows;
+the solves' residuals and products stay in the flow's float64). A preconditioner only steers the
+iteration, so its rounding at 1e-7 changes the iterates' path, not what they converge to, and each pass
+reads half the bytes: problem C 2.15 s against 2.52 s, D 46.0 s against 47.3 s (docs/performance.md).
+GMRES, the solves near a saddle (I + cH indefinite), keeps float64: in float32 its residual after one
+cycle on tests/test_krylov.py's saddle grew from 8.5e-5 to 1.1e-4."""
+
 POSITIVE_MARGIN = 0.1
 """CG is used when the kept eigenvalues give $1 + c\\lambda_{min} >$ this: I + cH is then safely
 positive definite (the margin covers a $\\lambda_{min}$ that Lanczos places slightly too high)."""
@@ -221,11 +229,16 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         structure = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
         matrix = lx.FunctionLinearOperator(lambda v: v + c * product(v), structure, lx.symmetric_tag)
         shrink = 1.0 / jnp.abs(1.0 + c * curvature) - 1.0
-        preconditioner = lx.FunctionLinearOperator(lambda v: v + self.through_kept(basis, curvature, shrink, v),
-                                                   structure,
-                                                   (lx.symmetric_tag, lx.positive_semidefinite_tag))
+
+        def preconditioner(dtype):  # the kept pairs' inverse, its passes over them in `dtype`
+            rows, weights = basis.astype(dtype), shrink.astype(dtype)
+
+            def apply(v):
+                return v + self.through_kept(rows, curvature, weights, v.astype(dtype)).astype(v.dtype)
+
+            return lx.FunctionLinearOperator(apply, structure, (lx.symmetric_tag, lx.positive_semidefinite_tag))
+
         guess, _ = super().solve_newton_system(terms, t, y, args, c, basis, curvature, rhs)  # exact on the kept pairs
-        options = {"preconditioner": preconditioner, "y0": guess}
 
         def conjugate_gradients():
             spd = lx.FunctionLinearOperator(matrix.fn, structure, (lx.symmetric_tag, lx.positive_semidefinite_tag))
@@ -234,6 +247,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
             # spent on the last one's convergence check)
             solver = lx.CG(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm, max_steps=KRYLOV_MAX_PRODUCTS,
                            stabilise_every=None)
+            options = {"preconditioner": preconditioner(CG_PRECONDITIONER_DTYPE), "y0": guess}
             solution = lx.linear_solve(spd, rhs, solver, options=options, throw=False)
             return solution.value, 1 + solution.stats["num_steps"].astype(jnp.int32)
 
@@ -243,6 +257,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
             # starting guess unchanged. A cycle ends with one product for its residual.
             solver = lx.GMRES(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm, max_steps=2,
                               restart=min(KRYLOV_MAX_PRODUCTS, rhs.shape[0]))
+            options = {"preconditioner": preconditioner(rhs.dtype), "y0": guess}
             solution = lx.linear_solve(matrix, rhs, solver, options=options, throw=False)
             cycles = solution.stats["num_steps"].astype(jnp.int32) - 1
             return solution.value, 1 + cycles * (solver.restart + 1)
