@@ -5,6 +5,8 @@ Three ways a user who knows CVODE would set it up on a gradient flow:
 - `"dense"`: BDF with the dense direct linear solver and the exact Jacobian (the negative Hessian, by
   `jax.jacfwd` of the gradient) whenever CVODE asks for one (CVODE keeps it across steps and renews it
   on Newton convergence failures or every 20 steps, its own policy);
+- `"dense-dq"`: the same without the Jacobian, which CVODE then forms by difference quotients (one
+  gradient per column);
 - `"gmres"`: BDF with matrix-free GMRES (`krylov_dim` 20, no preconditioner) and the exact
   Jacobian-vector product (`jax.jvp` of the gradient);
 - `"gmres-dq"`: the same, with CVODE's own difference-quotient product instead (one gradient each,
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("dense", "gmres", "gmres-dq", "adams")
+KINDS = ("dense", "dense-dq", "gmres", "gmres-dq", "adams")
 
 
 def available() -> bool:
@@ -77,6 +79,8 @@ def solve(kind: str, fns, y0: np.ndarray, grid: np.ndarray, rtol: float, atol: f
             JJ[:, :] = np.asarray(jac(jnp.asarray(y)))
 
         options.update(linsolver="dense", jacfn=jacobian)
+    elif kind == "dense-dq":  # no `jacfn`: CVODE's difference-quotient Jacobian, n gradients a column each
+        options.update(linsolver="dense")
     elif kind == "gmres-dq":  # no `jactimes`: SUNDIALS' difference quotients of `rhs` (counted as gradients)
         options.update(linsolver="gmres", krylov_dim=min(krylov_dim, n))
     else:
