@@ -161,3 +161,32 @@ def test_difference_products_agree_with_exact_ones_on_a_transformer_loss(scale):
         gap = np.linalg.norm(np.asarray(difference(v)) - want) / np.linalg.norm(want)
         assert gap < 1e-6, gap
     assert not np.any(np.asarray(difference(jnp.zeros_like(y))))
+
+
+def test_a_faint_deviation_along_an_unstable_direction_takes_exact_products():
+    """Near a saddle whose unstable direction holds less of y than a difference step moves, the
+    difference products' error would be the deviation's own size, so the solve takes exact products: its
+    result is then the exact-product solver's (to rounding). With a large component the differences are
+    used, and the result differs from it by about their error (~1e-8) only."""
+    y_saddle = jnp.zeros(N)
+    H = np.asarray(jax.hessian(loss)(y_saddle))
+    values, vectors = np.linalg.eigh(H)
+    kept = np.r_[0, N - 4:N]  # the unstable pair first
+    basis, curvature = jnp.asarray(vectors[:, kept].T), jnp.asarray(values[kept])
+    rhs = jnp.asarray(_rng.normal(size=N))
+    terms = diffrax.ODETerm(field)
+
+    def solved(y, differences):
+        solver = GradientFlowKrylovBDF(rtol=1e-6, atol=1e-9, difference_products=differences)
+        return np.asarray(solver.solve_newton_system(terms, 0.0, y, None, 0.01, basis, curvature, rhs,
+                                                     field(0.0, y, None))[0])
+
+    unstable = jnp.asarray(vectors[:, 0])
+    faint = 1e-12 * unstable + 1e-3 * jnp.asarray(vectors[:, N - 1])
+
+    def gap(y):
+        want = solved(y, False)
+        return np.abs(solved(y, True) - want).max() / np.abs(want).max()
+
+    assert gap(faint) < 1e-13, gap(faint)
+    assert 1e-11 < gap(0.05 * unstable) < 1e-6, gap(0.05 * unstable)
