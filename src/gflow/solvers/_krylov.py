@@ -121,13 +121,18 @@ def _hessian_product(terms, t, y, args):
     return product
 
 
+def _difference_step(y: Float[Array, " n"]) -> Float[Array, ""]:
+    """The length $\\sqrt{\\epsilon_{mach}}(1 + \\|y\\|)$ of a difference product's step $\\varepsilon v$."""
+    return jnp.sqrt(jnp.finfo(y.dtype).eps) * (1.0 + jnp.linalg.norm(y))
+
+
 def _difference_product(terms, t, y, args, field_at_y):
     """$Hv$ as a forward difference of the vector field $f = -\\nabla L$ (the module docstring):
     $-(f(y + \\varepsilon v) - f(y)) / \\varepsilon$ with $\\varepsilon = \\sqrt{\\epsilon_{mach}}
     (1 + \\|y\\|) / \\|v\\|$, the usual Jacobian-free Newton-Krylov step (Knoll & Keyes 2004): its
     truncation error is of order $\\varepsilon \\|v\\|$ on the scale on which H changes, its rounding error
     of order $\\epsilon_{mach} / \\varepsilon$, both about $\\sqrt{\\epsilon_{mach}}$ relative."""
-    offset = jnp.sqrt(jnp.finfo(y.dtype).eps) * (1.0 + jnp.linalg.norm(y))
+    offset = _difference_step(y)
 
     def product(v):
         size = jnp.linalg.norm(v)
@@ -282,8 +287,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         # (the module docstring): there the difference's error would be the deviation's own size.
         # One choice per solve, not per product: a branch inside CG's loop cost problem C 15%.
         along = self.in_kept_basis(basis, curvature, y)
-        step = jnp.sqrt(jnp.finfo(y.dtype).eps) * (1.0 + jnp.linalg.norm(y))
-        faint = jnp.any((curvature < 0) & (jnp.abs(along) < step))
+        faint = jnp.any((curvature < 0) & (jnp.abs(along) < _difference_step(y)))
         branches = [lambda: conjugate_gradients(difference), lambda: conjugate_gradients(exact),
                     lambda: gmres(difference), lambda: gmres(exact)]
         return jax.lax.switch(2 * (~definite).astype(jnp.int32) + faint.astype(jnp.int32), branches)
