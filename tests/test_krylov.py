@@ -141,6 +141,30 @@ def test_a_newton_system_is_solved_and_its_products_counted(c, bound, difference
     assert int(products) == len(calls) <= KRYLOV_MAX_PRODUCTS + 2
 
 
+def test_a_coordinate_the_loss_leaves_alone_does_not_end_a_newton_solve():
+    """A coordinate the loss does not depend on (a zero row and column of H) with a zero right-hand side
+    there: the solve's entry-by-entry test then divides 0 by 0 at it. lineax's test read that NaN as
+    converged and stopped CG after one iteration (2 products, a residual far above the tolerance);
+    counted as met, the solve runs on and reaches `KRYLOV_RTOL` (the definite case of the test above)."""
+    def free_field(t, y, args):  # y[0] does not enter the loss
+        return field(t, y.at[0].set(0.0), args).at[0].set(0.0)
+
+    y = jnp.zeros(N)
+    H = np.asarray(jax.jacfwd(lambda x: -free_field(0.0, x, None))(y))
+    values, vectors = np.linalg.eigh(H)
+    kept = np.r_[0, N - 4:N]
+    basis, curvature = jnp.asarray(vectors[:, kept].T), jnp.asarray(values[kept])
+    assert not np.any(np.asarray(basis[:, 0]))  # the kept pairs leave the free coordinate alone too
+    rhs = jnp.asarray(_rng.normal(size=N)).at[0].set(0.0)
+    terms = diffrax.ODETerm(free_field)
+    solver = GradientFlowKrylovBDF(rtol=1e-6, atol=1e-9)
+    x, products = solver.solve_newton_system(terms, 0.0, y, None, 0.01, basis, curvature, rhs,
+                                             free_field(0.0, y, None))
+    x = np.asarray(x)
+    assert int(products) > 2
+    assert np.linalg.norm(x + 0.01 * H @ x - rhs) / np.linalg.norm(rhs) <= KRYLOV_RTOL
+
+
 @pytest.mark.parametrize("scale", [1e-3, 0.3, 3.0])
 def test_difference_products_agree_with_exact_ones_on_a_transformer_loss(scale):
     """The Newton solves' forward-difference products against `jax.jvp` of the gradient, on a

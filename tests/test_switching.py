@@ -24,6 +24,26 @@ from gflow.solvers._explicit import STIFF_STEPS, _watch_constants
 BDF = "GradientFlowBDF"
 
 
+def test_the_implicit_cost_counts_each_product_as_the_solver_takes_it():
+    """The switch back to Tsit5 weighs the BDF's work per step in gradients, as each BDF counts it
+    (closed forms of the counters): a dense Hessian as n exact products; the Krylov solver's Lanczos
+    renewals as exact products and its Newton products as one gradient each when they are differences,
+    as exact ones otherwise."""
+    from gflow.solvers import GradientFlowBDF, GradientFlowKrylovBDF, implicit_step_cost
+    from gflow.solvers._bdf import EXACT_PRODUCT_COST as exact
+    from gflow.solvers._krylov import LANCZOS_STEPS
+
+    work = {"num_gradient_evaluations": 300, "num_hessian_evaluations": 2,
+            "num_hessian_vector_products": 2 * LANCZOS_STEPS + 1000}
+    tolerances = dict(rtol=1e-6, atol=1e-9)
+    dense, krylov = GradientFlowBDF(**tolerances), GradientFlowKrylovBDF(**tolerances)
+    exact_krylov = GradientFlowKrylovBDF(**tolerances, difference_products=False)
+    lanczos = 2 * LANCZOS_STEPS
+    assert implicit_step_cost(work, 100, dense, 50) == (300 + exact * 50 * 2) / 100
+    assert implicit_step_cost(work, 100, krylov, 5000) == (300 + exact * lanczos + 1000) / 100
+    assert implicit_step_cost(work, 100, exact_krylov, 5000) == (300 + exact * (lanczos + 1000)) / 100
+
+
 @pytest.fixture(scope="module")
 def demo():
     spec = gflow.MarkovSpec.sticky((0.75, 0.19, 0.05, 0.01), 0.5, T=10)

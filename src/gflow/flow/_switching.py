@@ -71,7 +71,7 @@ class SwitchingMethods(AbstractChunkStrategy):
         tableau = plans[EXPLICIT].setup.solver.tableau
         self.boundary = stability_boundary(tableau)
         self.explicit_cost = float(int(tableau.num_stages) - int(bool(tableau.fsal)))
-        self.dense_hessian = bool(getattr(plans[STIFF].setup.solver, "dense_hessian", False))
+        self.stiff_solver = plans[STIFF].setup.solver
         self._programs: dict[tuple, object] = {}  # the curvature program, by batch shape
 
     def curvatures(self, plan, ends: np.ndarray) -> np.ndarray:
@@ -137,8 +137,8 @@ class SwitchingMethods(AbstractChunkStrategy):
                 out[b] = STIFF if stability_limited(step, curvature[b], self.boundary) else EXPLICIT
             else:
                 steps = int(chunk.accepted_steps[b]) + int(chunk.rejected_steps[b])
-                cost = implicit_step_cost({k: int(v[b]) for k, v in chunk.work.items()}, steps,
-                                          n_params if self.dense_hessian else 0)
+                cost = implicit_step_cost({k: int(v[b]) for k, v in chunk.work.items()}, steps, self.stiff_solver,
+                                          n_params)
                 out[b] = EXPLICIT if explicit_cheaper(step, curvature[b], self.boundary, cost,
                                                       self.explicit_cost) else STIFF
         return out

@@ -42,6 +42,10 @@ from ._chosen_steps import SolverChosenSteps, StepDecision, rms
 from ._hessian import hessian_eigenbasis, unstable_error_norm, unstable_step_limit
 
 MAX_ORDER = 5
+EXACT_PRODUCT_COST = 2.0
+"""One exact (forward-over-reverse) Hessian-vector product in gradient evaluations, for the work
+counts the switching default compares (`work_in_gradients`): measured 2.7 at problem D's size, 2.4
+at F's, 1.3 at C's (docs/performance.md)."""
 NEWTON_MAXITER = 4
 """scipy's cap on Newton iterations per step: the Krylov BDF's and that of scipy's algorithm
 (`GradientFlowBDF(newton_iterations=4, newton_divergence=None, newton_tolerance=None,
@@ -265,6 +269,12 @@ class GradientFlowBDF(AbstractGradientFlowSolver):
 
     def counters(self, solver_state: _State) -> dict:
         return {"num_hessian_evaluations": solver_state.hessians, "num_gradient_evaluations": solver_state.gradients}
+
+    def work_in_gradients(self, work: dict[str, int], n_params: int) -> float:
+        """The work this solver's counters `work` record, in gradient evaluations: its gradients, and each
+        Hessian (`jax.hessian`: `n_params` exact Hessian-vector products) at `EXACT_PRODUCT_COST`."""
+        return work.get("num_gradient_evaluations", 0) + \
+            EXACT_PRODUCT_COST * n_params * work.get("num_hessian_evaluations", 0)
 
     # The two places where the linear algebra lives; a matrix-free subclass replaces both (_krylov.py).
     def kept_eigenpairs(self, terms, t, y, args) -> tuple[Float[Array, "n r"], Float[Array, " r"], Int[Array, ""]]:

@@ -17,7 +17,8 @@ Both tests are ratios of the flow's own scales, so they mean the same on any mod
 - `explicit_cheaper`: an implicit method is worth it only while its steps are longer than the
   explicit method's stability limit $\\beta/\\rho$ by more than the ratio of their costs per step.
   The implicit step's cost is counted from its own work counters (gradients, Hessian-vector
-  products, dense Hessians) in gradient evaluations; the explicit one is its stages per step.
+  products, dense Hessians) in gradient evaluations, by the solver itself (`work_in_gradients`);
+  the explicit one is its stages per step.
 """
 
 from __future__ import annotations
@@ -40,10 +41,6 @@ STABILITY_FRACTION = 0.5
 SAFETY = 2.0
 """The explicit method takes over only when it is estimated this many times cheaper: its estimate
 counts stability-limited steps, a lower bound (accuracy may ask for shorter ones)."""
-
-HESSIAN_VECTOR_COST = 2.0
-"""One Hessian-vector product (forward-over-reverse) in gradient evaluations."""
-
 
 def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
     """The largest $\\beta$ with $|R(-x)| \\leq 1$ for all $x \\in [0, \\beta]$, $R(z) = 1 + z\\,b^\\top(I -
@@ -83,13 +80,12 @@ def stability_limited(step: float, curvature: float, boundary: float) -> bool:
     return bool(step * curvature >= STABILITY_FRACTION * boundary)
 
 
-def implicit_step_cost(work: dict[str, int], steps: int, hessian_products: int) -> float:
-    """The implicit method's cost per attempted step in gradient evaluations, from its counters over
-    a chunk: gradients, `HESSIAN_VECTOR_COST` per Hessian-vector product, and each Hessian renewal
-    as `hessian_products` products (the parameter count for a dense Hessian; 0 for a matrix-free
-    solver, whose renewals are Lanczos products already counted)."""
-    products = work.get("num_hessian_vector_products", 0) + hessian_products * work.get("num_hessian_evaluations", 0)
-    return (work.get("num_gradient_evaluations", 0) + HESSIAN_VECTOR_COST * products) / max(steps, 1)
+def implicit_step_cost(work: dict[str, int], steps: int, solver, n_params: int) -> float:
+    """The implicit method's cost per attempted step in gradient evaluations, from its counters `work`
+    over a chunk of `steps` attempted steps, as the BDF `solver` counts its own work
+    (`work_in_gradients`: a dense Hessian as `n_params` exact products, a Krylov solve's difference
+    products as one gradient each)."""
+    return solver.work_in_gradients(work, n_params) / max(steps, 1)
 
 
 def explicit_cheaper(step: float, curvature: float, boundary: float, implicit_cost: float,
