@@ -42,6 +42,7 @@ SAFETY = 2.0
 """The explicit method takes over only when it is estimated this many times cheaper: its estimate
 counts stability-limited steps, a lower bound (accuracy may ask for shorter ones)."""
 
+
 def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
     """The largest $\\beta$ with $|R(-x)| \\leq 1$ for all $x \\in [0, \\beta]$, $R(z) = 1 + z\\,b^\\top(I -
     zA)^{-1}\\mathbf 1$ the stability function of the explicit tableau (found on a grid of 1e-4).
