@@ -154,7 +154,7 @@ def test_a_coordinate_the_loss_leaves_alone_does_not_end_a_newton_solve():
     values, vectors = np.linalg.eigh(H)
     kept = np.r_[0, N - 4:N]
     basis, curvature = jnp.asarray(vectors[:, kept].T), jnp.asarray(values[kept])
-    assert not np.any(np.asarray(basis[:, 0]))  # the kept pairs leave the free coordinate alone too
+    basis = basis.at[:, 0].set(0.0)  # exactly what they are in exact arithmetic: H leaves y[0] alone
     rhs = jnp.asarray(_rng.normal(size=N)).at[0].set(0.0)
     terms = diffrax.ODETerm(free_field)
     solver = GradientFlowKrylovBDF(rtol=1e-6, atol=1e-9)
