@@ -44,7 +44,7 @@ def costs(problem: str) -> dict:
     from scale import PROBLEMS, setting
 
     import gflow
-    from gflow.solvers._krylov import KEPT_PAIRS, LANCZOS_STEPS, _hessian_product, lanczos_eigenpairs
+    from gflow.solvers._krylov import KEPT_PAIRS, LANCZOS_STEPS, _hessian_product, _two_norm, lanczos_eigenpairs
 
     spec, config, p0 = setting(**PROBLEMS[problem])
     layout = gflow.ParamLayout.of(config, spec)
@@ -74,7 +74,7 @@ def costs(problem: str) -> dict:
         if preconditioned:
             options["preconditioner"] = lx.FunctionLinearOperator(
                 lambda v: v + (rows.T @ ((rows @ v.astype(jnp.float32)) * weights)).astype(v.dtype), structure, tags)
-        solver = lx.CG(rtol=1e-14, atol=0.0, max_steps=10, stabilise_every=None)
+        solver = lx.CG(rtol=1e-14, atol=0.0, norm=_two_norm, max_steps=10, stabilise_every=None)  # the solver's test
         return lx.linear_solve(lx.FunctionLinearOperator(lambda v: diagonal * v, structure, tags), b, solver,
                                options=options, throw=False).value
 

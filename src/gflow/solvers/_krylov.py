@@ -114,6 +114,11 @@ def _over_kept_prefix(curvature: Float[Array, " r"], make: Callable[[int], Array
     return jax.lax.switch(index, [lambda w=w: make(w) for w in widths])
 
 
+def _renewal_products(n: int) -> int:
+    """The exact products one renewal of the kept eigenpairs takes: a Lanczos step each."""
+    return min(LANCZOS_STEPS, n)
+
+
 def _hessian_product(terms, t, y, args):
     def product(v):
         return -jax.jvp(lambda x: terms.vf(t, x, args), (y,), (v,))[1]
@@ -222,7 +227,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         """Gradients; each renewal's Lanczos products exact (`EXACT_PRODUCT_COST`); the Newton solves'
         products one gradient each when they are differences (the few that a faint deviation makes exact
         are counted as differences too: 24 of problem C's 5,181 solves)."""
-        lanczos = min(LANCZOS_STEPS, n_params) * work.get("num_hessian_evaluations", 0)
+        lanczos = _renewal_products(n_params) * work.get("num_hessian_evaluations", 0)
         newton = work.get("num_hessian_vector_products", 0) - lanczos
         newton_cost = 1.0 if self.difference_products else EXACT_PRODUCT_COST
         return work.get("num_gradient_evaluations", 0) + EXACT_PRODUCT_COST * lanczos + newton_cost * newton
@@ -230,7 +235,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
     def kept_eigenpairs(self, terms, t, y, args) -> tuple[Float[Array, "m n"], Float[Array, " m"], Int[Array, ""]]:
         basis, curvature = lanczos_eigenpairs(_hessian_product(terms, t, y, args), y.shape[0], LANCZOS_STEPS,
                                               y.dtype, KEPT_PAIRS)
-        return basis, curvature, jnp.asarray(min(LANCZOS_STEPS, y.shape[0]), jnp.int32)
+        return basis, curvature, jnp.asarray(_renewal_products(y.shape[0]), jnp.int32)
 
     # The kept vectors are rows here (`lanczos_eigenpairs`), and products read only the converged ones.
     def in_kept_basis(self, basis, curvature, v):
