@@ -9,7 +9,7 @@ import pytest
 
 import gflow
 from gflow.solvers import GradientFlowBDF, GradientFlowKrylovBDF, SolverChosenSteps
-from gflow.solvers._krylov import KRYLOV_MAX_PRODUCTS, KRYLOV_RTOL, LANCZOS_STEPS, lanczos_eigenpairs
+from gflow.solvers._krylov import KRYLOV_MAX_PRODUCTS, KRYLOV_RTOL, LANCZOS_STEPS, KeptRows, lanczos_eigenpairs
 
 N = 2 * LANCZOS_STEPS  # more parameters than Lanczos steps: the kept eigenpairs are a few of H's
 _rng = np.random.default_rng(0)
@@ -132,7 +132,7 @@ def test_a_newton_system_is_solved_and_its_products_counted(c, bound, difference
     H = np.asarray(jax.hessian(loss)(y))
     values, vectors = np.linalg.eigh(H)
     kept = np.r_[0, N - 4:N]
-    basis, curvature = jnp.asarray(vectors[:, kept].T), jnp.asarray(values[kept])  # the kept pairs are rows
+    basis, curvature = KeptRows.of(jnp.asarray(vectors[:, kept].T)), jnp.asarray(values[kept])  # kept pairs as rows
     rhs = jnp.asarray(_rng.normal(size=N))
     x, products = solver.solve_newton_system(terms, 0.0, y, None, c, basis, curvature, rhs, field(0.0, y, None))
     x = np.asarray(x)
@@ -153,8 +153,8 @@ def test_a_coordinate_the_loss_leaves_alone_does_not_end_a_newton_solve():
     H = np.asarray(jax.jacfwd(lambda x: -free_field(0.0, x, None))(y))
     values, vectors = np.linalg.eigh(H)
     kept = np.r_[0, N - 4:N]
-    basis, curvature = jnp.asarray(vectors[:, kept].T), jnp.asarray(values[kept])
-    basis = basis.at[:, 0].set(0.0)  # exactly what they are in exact arithmetic: H leaves y[0] alone
+    # exactly what they are in exact arithmetic: H leaves y[0] alone
+    basis, curvature = KeptRows.of(jnp.asarray(vectors[:, kept].T).at[:, 0].set(0.0)), jnp.asarray(values[kept])
     rhs = jnp.asarray(_rng.normal(size=N)).at[0].set(0.0)
     terms = diffrax.ODETerm(free_field)
     solver = GradientFlowKrylovBDF(rtol=1e-6, atol=1e-9)
@@ -196,7 +196,7 @@ def test_a_faint_deviation_along_an_unstable_direction_takes_exact_products():
     H = np.asarray(jax.hessian(loss)(y_saddle))
     values, vectors = np.linalg.eigh(H)
     kept = np.r_[0, N - 4:N]  # the unstable pair first
-    basis, curvature = jnp.asarray(vectors[:, kept].T), jnp.asarray(values[kept])
+    basis, curvature = KeptRows.of(jnp.asarray(vectors[:, kept].T)), jnp.asarray(values[kept])
     rhs = jnp.asarray(_rng.normal(size=N))
     terms = diffrax.ODETerm(field)
 

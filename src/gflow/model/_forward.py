@@ -73,6 +73,17 @@ def values(params: TransformerParams, a: Float[Array, "*batch d_model"],
     return jnp.broadcast_to(a, (config.n_heads, *a.shape))
 
 
+def mix_values(params: TransformerParams, alpha: Float[Array, "*batch n_heads T S"], a: Float[Array, "*batch S d_model"],
+               config: TransformerConfig, layer: int = 1) -> Float[Array, "*batch T d_model"]:
+    """The attention output $\\sum_k \\sum_s \\alpha_{k,ts} v_{k,s}$ of every head, summed, from the
+    attention input `a` of the keys (positions or types). Without a value path every head reads `a`
+    itself, so the heads' weights are summed first: one product instead of one per head (problem F of
+    docs/performance.md: a gradient 10% cheaper)."""
+    if config.value:
+        return jnp.einsum("...kts,k...sd->...td", alpha, values(params, a, config, layer))
+    return jnp.sum(alpha, axis=-3) @ a
+
+
 def unembedding(params: TransformerParams, config: TransformerConfig) -> Float[Array, "*batch d_model V"]:
     """The matrix the readout multiplies by: `W_U`, or `W_E`ᵀ when tied (params stacked over times keep
     their leading axes). Analyses read it here, so they see what the model uses."""
@@ -128,7 +139,7 @@ def sequence_attention_layers(params: TransformerParams, tokens: Int[Array, "bat
     alpha = _causal_weights(params, a, config)
     if config.n_layers == 1:
         return (alpha,)
-    z = jnp.einsum("bkts,kbsd->btd", alpha, values(params, a, config)) + h
+    z = mix_values(params, alpha, a, config) + h
     return alpha, _causal_weights(params, z, config, layer=2)
 
 
@@ -150,12 +161,12 @@ def sequence_logits(params: TransformerParams, tokens: Int[Array, "batch T"],
     h = embed(params, tokens, config)
     a = attention_input(params, h, config)
     alpha = _causal_weights(params, a, config)
-    attended = jnp.einsum("bkts,kbsd->btd", alpha, values(params, a, config))
+    attended = mix_values(params, alpha, a, config)
     if config.n_layers == 1:
         return readout(params, attended, h, config)
     z = attended + h  # two layers always have the residual stream
     alpha2 = _causal_weights(params, z, config, layer=2)
-    z = z + jnp.einsum("bkts,kbsd->btd", alpha2, values(params, z, config, layer=2))
+    z = z + mix_values(params, alpha2, z, config, layer=2)
     return stream_readout(params, z, config)
 
 
@@ -191,5 +202,5 @@ def type_logits(params: TransformerParams, config: TransformerConfig, query: Int
     proportions `key_weights` (valid only without positional encoding)."""
     alpha = type_attention(params, config, query, key_weights)  # (k, S, V)
     h = params.W_E  # the residual stream of each token type
-    attended = jnp.einsum("ksb,kbd->sd", alpha, values(params, attention_input(params, h, config), config))
+    attended = mix_values(params, alpha, attention_input(params, h, config), config)
     return readout(params, attended, h[query], config)

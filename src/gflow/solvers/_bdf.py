@@ -197,8 +197,8 @@ class _State(eqx.Module):
     order: Int[Array, ""]
     equal_steps: Int[Array, ""]  # accepted steps since the last change of h or order
     # Q and lambda: eigenpairs of a Hessian taken earlier (r = n when dense); Q's layout is the solver's
-    # (`in_kept_basis`): columns n x r for the dense one, rows r x n for the Krylov one
-    basis: Float[Array, "n r"] | Float[Array, "r n"]
+    # (`in_kept_basis`): columns n x r for the dense one, the Krylov one's rows r x n (`KeptRows`)
+    basis: Float[Array, "n r"] | eqx.Module
     curvature: Float[Array, " r"]
     kept_steps: Int[Array, ""]  # steps taken since the eigenpairs were computed
     limited: Bool[Array, ""]  # the last step was cut by the kept eigenpairs' `unstable_step_limit`

@@ -196,6 +196,26 @@ def lanczos_eigenpairs(product, n: int, steps: int, dtype,
     return jnp.where(good[:, None], S.T @ Q, 0.0), jnp.where(good, theta, 0.0)
 
 
+def _through_rows(rows: Float[Array, "r n"], curvature: Float[Array, " r"], weights: Float[Array, " r"],
+                  v: Float[Array, " n"]) -> Float[Array, " n"]:
+    """$V^\\top \\mathrm{diag}(w)\\,V v$ with the kept `rows` $V$, reading only those that hold a pair."""
+    return _over_kept_prefix(curvature, lambda w: rows[:w].T @ ((rows[:w] @ v) * weights[:w]))
+
+
+class KeptRows(eqx.Module):
+    """The kept eigenvectors as rows (`lanczos_eigenpairs`), in the flow's precision and, converted once
+    per renewal, in the conjugate-gradient preconditioner's (`CG_PRECONDITIONER_DTYPE`). Converted at
+    every Newton solve instead, the copy took 22 µs a solve at problem F's size (3,456 parameters), a
+    tenth of a step's time outside its products."""
+
+    rows: Float[Array, "r n"]
+    preconditioner_rows: Float[Array, "r n"]
+
+    @classmethod
+    def of(cls, rows: Float[Array, "r n"]) -> KeptRows:
+        return cls(rows, rows.astype(CG_PRECONDITIONER_DTYPE))
+
+
 class GradientFlowKrylovBDF(GradientFlowBDF):
     """`GradientFlowBDF`'s steps with matrix-free Newton solves (module docstring): for flows with
     thousands of parameters and more, where a dense Hessian costs too much time and memory."""
@@ -232,20 +252,26 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         newton_cost = 1.0 if self.difference_products else EXACT_PRODUCT_COST
         return work.get("num_gradient_evaluations", 0) + EXACT_PRODUCT_COST * lanczos + newton_cost * newton
 
-    def kept_eigenpairs(self, terms, t, y, args) -> tuple[Float[Array, "m n"], Float[Array, " m"], Int[Array, ""]]:
-        basis, curvature = lanczos_eigenpairs(_hessian_product(terms, t, y, args), y.shape[0], LANCZOS_STEPS,
-                                              y.dtype, KEPT_PAIRS)
-        return basis, curvature, jnp.asarray(_renewal_products(y.shape[0]), jnp.int32)
+    def kept_eigenpairs(self, terms, t, y, args) -> tuple[KeptRows, Float[Array, " m"], Int[Array, ""]]:
+        rows, curvature = lanczos_eigenpairs(_hessian_product(terms, t, y, args), y.shape[0], LANCZOS_STEPS,
+                                             y.dtype, KEPT_PAIRS)
+        return KeptRows.of(rows), curvature, jnp.asarray(_renewal_products(y.shape[0]), jnp.int32)
 
     # The kept vectors are rows here (`lanczos_eigenpairs`), and products read only the converged ones.
-    def in_kept_basis(self, basis, curvature, v):
-        r = basis.shape[0]
-        return _over_kept_prefix(curvature, lambda w: jnp.concatenate([v @ basis[:w].T,
-                                                                       jnp.zeros((*v.shape[:-1], r - w), v.dtype)],
-                                                                      axis=-1))
+    def in_kept_basis(self, basis: KeptRows, curvature, v):
+        rows = basis.rows
+        r = rows.shape[0]
 
-    def through_kept(self, basis, curvature, weights, v):
-        return _over_kept_prefix(curvature, lambda w: basis[:w].T @ ((basis[:w] @ v) * weights[:w]))
+        def coordinates(w):
+            # a stack of vectors one product at a time: inside the run, XLA's CPU product of a 4 x n stack
+            # with the 24 x n rows took 230 µs at problem F's size, four products 24 µs (docs/performance.md)
+            within = jnp.stack([rows[:w] @ u for u in v]) if v.ndim > 1 else rows[:w] @ v
+            return jnp.concatenate([within, jnp.zeros((*v.shape[:-1], r - w), v.dtype)], axis=-1)
+
+        return _over_kept_prefix(curvature, coordinates)
+
+    def through_kept(self, basis: KeptRows, curvature, weights, v):
+        return _through_rows(basis.rows, curvature, weights, v)
 
     @property
     def needs_field_at_prediction(self) -> bool:
@@ -256,10 +282,11 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         shrink = 1.0 / jnp.abs(1.0 + c * curvature) - 1.0
 
         def preconditioner(dtype):  # the kept pairs' inverse, its passes over them in `dtype`
-            rows, weights = basis.astype(dtype), shrink.astype(dtype)
+            rows = basis.preconditioner_rows if dtype == CG_PRECONDITIONER_DTYPE else basis.rows
+            weights = shrink.astype(dtype)
 
             def apply(v):
-                return v + self.through_kept(rows, curvature, weights, v.astype(dtype)).astype(v.dtype)
+                return v + _through_rows(rows, curvature, weights, v.astype(dtype)).astype(v.dtype)
 
             return lx.FunctionLinearOperator(apply, structure, (lx.symmetric_tag, lx.positive_semidefinite_tag))
 
