@@ -41,7 +41,10 @@ class GradientField(eqx.Module):
         return self.loss(self.layout.unflatten(y))
 
     def __call__(self, t, y: Float[Array, " n"], args) -> Float[Array, " n"]:
-        return -jax.grad(self.value)(y)
+        # The gradient with respect to the weights, flattened after: differentiating through the flat
+        # vector's slices instead makes XLA assemble the result in one loop over every entry, with a
+        # branch per weight (problem F of docs/performance.md: 27.4 µs a gradient against 23.7 µs)
+        return -self.layout.flatten(jax.grad(self.loss)(self.layout.unflatten(y)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

