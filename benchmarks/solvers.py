@@ -259,7 +259,7 @@ def problem_b(quick: bool, torch_steps: int):
         b.scipy_row(method, 1e-6)
     b.cvode_rows("adams", (1e-6, 1e-7))
     b.cvode_rows("gmres", (1e-6,))
-    b.cvode_rows("gmres-dq", (1e-6,))
+    b.cvode_rows("gmres-dq", (1e-6, 1e-7, 1e-8))
     if torch_steps is not None:
         b.gd_rows((0.1, 0.05), torch_steps)
     b.table()
