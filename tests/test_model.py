@@ -70,3 +70,29 @@ def test_type_level_forward_equals_sequence_forward(key, value, residual):
             counts = np.bincount(seqs[b, : t + 1], minlength=4).astype(np.float64)
             lt = type_logits(p, cfg, jnp.asarray([seqs[b, t]]), jnp.asarray(counts[None]))
             np.testing.assert_allclose(lt[0], seq_logits[b, t], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_sequence_forward_matches_a_head_by_head_loop(key, value):
+    """The causal forward against numpy written head by head and position by position: each head's
+    scores, its softmax over the keys up to the query, its values (`a W_V W_O`, or `a` itself), and the
+    heads' outputs summed (`mix_values` sums the heads' weights first when there is no value path)."""
+    spec = gflow.MarkovSpec.sticky([0.4, 0.3, 0.2, 0.1], 0.2, T=6)
+    cfg = gflow.TransformerConfig(n_heads=3, d_model=5, d_head=2, value=value)
+    p = gflow.init_params(key, cfg, spec, scale=0.8)
+    tokens = np.asarray(spec.sample(jax.random.key(4), 2))[:, :6]
+    got = np.asarray(sequence_logits(p, jnp.asarray(tokens), cfg))
+    W = {name: np.asarray(getattr(p, name)) for name in ("W_E", "W_Q", "W_K", "W_U")}
+    if value:
+        W_V, W_O = np.asarray(p.W_V), np.asarray(p.W_O)
+    for b in range(tokens.shape[0]):
+        a = W["W_E"][tokens[b]]
+        for t in range(tokens.shape[1]):
+            out = np.zeros(cfg.d_model)
+            for k in range(cfg.n_heads):
+                scores = np.array([cfg.score_scale * (a[t] @ W["W_Q"][k]) @ (a[s] @ W["W_K"][k]) for s in range(t + 1)])
+                weights = np.exp(scores - scores.max())
+                weights /= weights.sum()
+                vectors = a[: t + 1] @ W_V[k] @ W_O[k] if value else a[: t + 1]
+                out += weights @ vectors
+            np.testing.assert_allclose(got[b, t], out @ W["W_U"], rtol=1e-12, atol=1e-12)

@@ -44,9 +44,9 @@ from ._hessian import hessian_eigenbasis, unstable_error_norm, unstable_step_lim
 MAX_ORDER = 5
 EXACT_PRODUCT_COST = 2.0
 """One exact (forward-over-reverse) Hessian-vector product in gradient evaluations, for the work
-counts the switching default compares (`work_in_gradients`): measured inside a compiled loop, 1.6 at
-problem C's size, 1.8 at F's and D's (docs/performance.md); 2 rounds up for the products' own
-vector work."""
+counts the switching default compares (`work_in_gradients`): measured inside a compiled loop, 1.7 at
+problem C's size, 1.8 at F's and 2.1 at D's (docs/performance.md, 2026-12-07, sixth session); 2 is the
+round figure between them."""
 NEWTON_MAXITER = 4
 """scipy's cap on Newton iterations per step: the Krylov BDF's and that of scipy's algorithm
 (`GradientFlowBDF(newton_iterations=4, newton_divergence=None, newton_tolerance=None,
