@@ -282,8 +282,8 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
         structure = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
         shrink = 1.0 / jnp.abs(1.0 + c * curvature) - 1.0
 
-        def preconditioner(dtype):  # the kept pairs' inverse, its passes over them in `dtype`
-            rows = basis.preconditioner_rows if dtype == CG_PRECONDITIONER_DTYPE else basis.rows
+        def preconditioner(rows):  # the kept pairs' inverse, its passes over `rows` in their precision
+            dtype = rows.dtype
             weights = shrink.astype(dtype)
 
             def apply(v):
@@ -301,7 +301,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
             # spent on the last one's convergence check)
             solver = lx.CG(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm, max_steps=KRYLOV_MAX_PRODUCTS,
                            stabilise_every=None)
-            options = {"preconditioner": preconditioner(CG_PRECONDITIONER_DTYPE), "y0": guess}
+            options = {"preconditioner": preconditioner(basis.preconditioner_rows), "y0": guess}
             solution = lx.linear_solve(spd, rhs, solver, options=options, throw=False)
             return solution.value, 1 + solution.stats["num_steps"].astype(jnp.int32)
 
@@ -312,7 +312,7 @@ class GradientFlowKrylovBDF(GradientFlowBDF):
             matrix = lx.FunctionLinearOperator(lambda v: v + c * product(v), structure, lx.symmetric_tag)
             solver = lx.GMRES(rtol=KRYLOV_RTOL, atol=0.0, norm=_two_norm, max_steps=2,
                               restart=min(KRYLOV_MAX_PRODUCTS, rhs.shape[0]))
-            options = {"preconditioner": preconditioner(rhs.dtype), "y0": guess}
+            options = {"preconditioner": preconditioner(basis.rows), "y0": guess}
             solution = lx.linear_solve(matrix, rhs, solver, options=options, throw=False)
             cycles = solution.stats["num_steps"].astype(jnp.int32) - 1
             return solution.value, 1 + cycles * (solver.restart + 1)
