@@ -91,6 +91,30 @@ def test_chunking_agrees_with_one_chunk_to_tolerance(small_setting):
     assert np.abs(one - many).max() < 1e-7
 
 
+def test_recorded_loss_and_gradient_norm_are_those_of_the_saved_states(small_setting):
+    """Each chunk evaluates the loss once per distinct save time (its solve's slots after the last
+    point repeat it): the recorded values must still be those of every saved state, and a slot the
+    solve did not reach must read as not finite."""
+    from gflow.flow._chunk import _at_saved_points
+
+    spec, config, _ = small_setting
+    traj = run(small_setting, chunk_size=5)  # 16 save slots a chunk, 11 of them repeats
+    layout = ParamLayout.of(config, spec)
+    fn = gflow.loss_function(spec, config, "counts")
+    loss, grad_norm = (np.asarray(a) for a in gflow.losses.loss_and_gradient_norm(fn, layout, jnp.asarray(flat(traj))))
+    np.testing.assert_allclose(traj.loss, loss, rtol=1e-13)
+    np.testing.assert_allclose(traj.grad_norm, grad_norm, rtol=1e-12)
+
+    states = flat(traj)
+    # two points, the second one's time repeated, then a slot the solve did not reach
+    ys = jnp.asarray(np.stack([states[3], states[7], states[7], np.full_like(states[0], np.inf)]))
+    field = gflow.GradientField(fn, layout)
+    got = _at_saved_points(field, jnp.asarray([1.0, 2.0, 2.0, 3.0]), ys)
+    np.testing.assert_allclose(got[0][:3], loss[[3, 7, 7]], rtol=1e-13)
+    np.testing.assert_allclose(got[1][:3], grad_norm[[3, 7, 7]], rtol=1e-12)
+    assert np.isnan(got[0][3]) and np.isnan(got[1][3])
+
+
 def test_solver_failure_keeps_what_was_computed(small_setting):
     traj = run(small_setting, max_steps=8, chunk_size=2)
     assert traj.status == "max_steps" and "max_steps" in traj.message

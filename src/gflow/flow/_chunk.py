@@ -83,14 +83,42 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> Ch
         saveat=diffrax.SaveAt(ts=ts, solver_state=keeps_state, controller_state=True),
         stepsize_controller=last_step_recorded(controller), max_steps=max_steps, throw=False,
     )
-    loss, grad = jax.vmap(jax.value_and_grad(field.value))(sol.ys)
+    loss, grad_norm = _at_saved_points(field, ts, sol.ys)
     work = solver_counters(solver, sol.solver_state, controller, sol.controller_state[0]) if keeps_state else {}
-    return ChunkResult(times=sol.ts, states=sol.ys, loss=loss, grad_norm=jnp.linalg.norm(grad, axis=-1),
+    return ChunkResult(times=sol.ts, states=sol.ys, loss=loss, grad_norm=grad_norm,
                        ok=sol.result == diffrax.RESULTS.successful,
                        hit_max_steps=sol.result == diffrax.RESULTS.max_steps_reached,
                        accepted_steps=sol.stats["num_accepted_steps"], rejected_steps=sol.stats["num_rejected_steps"],
                        last_step=last_step(sol.controller_state), next_step=proposed_step(sol.controller_state),
                        work=work)
+
+
+def _at_saved_points(field, ts: Float[Array, " m"], ys: Float[Array, "m n"]
+                     ) -> tuple[Float[Array, " m"], Float[Array, " m"]]:
+    """The loss and $\\|\\nabla L\\|$ at each saved state, evaluated once per distinct save time.
+
+    A chunk's solve has a fixed number of save slots (`_loop.save_slots`, at least 16), and the slots
+    after its last point repeat its end time and state. Evaluated for every slot in one vmapped call,
+    they cost problem B of docs/performance.md (9,216 parameters, the counts loss) 28 ms a chunk for 4
+    real points: a quarter of its run. One slot at a time, a repeated slot copies the one before it,
+    and a state the solve did not reach (non-finite) gets NaN without an evaluation. Under a batch's
+    `vmap` the branch becomes a select and every slot is evaluated, as before."""
+    def value_and_norm(y):
+        value, grad = jax.value_and_grad(field.value)(y)
+        return value, jnp.linalg.norm(grad)
+
+    repeated = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])
+    nan = jnp.full((), jnp.nan, ys.dtype)
+
+    def step(previous, slot):
+        y, repeat = slot
+        current = jax.lax.cond(repeat, lambda y: previous,
+                               lambda y: jax.lax.cond(jnp.all(jnp.isfinite(y)), value_and_norm,
+                                                      lambda y: (nan, nan), y), y)
+        return current, current
+
+    _, (loss, grad_norm) = jax.lax.scan(step, (nan, nan), (ys, repeated))
+    return loss, grad_norm
 
 
 solve_one = eqx.filter_jit(solve_chunk)
