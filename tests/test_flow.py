@@ -113,6 +113,12 @@ def test_recorded_loss_and_gradient_norm_are_those_of_the_saved_states(small_set
     np.testing.assert_allclose(got[0][:3], loss[[3, 7, 7]], rtol=1e-13)
     np.testing.assert_allclose(got[1][:3], grad_norm[[3, 7, 7]], rtol=1e-12)
     assert np.isnan(got[0][3]) and np.isnan(got[1][3])
+    # a batch (ensembles' vmapped solve) shares the save times: each member as if alone
+    members = jnp.stack([ys, ys[::-1]])
+    batched = jax.vmap(_at_saved_points, in_axes=(None, None, 0))(field, jnp.asarray([1.0, 2.0, 2.0, 3.0]), members)
+    alone = _at_saved_points(field, jnp.asarray([1.0, 2.0, 2.0, 3.0]), ys[::-1])
+    np.testing.assert_allclose(batched[0][0], got[0], rtol=1e-13)
+    np.testing.assert_allclose(batched[0][1], alone[0], rtol=1e-13)
 
 
 def test_solver_failure_keeps_what_was_computed(small_setting):

@@ -102,7 +102,8 @@ def _at_saved_points(field, ts: Float[Array, " m"], ys: Float[Array, "m n"]
     they cost problem B of docs/performance.md (9,216 parameters, the counts loss) 28 ms a chunk for 4
     real points: a quarter of its run. One slot at a time, a repeated slot copies the one before it,
     and a state the solve did not reach (non-finite) gets NaN without an evaluation. Under a batch's
-    `vmap` the branch becomes a select and every slot is evaluated, as before."""
+    `vmap` (`solve_many`) the save times are shared, so repeated slots are still skipped; the test for
+    an unreached state becomes a select there, and every member's state at a fresh slot is evaluated."""
     def value_and_norm(y):
         value, grad = jax.value_and_grad(field.value)(y)
         return value, jnp.linalg.norm(grad)
