@@ -73,8 +73,9 @@ def values(params: TransformerParams, a: Float[Array, "*batch d_model"],
     return jnp.broadcast_to(a, (config.n_heads, *a.shape))
 
 
-def mix_values(params: TransformerParams, alpha: Float[Array, "*batch n_heads T S"], a: Float[Array, "*batch S d_model"],
-               config: TransformerConfig, layer: int = 1) -> Float[Array, "*batch T d_model"]:
+def mix_values(params: TransformerParams, alpha: Float[Array, "*batch n_heads T S"],
+               a: Float[Array, "*batch S d_model"], config: TransformerConfig,
+               layer: int = 1) -> Float[Array, "*batch T d_model"]:
     """The attention output $\\sum_k \\sum_s \\alpha_{k,ts} v_{k,s}$ of every head, summed, from the
     attention input `a` of the keys (positions or types). Without a value path every head reads `a`
     itself, so the heads' weights are summed first: one product instead of one per head (problem F of
