@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,6 +120,19 @@ def test_recorded_loss_and_gradient_norm_are_those_of_the_saved_states(small_set
     alone = _at_saved_points(field, jnp.asarray([1.0, 2.0, 2.0, 3.0]), ys[::-1])
     np.testing.assert_allclose(batched[0][0], got[0], rtol=1e-13)
     np.testing.assert_allclose(batched[0][1], alone[0], rtol=1e-13)
+    np.testing.assert_allclose(batched[1][0], got[1], rtol=1e-12)
+    np.testing.assert_allclose(batched[1][1], alone[1], rtol=1e-12)
+
+    # and each distinct reached state is evaluated once: slots 0 and 1, not the repeat, not the unreached one
+    evaluations = []
+
+    class Counted(eqx.Module):
+        def value(self, y):
+            jax.debug.callback(lambda y: evaluations.append(1), y)
+            return field.value(y)
+
+    jax.block_until_ready(jax.jit(_at_saved_points, static_argnums=0)(Counted(), jnp.asarray([1.0, 2.0, 2.0, 3.0]), ys))
+    assert len(evaluations) == 2
 
 
 def test_solver_failure_keeps_what_was_computed(small_setting):

@@ -108,17 +108,18 @@ def _at_saved_points(field, ts: Float[Array, " m"], ys: Float[Array, "m n"]
         value, grad = jax.value_and_grad(field.value)(y)
         return value, jnp.linalg.norm(grad)
 
-    repeated = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])
-    nan = jnp.full((), jnp.nan, ys.dtype)
+    repeated = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])  # equal times hold equal states
+    shapes = jax.eval_shape(value_and_norm, ys[0])
+    nan = tuple(jnp.full(a.shape, jnp.nan, a.dtype) for a in shapes)
 
     def step(previous, slot):
         y, repeat = slot
         current = jax.lax.cond(repeat, lambda y: previous,
                                lambda y: jax.lax.cond(jnp.all(jnp.isfinite(y)), value_and_norm,
-                                                      lambda y: (nan, nan), y), y)
+                                                      lambda y: nan, y), y)
         return current, current
 
-    _, (loss, grad_norm) = jax.lax.scan(step, (nan, nan), (ys, repeated))
+    _, (loss, grad_norm) = jax.lax.scan(step, nan, (ys, repeated))
     return loss, grad_norm
 
 
