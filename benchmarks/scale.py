@@ -4,7 +4,8 @@ Problem C: V = 16 sticky chain (lam = 0.5, pi_k proportional to k^-1.2), d_model
 parameters), mean-field loss, initial scale 1e-3, t to 1e5.
 Problem D: V = 32, d_model = 64, two heads with the value path (36,864 parameters), otherwise as C.
 
-Problems E and F: two stiff flows that no solver setting was tuned on (`PROBLEMS`).
+Problems E and F: two stiff flows that no solver setting was tuned on when they were added; G to J:
+four more, fixed later for an audit (`PROBLEMS`).
 
 A contender is a name, optionally with `@rtol` (`default@1e-7`, `cvode-gmres@1e-5`; atol is rtol *
 1e-3): gflow's `default`, `dense`, `krylov`, `tsit5`, scipy's `lsoda`, `gd`, and SUNDIALS' CVODE
@@ -50,7 +51,15 @@ PROBLEMS = {"C": dict(V=16, d=32, heads=1, value=False), "D": dict(V=32, d=64, h
             # two stiff flows no solver setting was tuned on (issue 23): a Dirichlet chain in the dense
             # regime, a near-uniform sticky chain with two heads in the Krylov regime
             "E": dict(V=6, d=8, heads=1, value=False, chain="dirichlet", alpha=0.3, T=8, seed=3),
-            "F": dict(V=24, d=24, heads=2, value=False, exponent=0.3, lam=0.8, T=12, seed=5)}
+            "F": dict(V=24, d=24, heads=2, value=False, exponent=0.3, lam=0.8, T=12, seed=5),
+            # an audit of E and F, on which every solver change since has been measured: three settings
+            # fixed (2026-12-07, eighth session) before any run, one in the dense regime, two in the Krylov
+            "G": dict(V=7, d=6, heads=2, value=False, exponent=0.6, lam=0.7, T=9, seed=4),
+            "H": dict(V=20, d=32, heads=1, value=True, exponent=0.8, lam=0.3, T=10, seed=13),
+            "I": dict(V=5, d=8, heads=1, value=True, chain="dirichlet", alpha=0.8, T=12, seed=17),
+            # H and I turned out to stay on their first plateau to t = 1e5 (no stage events): J was fixed
+            # after them, again before any run, for a second stiff flow in the Krylov regime
+            "J": dict(V=12, d=16, heads=2, value=True, exponent=1.0, lam=0.6, T=10, seed=9)}
 
 
 def setting(V: int, d: int, heads: int, value: bool, chain: str = "sticky", exponent: float = 1.2,
