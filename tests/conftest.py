@@ -59,11 +59,11 @@ def interrupt_chunk(monkeypatch):
 
     real, calls, target = SingleState.solve, {"n": 0}, {"n": None}
 
-    def interrupted(self, *a):
+    def interrupted(self, *a, **kw):
         calls["n"] += 1
         if calls["n"] == target["n"]:
             raise KeyboardInterrupt
-        return real(self, *a)
+        return real(self, *a, **kw)
 
     monkeypatch.setattr(SingleState, "solve", interrupted)
 

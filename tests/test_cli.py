@@ -269,7 +269,7 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
     import shutil
 
     cfg = tmp_path / "small.toml"
-    cfg.write_text(SMALL + "max_steps = 40\n")
+    cfg.write_text(SMALL + "max_steps = 30\n")
     out, ref = tmp_path / "out", small_run[1]  # the same settings with the default budget, 100,000
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 1
     stopped = gflow.load(out / "trajectory.npz")
@@ -278,21 +278,21 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     assert main(["run", str(cfg), "--out", str(copy), "--resume", "--no-progress"]) == 2  # its own budget again
-    assert "(max_steps 40) at t = " in capsys.readouterr().err
+    assert "(max_steps 30) at t = " in capsys.readouterr().err
     lowered = tmp_path / "lowered.toml"
-    lowered.write_text(SMALL + "max_steps = 30\n")  # a smaller budget might have stopped a finished chunk
+    lowered.write_text(SMALL + "max_steps = 20\n")  # a smaller budget might have stopped a finished chunk
     assert main(["run", str(lowered), "--out", str(copy), "--resume", "--no-progress"]) == 2
-    assert "[flow].max_steps: 30 is below the budget the run's finished chunks were solved under (40)" in \
+    assert "[flow].max_steps: 20 is below the budget the run's finished chunks were solved under (30)" in \
         capsys.readouterr().err
-    assert main(["resume", str(out), "--max-steps", "30", "--no-progress"]) == 2
-    assert "--max-steps: 30 is below" in capsys.readouterr().err
+    assert main(["resume", str(out), "--max-steps", "20", "--no-progress"]) == 2
+    assert "--max-steps: 20 is below" in capsys.readouterr().err
     assert main(["resume", str(out), "--no-progress"]) == 2  # it would stop at the same step again
     assert "pass a larger --max-steps N" in capsys.readouterr().err
-    assert main(["resume", str(out), "--max-steps", "40", "--no-progress"]) == 2
-    assert "--max-steps: the run stopped because a chunk needed more than 40 steps" in capsys.readouterr().err
-    assert json.loads((out / "settings.json").read_text())["flow"]["max_steps"] == 40  # not rewritten
-    with pytest.raises(ValueError, match="with 40 it would stop there again"):
-        gflow.resume(out / "trajectory.npz", max_steps=40)
+    assert main(["resume", str(out), "--max-steps", "30", "--no-progress"]) == 2
+    assert "--max-steps: the run stopped because a chunk needed more than 30 steps" in capsys.readouterr().err
+    assert json.loads((out / "settings.json").read_text())["flow"]["max_steps"] == 30  # not rewritten
+    with pytest.raises(ValueError, match="with 30 it would stop there again"):
+        gflow.resume(out / "trajectory.npz", max_steps=30)
     assert main(["resume", str(out), "--max-steps", "0", "--no-progress"]) == 2
     assert "--max-steps must be at least 1" in capsys.readouterr().err
     assert main(["resume", str(out), "--max-steps", "100000", "--no-progress"]) == 0
@@ -306,7 +306,7 @@ def test_gflow_resume_with_a_new_step_budget_finishes_a_run_that_ran_out(tmp_pat
     raised.write_text(SMALL)
     assert main(["run", str(raised), "--out", str(copy), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "(max_steps 40; it continues with 100000); pass --resume" in err and "other settings" not in err
+    assert "(max_steps 30; it continues with 100000); pass --resume" in err and "other settings" not in err
     monkeypatch.setattr(gflow.app._cli, "run_experiment", None)  # --resume must not start afresh
     assert main(["run", str(raised), "--out", str(copy), "--resume", "--no-progress"]) == 0
     np.testing.assert_array_equal(gflow.load(copy / "trajectory.npz").flat_params(), whole.flat_params())

@@ -146,7 +146,11 @@ def test_second_call_with_new_values_does_not_recompile(small_setting):
     spec, config, params0 = small_setting
     # compiles; a chain of its own, so that its data are built here too (the data cache could have
     # spared an earlier chain's, and with them the small programs that stage them)
-    run((gflow.MarkovSpec.sticky((0.5, 0.3, 0.2), 0.6, T=4), config, params0), rtol=1e-5)
+    first = run((gflow.MarkovSpec.sticky((0.5, 0.3, 0.2), 0.6, T=4), config, params0), rtol=1e-5)
+    # the switching default's curvature program is compiled when a chunk first takes enough explicit
+    # steps to be tested (`MIN_EXPLICIT_STEPS`), which depends on the values: compile it here too
+    plan = gflow.flow.RunPlan.of(first.record)
+    plan.strategy.curvatures(plan, first.flat_params()[-1:])
     compiles = []
 
     def listener(event, duration, **kw):
@@ -291,3 +295,16 @@ def test_a_run_stopped_at_max_steps_resumes_with_a_larger_budget(small_setting, 
     np.testing.assert_array_equal(flat(resumed), flat(fresh))
     with pytest.raises(ValueError, match="max_steps"):
         gflow.resume(path, max_steps=0)
+
+
+def test_an_explicit_method_carries_its_step_from_chunk_to_chunk(small_setting):
+    # Each chunk of the save grid is a new solve. Started with diffrax's own first step, Tsit5 grew its
+    # step again in every chunk: 74 steps in 12 chunks against 50 in one. Started with the step it
+    # proposed at the end of the previous chunk, a boundary can cost at most the step cut short to land
+    # on it.
+    one = run(small_setting, solver="Tsit5", t1=60.0, chunk_size=24)
+    many = run(small_setting, solver="Tsit5", t1=60.0, chunk_size=2)
+    assert one.ok and many.ok
+    assert many.stats["num_accepted_steps"] <= one.stats["num_accepted_steps"] + 12
+    assert many.stats["next_explicit_step"] > 0
+    assert np.allclose(flat(many)[-1], flat(one)[-1], rtol=1e-4, atol=1e-6)

@@ -73,15 +73,19 @@ SOLVED_FIELDS = len(ChunkResult._fields) - 2
 """The fields one solve computes (the method fields are the switching strategy's)."""
 
 
-def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> ChunkResult:
+def solve_chunk(field, solver, controller, y0, t0, t1, ts, first_step, max_steps: int) -> ChunkResult:
     """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there (one member,
-    no batch axis; traceable)."""
+    no batch axis; traceable). `first_step`: an explicit method's first step, the one its previous chunk
+    proposed (`ChunkResult.next_step`), or NaN for diffrax's own choice (`_first_step`); gflow's BDFs
+    choose their own."""
     keeps_state = isinstance(solver, AbstractGradientFlowSolver)
     solver = fitted_to_chunk(solver, t1, max_steps)  # the explicit default gives up on a chunk it would not finish
+    term, controller = diffrax.ODETerm(field), last_step_recorded(controller)
+    dt0 = None if keeps_state else _first_step(term, solver, controller, y0, t0, t1, first_step)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), solver, t0, t1, None, y0,
+        term, solver, t0, t1, dt0, y0,
         saveat=diffrax.SaveAt(ts=ts, solver_state=keeps_state, controller_state=True),
-        stepsize_controller=last_step_recorded(controller), max_steps=max_steps, throw=False,
+        stepsize_controller=controller, max_steps=max_steps, throw=False,
     )
     loss, grad_norm = _at_saved_points(field, ts, sol.ys)
     work = solver_counters(solver, sol.solver_state, controller, sol.controller_state[0]) if keeps_state else {}
@@ -91,6 +95,21 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps: int) -> Ch
                        accepted_steps=sol.stats["num_accepted_steps"], rejected_steps=sol.stats["num_rejected_steps"],
                        last_step=last_step(sol.controller_state), next_step=proposed_step(sol.controller_state),
                        work=work)
+
+
+def _first_step(term, solver, controller, y0, t0, t1, carried: Float[Array, ""]) -> Float[Array, ""]:
+    """An explicit chunk's first step: `carried`, the step the same method proposed at the end of the
+    previous chunk, when it is a positive number; else diffrax's initial-step choice (two extra field
+    evaluations, then a step of about a hundredth of $\\|y\\| / \\|f\\|$, which its controller grows by at
+    most tenfold a step). Started afresh at every chunk, Tsit5 spent about half of a plateau's steps
+    growing its step again: problems H and I of `benchmarks/scale.py` took 56 steps over 10 chunks,
+    and 26 with the step carried."""
+    def chosen():
+        t_next, _ = controller.init(term, t0, t1, y0, None, None, solver.func, solver.error_order(term))
+        return jnp.asarray(t_next - t0, carried.dtype)
+
+    usable = jnp.isfinite(carried) & (carried > 0)
+    return jax.lax.cond(usable, lambda: carried, chosen)
 
 
 def _at_saved_points(field, ts: Float[Array, " m"], ys: Float[Array, "m n"]
@@ -126,14 +145,14 @@ def _at_saved_points(field, ts: Float[Array, " m"], ys: Float[Array, "m n"]
 solve_one = eqx.filter_jit(solve_chunk)
 """One state's chunk, compiled once per problem shape."""
 
-solve_many = eqx.filter_jit(eqx.filter_vmap(solve_chunk, in_axes=(None, None, None, 0, None, None, None, None)))
+solve_many = eqx.filter_jit(eqx.filter_vmap(solve_chunk, in_axes=(None, None, None, 0, None, None, None, 0, None)))
 """A batch of states' chunks in one vmapped solve (each member keeps its own step size)."""
 
 
-def _solve_stored_chunk(static, dynamic, y0, t0, t1, ts):
+def _solve_stored_chunk(static, dynamic, y0, t0, t1, ts, first_step):
     field, solver, controller, max_steps = eqx.combine(dynamic, static)
     # a plain tuple: a stored program's outputs must be pytrees that jax.export can serialise
-    return tuple(solve_chunk(field, solver, controller, y0, t0, t1, ts, max_steps))[:SOLVED_FIELDS]
+    return tuple(solve_chunk(field, solver, controller, y0, t0, t1, ts, first_step, max_steps))[:SOLVED_FIELDS]
 
 
 class AbstractChunkStrategy(abc.ABC):
@@ -141,11 +160,13 @@ class AbstractChunkStrategy(abc.ABC):
 
     @abc.abstractmethod
     def solve(self, plan, states: Float[np.ndarray, "B n"], t0: float, t1: float, ts: Float[np.ndarray, " m"],
-              methods: Int[np.ndarray, " B"] | None = None) -> ChunkResult:
+              methods: Int[np.ndarray, " B"] | None = None,
+              first_steps: Float[np.ndarray, " B"] | None = None) -> ChunkResult:
         """The chunk from `t0` to `t1` saved at `ts`, for every row of `states`, under `plan`'s solver
         and vector field (`RunPlan`); host (numpy) arrays with a leading batch axis `B`. `methods`:
         the method each member's last chunk called for (`ChunkResult.next_methods`; strategies
-        with one method ignore it)."""
+        with one method ignore it). `first_steps`: each member's first step for an explicit method
+        (`solve_chunk`; NaN or `None`: diffrax's choice)."""
 
 
 class SingleState(AbstractChunkStrategy):
@@ -157,14 +178,14 @@ class SingleState(AbstractChunkStrategy):
         # by argument shapes, decided at the first chunk of each (one plan per instance)
         self._programs: dict[tuple, object] = {}
 
-    def solve(self, plan, states, t0, t1, ts, methods=None) -> ChunkResult:
+    def solve(self, plan, states, t0, t1, ts, methods=None, first_steps=None) -> ChunkResult:
         with solve_checks_off():
-            return self._solve(plan, states, t0, t1, ts)
+            return self._solve(plan, states, t0, t1, ts, first_steps_of(first_steps, len(states))[0])
 
-    def _solve(self, plan, states, t0, t1, ts) -> ChunkResult:
+    def _solve(self, plan, states, t0, t1, ts, first_step) -> ChunkResult:
         dynamic, static = plan.partitioned
         # device_put, not jnp.asarray: the latter compiles a small program per new shape
-        args = tuple(jax.device_put(np.asarray(a, dtype=np.float64)) for a in (states[0], t0, t1, ts))
+        args = tuple(jax.device_put(np.asarray(a, dtype=np.float64)) for a in (states[0], t0, t1, ts, first_step))
         shapes = tuple(np.shape(a) for a in args)
         program = self._programs.get(shapes)
         if program is None:
@@ -186,13 +207,21 @@ class ShardedBatch(AbstractChunkStrategy):
         mesh = Mesh(np.asarray(jax.devices()[:n_devices]), ("batch",))
         self.sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
-    def solve(self, plan, states, t0, t1, ts, methods=None) -> ChunkResult:
+    def solve(self, plan, states, t0, t1, ts, methods=None, first_steps=None) -> ChunkResult:
         n = len(states)
-        padded = np.concatenate([states, np.repeat(states[-1:], (-n) % self.n_devices, axis=0)])
+        padding = (-n) % self.n_devices
+        padded = np.concatenate([states, np.repeat(states[-1:], padding, axis=0)])
+        steps = first_steps_of(first_steps, n)
+        steps = np.concatenate([steps, np.repeat(steps[-1:], padding)])
         with solve_checks_off():
             out = solve_many(plan.field, plan.setup.solver, plan.setup.controller, _to_devices(padded, self.sharding),
-                             t0, t1, jnp.asarray(ts), plan.max_steps)
+                             t0, t1, jnp.asarray(ts), _to_devices(steps, self.sharding), plan.max_steps)
         return jax.tree.map(lambda a: _to_host(a)[:n], out)
+
+
+def first_steps_of(first_steps: Float[np.ndarray, " B"] | None, n: int) -> Float[np.ndarray, " B"]:
+    """`first_steps` as a float64 array of `n` (NaN everywhere when `None`: diffrax's choice)."""
+    return np.full(n, np.nan) if first_steps is None else np.asarray(first_steps, dtype=np.float64).reshape(n)
 
 
 def _to_devices(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:

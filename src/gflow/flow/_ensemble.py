@@ -138,16 +138,16 @@ class _CompiledOnce(AbstractChunkStrategy):
         self.inner, self.stop = inner, threading.Event()
         self._first, self._compiled = threading.Lock(), threading.Event()
 
-    def solve(self, plan, states, t0, t1, ts, methods=None):
+    def solve(self, plan, states, t0, t1, ts, methods=None, first_steps=None):
         if self.stop.is_set():
             raise KeyboardInterrupt
         if not self._compiled.is_set():
             with self._first:
                 if not self._compiled.is_set():
-                    out = self.inner.solve(plan, states, t0, t1, ts, methods)
+                    out = self.inner.solve(plan, states, t0, t1, ts, methods, first_steps)
                     self._compiled.set()
                     return out
-        return self.inner.solve(plan, states, t0, t1, ts, methods)
+        return self.inner.solve(plan, states, t0, t1, ts, methods, first_steps)
 
 
 class WorkerProcesses(AbstractBatching):

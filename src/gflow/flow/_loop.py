@@ -19,14 +19,22 @@ import numpy as np
 from ..common import blas_threads_for, save_point_loop
 from ..losses import loss_and_gradient_norm
 from ..record import RunRecord, RunStatus, Trajectory
+from ..solvers import AbstractGradientFlowSolver
 from ._chunk import ChunkResult
 from ._plan import RunPlan
+from ._switching import EXPLICIT
 
 STEP_COUNTS = ("num_accepted_steps", "num_rejected_steps")
 METHOD_STATS = ("chunk_methods", "chunk_started_with", "next_method", "method_wall_time_s", "method_steps")
 """What a switching run records per member: the method of every chunk (and the one it started with:
 a chunk the explicit method gave up on ends with the BDF), the one the next chunk calls for (which
 `resume` continues with), and the wall time and attempted steps each method had."""
+
+NEXT_EXPLICIT_STEP = "next_explicit_step"
+"""A member's stat: the step an explicit method proposed at the end of its last chunk, which the next
+chunk starts with (`solve_chunk`'s `first_step`). Absent after a BDF's chunk (its step is no guide to
+an explicit method's, and the BDFs choose their own). Kept in checkpoints, so that `resume` continues
+with the same steps."""
 
 
 def loss_rise_allowed(loss: np.ndarray, rtol: float, scale: float) -> np.ndarray:
@@ -92,7 +100,8 @@ class _Member:
 
     @classmethod
     def resume(cls, traj: Trajectory) -> _Member:
-        keep = {k: v for k, v in traj.stats.items() if k in (*STEP_COUNTS, *METHOD_STATS, "wall_time_s")
+        keep = {k: v for k, v in traj.stats.items() if k in (*STEP_COUNTS, *METHOD_STATS, NEXT_EXPLICIT_STEP,
+                                                              "wall_time_s")
                 or k.startswith("num_") and not k.endswith("_estimate")}
         return cls([np.asarray(traj.times)], [traj.flat_params()], [np.asarray(traj.loss)],
                    [np.asarray(traj.grad_norm)], {name: 0 for name in STEP_COUNTS} | {"wall_time_s": 0.0} | keep)
@@ -104,6 +113,18 @@ class _Member:
     def next_method(self, names: tuple[str, ...]) -> int:
         """The index in `names` of the method this member's next chunk calls for (0 at the start)."""
         return names.index(self.stats["next_method"]) if names and "next_method" in self.stats else 0
+
+    def first_step(self) -> float:
+        """The step this member's next chunk starts with if its method is explicit (NaN: diffrax's choice)."""
+        return float(self.stats.get(NEXT_EXPLICIT_STEP, np.nan))
+
+    def carry_step(self, chunk: ChunkResult, b: int, explicit: bool) -> None:
+        """Keep the step member `b`'s explicit method proposed at the end of `chunk` for the next one."""
+        step = float(chunk.next_step[b])
+        if explicit and np.isfinite(step) and step > 0:
+            self.stats[NEXT_EXPLICIT_STEP] = step
+        else:
+            self.stats.pop(NEXT_EXPLICIT_STEP, None)
 
     def add_methods(self, chunk: ChunkResult, b: int, names: tuple[str, ...], wall: float) -> None:
         """Record which method solved member `b`'s chunk, and which its next chunk calls for."""
@@ -201,6 +222,7 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
 
     i = start_index
     tolerances, hint = (record.solver.rtol, record.solver.atol), failure_hint(record)
+    explicit = not isinstance(plan.setup.solver, AbstractGradientFlowSolver)  # of a plan with one method
     final_status, final_message = RunStatus.SUCCESS, RunStatus.SUCCESS.describe(t=grid[-1])
     with save_point_loop(progress, len(grid) - 1, start_index) as loop, blas_threads_for(y.shape[1]):
         while i < len(grid) - 1 and any(m.alive for m in members):
@@ -213,8 +235,9 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
             ts = np.full(save_slots(chunk), grid[j])
             ts[: j - i] = grid[i + 1: j + 1]
             methods = np.array([m.next_method(plan.method_names) for m in members])
+            first_steps = np.array([m.first_step() for m in members])
             tic = time.perf_counter()
-            result = plan.strategy.solve(plan, y, grid[i], grid[j], ts, methods)
+            result = plan.strategy.solve(plan, y, grid[i], grid[j], ts, methods, first_steps)
             wall = time.perf_counter() - tic
             for b, m in enumerate(members):
                 if m.alive:
@@ -223,6 +246,8 @@ def integrate(record: RunRecord, plan: RunPlan, y_start: np.ndarray, *, start_in
                     last = m.add(result, b, grid, i, j - i, wall, plan.max_steps, tolerances, hint)
                     if last is not None:
                         y[b] = last
+                        used = explicit if result.methods is None else bool(result.methods[b] == EXPLICIT)
+                        m.carry_step(result, b, used)
             single = len(members) == 1 and members[0].alive
             loop.advance(j - i, f"t={grid[j]:.3g} loss={float(result.loss[0, j - i - 1]):.5f}" if single else None)
             i = j

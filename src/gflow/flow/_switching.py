@@ -30,7 +30,7 @@ import numpy as np
 
 from ..common import note_new_program, stored_program
 from ..solvers import explicit_cheaper, implicit_step_cost, largest_curvature, stability_boundary, stability_limited
-from ._chunk import AbstractChunkStrategy, ChunkResult
+from ._chunk import AbstractChunkStrategy, ChunkResult, first_steps_of
 
 EXPLICIT, STIFF = 0, 1
 """Method indices, as `ChunkResult.methods` and the trajectories' `chunk_methods` use them."""
@@ -87,10 +87,11 @@ class SwitchingMethods(AbstractChunkStrategy):
             self._programs[ys.shape] = program
         return np.asarray(program(dynamic, ys))
 
-    def solve(self, plan, states, t0, t1, ts, methods=None) -> ChunkResult:
+    def solve(self, plan, states, t0, t1, ts, methods=None, first_steps=None) -> ChunkResult:
         n = len(states)
         used = np.zeros(n, dtype=np.int64) if methods is None else np.array(methods, dtype=np.int64)
-        parts = [self._solve(k, states, np.nonzero(used == k)[0], t0, t1, ts) for k in (EXPLICIT, STIFF)]
+        steps = first_steps_of(first_steps, n)
+        parts = [self._solve(k, states, np.nonzero(used == k)[0], t0, t1, ts, steps) for k in (EXPLICIT, STIFF)]
         discarded = np.zeros(n, dtype=np.int64)  # the steps of explicit solves that failed
         if parts[EXPLICIT] is not None:  # an explicit chunk that failed is solved again by the stiff method
             idx, result = parts[EXPLICIT]
@@ -99,17 +100,17 @@ class SwitchingMethods(AbstractChunkStrategy):
                 used[idx[failed]] = STIFF
                 kept = idx[~failed]
                 parts[EXPLICIT] = None if kept.size == 0 else (kept, _rows(result, ~failed))
-                parts.append(self._solve(STIFF, states, idx[failed], t0, t1, ts))
+                parts.append(self._solve(STIFF, states, idx[failed], t0, t1, ts, steps))
                 attempted = np.asarray(result.accepted_steps) + np.asarray(result.rejected_steps)
                 discarded[idx[failed]] = attempted[failed]
         merged = _merge([p for p in parts if p is not None], n)
         merged.work[DISCARDED_EXPLICIT_STEPS] = discarded
         return merged._replace(methods=used, next_methods=self._next(merged, used, plan, states))
 
-    def _solve(self, k: int, states, idx, t0, t1, ts):
+    def _solve(self, k: int, states, idx, t0, t1, ts, first_steps):
         if idx.size == 0:
             return None
-        return idx, self.plans[k].strategy.solve(self.plans[k], states[idx], t0, t1, ts)
+        return idx, self.plans[k].strategy.solve(self.plans[k], states[idx], t0, t1, ts, first_steps=first_steps[idx])
 
     def _next(self, chunk: ChunkResult, used, plan, starts) -> np.ndarray:
         """The method each member's next chunk calls for, from this chunk's steps and work and the

@@ -57,7 +57,7 @@ def stability_boundary(tableau: diffrax.ButcherTableau) -> float:
     return _boundary_of(rows, tuple(float(x) for x in np.asarray(tableau.b_sol)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _boundary_of(a_lower: tuple[tuple[float, ...], ...], b_sol: tuple[float, ...]) -> float:
     s = len(b_sol)
     A = np.zeros((s, s))
