@@ -4,7 +4,8 @@ A run's save grid is integrated in chunks. Each chunk is one call of a single co
 `diffeqsolve` from the chunk's first save time to its last, mapped over the members of a batch), so
 the step loop never leaves XLA; between chunks Python records the points, updates the progress bar,
 writes the checkpoint and notices Ctrl-C (`_loop.py`). Every chunk starts its step-size controller
-afresh: a run resumed from a checkpoint therefore repeats an uninterrupted run bit for bit.
+afresh, an explicit method with the step it proposed at the end of the chunk before (kept in the
+checkpoint): a run resumed from a checkpoint therefore repeats an uninterrupted run bit for bit.
 
 **The seam.** A chunk strategy (`AbstractChunkStrategy`) solves one chunk for a batch of states and
 returns a `ChunkResult`; the loop knows nothing else about it. `SingleState` solves one state (the
@@ -99,11 +100,14 @@ def solve_chunk(field, solver, controller, y0, t0, t1, ts, first_step, max_steps
 
 def _first_step(term, solver, controller, y0, t0, t1, carried: Float[Array, ""]) -> Float[Array, ""]:
     """An explicit chunk's first step: `carried`, the step the same method proposed at the end of the
-    previous chunk, when it is a positive number; else diffrax's initial-step choice (two extra field
-    evaluations, then a step of about a hundredth of $\\|y\\| / \\|f\\|$, which its controller grows by at
-    most tenfold a step). Started afresh at every chunk, Tsit5 spent about half of a plateau's steps
-    growing its step again: problems H and I of `benchmarks/scale.py` took 56 steps over 10 chunks,
-    and 26 with the step carried."""
+    previous chunk, when it is a positive number; else the PID controller's initial-step rule (Hairer,
+    Norsett & Wanner's: two field evaluations, the smaller of 100 times $0.01\\,\\|y\\| / \\|f\\|$ and the
+    step the second derivative allows). Until 2026-12-07 every chunk was given `dt0=None`, and diffrax
+    0.7's `diffeqsolve` then starts at a fixed 0.01: its rule applies only to a bare `ODETerm`, and
+    it receives the wrapped term. On a plateau Tsit5 then grew its step from 0.01 again in every
+    chunk: problem I of `benchmarks/scale.py` took 58 steps over 10 chunks, 41 with this rule at every
+    chunk, and 24 with the step carried (H: 61, then 25). Under `vmap` (`solve_many`) the branch
+    becomes a select, so the rule's two evaluations are paid at every chunk there."""
     def chosen():
         t_next, _ = controller.init(term, t0, t1, y0, None, None, solver.func, solver.error_order(term))
         return jnp.asarray(t_next - t0, carried.dtype)

@@ -138,8 +138,9 @@ def check_resume_budget(traj: Trajectory, max_steps: int, name: str = "max_steps
 def resume(path: str | os.PathLike, *, progress: bool | None = None, max_steps: int | None = None) -> Trajectory:
     """Continue the run checkpointed at `path` from its last saved state, with the same record.
 
-    Because every chunk of the save grid restarts the step-size controller, the resumed result is
-    identical to the uninterrupted run. A finished run is returned as it is. `max_steps`: a new step
+    Because every chunk of the save grid restarts the step-size controller (an explicit method with
+    the step it proposed at the end of the chunk before, which the checkpoint keeps), the resumed
+    result is identical to the uninterrupted run. A finished run is returned as it is. `max_steps`: a new step
     budget per chunk, for a run that stopped at its old one (status `max_steps`); the failed chunk is
     solved again from its first point, and the file's record then says the new budget (docs/flow.md).
     A budget below the run's own is refused (`check_resume_budget`), and so is resuming a run stopped
