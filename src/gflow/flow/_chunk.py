@@ -77,7 +77,7 @@ SOLVED_FIELDS = len(ChunkResult._fields) - 2
 def solve_chunk(field, solver, controller, y0, t0, t1, ts, first_step, max_steps: int) -> ChunkResult:
     """One diffeqsolve from `t0` to `t1` saving at `ts`, plus loss and gradient norm there (one member,
     no batch axis; traceable). `first_step`: an explicit method's first step, the one its previous chunk
-    proposed (`ChunkResult.next_step`), or NaN for diffrax's own choice (`_first_step`); gflow's BDFs
+    proposed (`ChunkResult.next_step`), or NaN for the controller's initial-step rule (`_first_step`); gflow's BDFs
     choose their own."""
     keeps_state = isinstance(solver, AbstractGradientFlowSolver)
     solver = fitted_to_chunk(solver, t1, max_steps)  # the explicit default gives up on a chunk it would not finish
@@ -170,7 +170,7 @@ class AbstractChunkStrategy(abc.ABC):
         and vector field (`RunPlan`); host (numpy) arrays with a leading batch axis `B`. `methods`:
         the method each member's last chunk called for (`ChunkResult.next_methods`; strategies
         with one method ignore it). `first_steps`: each member's first step for an explicit method
-        (`solve_chunk`; NaN or `None`: diffrax's choice)."""
+        (`solve_chunk`; NaN or `None`: the controller's initial-step rule)."""
 
 
 class SingleState(AbstractChunkStrategy):
@@ -224,7 +224,7 @@ class ShardedBatch(AbstractChunkStrategy):
 
 
 def first_steps_of(first_steps: Float[np.ndarray, " B"] | None, n: int) -> Float[np.ndarray, " B"]:
-    """`first_steps` as a float64 array of `n` (NaN everywhere when `None`: diffrax's choice)."""
+    """`first_steps` as a float64 array of `n` (NaN, the controller's initial-step rule, when `None`)."""
     return np.full(n, np.nan) if first_steps is None else np.asarray(first_steps, dtype=np.float64).reshape(n)
 
 

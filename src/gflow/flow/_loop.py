@@ -115,7 +115,7 @@ class _Member:
         return names.index(self.stats["next_method"]) if names and "next_method" in self.stats else 0
 
     def first_step(self) -> float:
-        """The step this member's next chunk starts with if its method is explicit (NaN: diffrax's choice)."""
+        """The step this member's next chunk starts with if its method is explicit (NaN: the controller's rule)."""
         return float(self.stats.get(NEXT_EXPLICIT_STEP, np.nan))
 
     def carry_step(self, chunk: ChunkResult, b: int, explicit: bool) -> None:
